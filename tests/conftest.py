@@ -1,0 +1,51 @@
+"""Fixtures shared by the whole suite.
+
+One Ray cluster per test session (start-up is seconds; see ../shared/FACTS.md), started on
+loopback only; it is shut down by handle at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from base_model.ray_cluster import apply_loopback_environment
+
+# Before anything imports ray: Ray reads the loopback switch at import time.
+apply_loopback_environment()
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = pathlib.Path(
+    os.environ.get("FRESHRANK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local loopback Ray cluster shared by every test that needs one."""
+    import ray
+
+    from base_model.ray_cluster import init_local_ray
+
+    init_local_ray(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """``../shared/data`` (or $FRESHRANK_SHARED_DATA); tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set FRESHRANK_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
