@@ -1,5 +1,270 @@
 # cython: language_level=3
-"""Placeholder kernel; replaced by the FTRL-Proximal implementation (issue 5)."""
+"""FTRL-Proximal kernels (McMahan et al. 2013, Algorithm 1), one example at a time.
+
+The state (``z``, ``n`` and the cached weights ``w``) lives in NumPy arrays owned by the
+Python class ``online_layer.ftrl.FTRLProximal``; ``FTRLKernel`` keeps raw pointers into them
+plus scratch space, so a call converts only its inputs. Every loop runs in ``with nogil:``
+over typed memoryviews and touches no Python object per example.
+
+Coordinates: ``[0, n_dense)`` are the dense columns, ``n_dense + h`` is hashed index ``h``
+(a hashed index repeated within one row is one coordinate with value = its count).
+``learn`` runs the per-example algorithm over the rows in order, so a mini-batch gives
+exactly the weights that learning its rows one by one gives. It validates every row first
+and returns an error code before changing anything, so the Python wrapper can raise with
+the state intact.
+"""
+
+import numpy as np
+
+from libc.math cimport exp, fabs, isfinite, sqrt
+from libc.stdint cimport int64_t, uint8_t
+
+
+cdef enum:
+    # Error codes of the nogil passes.
+    OK = 0
+    BAD_INDEX = 1
+    BAD_VALUE = 2
+    BAD_LABEL = 3
+
+KERNEL_VERSION = 2
+
 
 def kernel_version() -> int:
-    return 0
+    """Version of the kernel's arithmetic; bumped whenever results could change."""
+    return KERNEL_VERSION
+
+
+cdef inline double _weight(double z, double q, double inv_alpha, double beta, double l1,
+                           double l2) noexcept nogil:
+    """The closed-form FTRL-Proximal weight of one coordinate (``q = sqrt(n)``)."""
+    if fabs(z) <= l1:
+        return 0.0
+    if z > 0.0:
+        return -(z - l1) / ((beta + q) * inv_alpha + l2)
+    return -(z + l1) / ((beta + q) * inv_alpha + l2)
+
+
+cdef inline void _step(double* z, double* n, double* q, double* w, int64_t c, double g,
+                       double inv_alpha, double beta, double l1, double l2) noexcept nogil:
+    """One FTRL-Proximal update of coordinate ``c`` with gradient ``g`` (``q = sqrt(n)``)."""
+    cdef double n_new, q_new, zc
+    if g == 0.0:
+        return
+    n_new = n[c] + g * g
+    q_new = sqrt(n_new)
+    zc = z[c] + g - (q_new - q[c]) * inv_alpha * w[c]
+    z[c] = zc
+    n[c] = n_new
+    q[c] = q_new
+    w[c] = _weight(zc, q_new, inv_alpha, beta, l1, l2)
+
+
+cdef inline double _sigmoid(double s) noexcept nogil:
+    cdef double e
+    if s >= 0.0:
+        return 1.0 / (1.0 + exp(-s))
+    e = exp(s)
+    return e / (1.0 + e)
+
+
+cdef inline double _logit(const double* w, double base, const double* row, Py_ssize_t n_dense,
+                          const int64_t* idx, Py_ssize_t n_sparse) noexcept nogil:
+    """``base + w[:n_dense] . row + sum_k w[n_dense + idx[k]]`` (four partial sums)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef Py_ssize_t j = 0, k
+    while j + 4 <= n_dense:
+        s0 += w[j] * row[j]
+        s1 += w[j + 1] * row[j + 1]
+        s2 += w[j + 2] * row[j + 2]
+        s3 += w[j + 3] * row[j + 3]
+        j += 4
+    while j < n_dense:
+        s0 += w[j] * row[j]
+        j += 1
+    for k in range(n_sparse):
+        s1 += w[n_dense + idx[k]]
+    return base + ((s0 + s1) + (s2 + s3))
+
+
+cdef int _check_rows(const double[::1] base, const double[:, ::1] dense,
+                     const int64_t[:, ::1] sparse, int64_t table_size) noexcept nogil:
+    cdef Py_ssize_t i, j, k
+    for i in range(base.shape[0]):
+        if not isfinite(base[i]):
+            return BAD_VALUE
+        for j in range(dense.shape[1]):
+            if not isfinite(dense[i, j]):
+                return BAD_VALUE
+        for k in range(sparse.shape[1]):
+            if sparse[i, k] < 0 or sparse[i, k] >= table_size:
+                return BAD_INDEX
+    return OK
+
+
+cdef class FTRLKernel:
+    """Pointers into one model's state plus the scratch space a learning step needs.
+
+    Parameters
+    ----------
+    z, n, w : float64 arrays of shape (n_dense + 2**hash_bits,)
+        FTRL accumulators and the cached weights; updated in place. The kernel keeps them
+        alive and must be rebuilt if they are replaced.
+    n_dense : int
+        Number of dense coordinates at the front of the state.
+    alpha, beta, l1, l2 : float
+        FTRL-Proximal hyper-parameters (validated by the Python wrapper).
+    """
+
+    cdef object _arrays
+    cdef double* z
+    cdef double* n
+    cdef double* w
+    cdef double* q
+    cdef double[::1] sqrt_n
+    cdef double[::1] grad
+    cdef uint8_t[::1] seen
+    cdef int64_t[::1] touched
+    cdef readonly Py_ssize_t n_dense
+    cdef readonly int64_t table_size
+    cdef readonly double alpha, beta, l1, l2
+
+    def __init__(self, double[::1] z, double[::1] n, double[::1] w, Py_ssize_t n_dense,
+                 double alpha, double beta, double l1, double l2):
+        cdef Py_ssize_t size = z.shape[0]
+        if n.shape[0] != size or w.shape[0] != size:
+            raise ValueError("z, n and w must have the same length")
+        if n_dense < 0 or n_dense >= size:
+            raise ValueError(f"n_dense={n_dense} does not fit a state of {size} coordinates")
+        self._arrays = (z, n, w)
+        self.z = &z[0]
+        self.n = &n[0]
+        self.w = &w[0]
+        self.n_dense = n_dense
+        self.table_size = size - n_dense
+        self.alpha = alpha
+        self.beta = beta
+        self.l1 = l1
+        self.l2 = l2
+        self.sqrt_n = np.sqrt(n)
+        self.q = &self.sqrt_n[0]
+        self.grad = np.zeros(size, dtype=np.float64)
+        self.seen = np.zeros(size, dtype=np.uint8)
+        self.touched = np.zeros(64, dtype=np.int64)
+
+    def recompute_weights(self) -> None:
+        """Set every cached weight from ``z`` and ``n`` (after a restore)."""
+        cdef Py_ssize_t c
+        cdef Py_ssize_t size = self.n_dense + self.table_size
+        cdef double inv_alpha = 1.0 / self.alpha
+        with nogil:
+            for c in range(size):
+                self.q[c] = sqrt(self.n[c])
+                self.w[c] = _weight(self.z[c], self.q[c], inv_alpha, self.beta, self.l1,
+                                    self.l2)
+
+    def predict(self, const double[::1] base, const double[:, ::1] dense,
+                const int64_t[:, ::1] sparse, double[::1] out) -> None:
+        """Write the logit of every row into ``out``; changes no state.
+
+        Raises
+        ------
+        ValueError
+            A hashed index outside ``[0, 2**hash_bits)``, or mismatched shapes.
+        """
+        cdef Py_ssize_t i, k
+        cdef Py_ssize_t n_rows = base.shape[0]
+        cdef Py_ssize_t n_sparse = sparse.shape[1]
+        cdef Py_ssize_t n_dense = self.n_dense
+        cdef int code = OK
+        if dense.shape[0] != n_rows or sparse.shape[0] != n_rows or out.shape[0] != n_rows:
+            raise ValueError("base, dense, sparse and out must have the same number of rows")
+        if dense.shape[1] != n_dense:
+            raise ValueError(f"dense has {dense.shape[1]} columns; the model has {n_dense}")
+        if n_rows == 0:
+            return
+        with nogil:
+            for i in range(n_rows):
+                for k in range(n_sparse):
+                    if sparse[i, k] < 0 or sparse[i, k] >= self.table_size:
+                        code = BAD_INDEX
+                if code != OK:
+                    break
+                out[i] = _logit(self.w, base[i], &dense[i, 0], n_dense, &sparse[i, 0],
+                                n_sparse)
+        if code != OK:
+            raise ValueError(f"a hashed index is outside [0, {self.table_size})")
+
+    def learn(self, const double[::1] base, const double[:, ::1] dense,
+              const int64_t[:, ::1] sparse, const double[::1] labels) -> None:
+        """Learn the rows in order, one FTRL-Proximal step per row.
+
+        Raises
+        ------
+        ValueError
+            Mismatched shapes, a hashed index out of range, a non-finite input, or a label
+            outside [0, 1]; nothing is changed then.
+        """
+        cdef Py_ssize_t n_rows = base.shape[0]
+        cdef Py_ssize_t n_sparse = sparse.shape[1]
+        cdef Py_ssize_t n_dense = self.n_dense
+        cdef Py_ssize_t i, j, k, t, n_touched
+        cdef int64_t c
+        cdef double r, y
+        cdef int code = OK
+        cdef double inv_alpha = 1.0 / self.alpha
+        cdef double beta = self.beta, l1 = self.l1, l2 = self.l2
+        cdef double* z = self.z
+        cdef double* q = self.q
+        cdef double* nn = self.n
+        cdef double* w = self.w
+        cdef const double* row
+        cdef const int64_t* idx
+        if dense.shape[0] != n_rows or sparse.shape[0] != n_rows or labels.shape[0] != n_rows:
+            raise ValueError("base, dense, sparse and labels must have the same number of rows")
+        if dense.shape[1] != n_dense:
+            raise ValueError(f"dense has {dense.shape[1]} columns; the model has {n_dense}")
+        if n_rows == 0:
+            return
+        if self.touched.shape[0] < n_sparse:
+            self.touched = np.zeros(n_sparse, dtype=np.int64)
+        cdef double* grad = &self.grad[0]
+        cdef uint8_t* seen = &self.seen[0]
+        cdef int64_t* touched = &self.touched[0]
+        with nogil:
+            code = _check_rows(base, dense, sparse, self.table_size)
+            if code == OK:
+                for i in range(n_rows):
+                    y = labels[i]
+                    if not (y >= 0.0 and y <= 1.0):
+                        code = BAD_LABEL
+                        break
+            if code == OK:
+                for i in range(n_rows):
+                    row = &dense[i, 0]
+                    idx = &sparse[i, 0]
+                    r = _sigmoid(_logit(w, base[i], row, n_dense, idx, n_sparse)) - labels[i]
+                    if r == 0.0:
+                        continue
+                    for j in range(n_dense):
+                        _step(z, nn, q, w, j, r * row[j], inv_alpha, beta, l1, l2)
+                    # A hashed coordinate repeated in the row gets one step with its count.
+                    n_touched = 0
+                    for k in range(n_sparse):
+                        c = n_dense + idx[k]
+                        if seen[c] == 0:
+                            seen[c] = 1
+                            touched[n_touched] = c
+                            n_touched += 1
+                        grad[c] += r
+                    for t in range(n_touched):
+                        c = touched[t]
+                        _step(z, nn, q, w, c, grad[c], inv_alpha, beta, l1, l2)
+                        grad[c] = 0.0
+                        seen[c] = 0
+        if code == BAD_INDEX:
+            raise ValueError(f"a hashed index is outside [0, {self.table_size})")
+        if code == BAD_LABEL:
+            raise ValueError("a label is NaN or outside [0, 1]")
+        if code == BAD_VALUE:
+            raise ValueError("an input is not finite (NaN or inf in base_logit or dense)")

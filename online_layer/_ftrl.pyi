@@ -1,0 +1,45 @@
+"""Type stub for the compiled FTRL-Proximal kernel (``online_layer/_ftrl.pyx``)."""
+
+import numpy as np
+import numpy.typing as npt
+
+KERNEL_VERSION: int
+
+def kernel_version() -> int: ...
+
+class FTRLKernel:
+    """Pointers into one model's state (z, n, w) plus scratch space; see the .pyx."""
+
+    n_dense: int
+    table_size: int
+    alpha: float
+    beta: float
+    l1: float
+    l2: float
+
+    def __init__(
+        self,
+        z: npt.NDArray[np.float64],
+        n: npt.NDArray[np.float64],
+        w: npt.NDArray[np.float64],
+        n_dense: int,
+        alpha: float,
+        beta: float,
+        l1: float,
+        l2: float,
+    ) -> None: ...
+    def recompute_weights(self) -> None: ...
+    def predict(
+        self,
+        base: npt.NDArray[np.float64],
+        dense: npt.NDArray[np.float64],
+        sparse: npt.NDArray[np.int64],
+        out: npt.NDArray[np.float64],
+    ) -> None: ...
+    def learn(
+        self,
+        base: npt.NDArray[np.float64],
+        dense: npt.NDArray[np.float64],
+        sparse: npt.NDArray[np.int64],
+        labels: npt.NDArray[np.float64],
+    ) -> None: ...

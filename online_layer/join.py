@@ -1,0 +1,406 @@
+"""Joins feedback to what was served, and decides when a shown item becomes an example.
+
+Serving records, per request, the items it showed and the ``OnlineInputs`` it scored them
+with (``ServedRecord``). Feedback names ``(request_id, item_id)``. Each shown item that got
+feedback waits for its final label until its request's join window closes:
+
+* its label is the largest label received within the window (a click after the
+  impression event turns it positive);
+* it is emitted (handed to the learner) according to the ``emit`` policy: when the window
+  closes (``window_close``), or as soon as its feedback arrives, that label being final
+  (``on_arrival``); with ``implicit_negatives``, shown items that got no feedback at all
+  are emitted as label 0 when the window closes.
+
+Time here is event time: the watermark is the latest request or feedback time seen, so a
+replay of last week behaves like live traffic. Feedback for a request whose window has
+closed (or that was retired by a rebase) is dropped and counted, not an error; feedback
+for a request never served is (``unknown_id``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from online_layer.errors import ServedRecordError
+from online_layer.features import OnlineInputs
+from online_layer.validation import BatchRejected, FeedbackColumns, RejectReason
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_us(when: datetime | np.datetime64) -> int:
+    """Microseconds since the epoch (a naive datetime is taken as UTC)."""
+    if isinstance(when, np.datetime64):
+        return int(when.astype("datetime64[us]").astype(np.int64))
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return (when - _EPOCH) // _US
+    raise ServedRecordError(f"request_time must be a datetime, got {type(when).__name__}")
+
+
+@dataclass(frozen=True, eq=False)
+class ServedRecord:
+    """What serving showed for one request, exactly as the online layer scored it.
+
+    Attributes
+    ----------
+    request_id, user_id : str
+        Join keys of the feedback.
+    request_time : datetime
+        When the request happened (UTC; naive = UTC). Event time: a replay sets it.
+    base_version : str
+        The base model that scored the request.
+    item_ids : tuple of str
+        The items shown, in the order shown (feedback without a position is taken to be
+        at its index). Record what was shown (top-k), not every candidate scored.
+    inputs : OnlineInputs
+        The rows as served, one per item, with the rank-time position token.
+    online_version : str
+        The online snapshot applied ("" on fallback); for lineage only.
+    """
+
+    request_id: str
+    user_id: str
+    request_time: datetime
+    base_version: str
+    item_ids: tuple[str, ...]
+    inputs: OnlineInputs
+    online_version: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("request_id", "user_id", "base_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ServedRecordError(f"ServedRecord.{name} must be a non-empty string")
+        if not isinstance(self.inputs, OnlineInputs):
+            raise ServedRecordError("ServedRecord.inputs must be OnlineInputs")
+        items = tuple(self.item_ids)
+        if len(items) != len(self.inputs):
+            raise ServedRecordError(
+                f"ServedRecord has {len(items)} item_ids but {len(self.inputs)} input rows"
+            )
+        if not all(isinstance(i, str) and i for i in items) or len(set(items)) != len(items):
+            raise ServedRecordError("ServedRecord.item_ids must be distinct non-empty strings")
+        object.__setattr__(self, "item_ids", items)
+        to_us(self.request_time)  # type check
+
+    @property
+    def base_logits(self) -> np.ndarray:
+        return self.inputs.base_logit
+
+
+@dataclass(frozen=True, eq=False)
+class Emitted:
+    """Joined examples ready to learn: the rows as served plus what happened to them."""
+
+    inputs: OnlineInputs  # (M rows) as served, rank-time position token
+    labels: np.ndarray  # (M,) float64
+    positions: np.ndarray  # (M,) int64 position shown
+    request_us: np.ndarray  # (M,) int64 request time
+    arrived: np.ndarray  # (M,) float64 wall time the first feedback arrived (NaN: none)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def rows(self, part: slice) -> Emitted:
+        return Emitted(
+            self.inputs.take(part), self.labels[part], self.positions[part],
+            self.request_us[part], self.arrived[part],
+        )
+
+    def split(self, k: int) -> tuple[Emitted, Emitted]:
+        """The first ``k`` rows and the rest."""
+        return self.rows(slice(0, k)), self.rows(slice(k, len(self)))
+
+    @staticmethod
+    def concat(parts: list[Emitted]) -> Emitted:
+        if len(parts) == 1:
+            return parts[0]
+        return Emitted(
+            OnlineInputs.concat([p.inputs for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.positions for p in parts]),
+            np.concatenate([p.request_us for p in parts]),
+            np.concatenate([p.arrived for p in parts]),
+        )
+
+
+class _Entry:
+    """One served request waiting for feedback."""
+
+    __slots__ = ("record", "ts_us", "expires_us", "index", "label", "position", "arrived",
+                 "emitted", "problem")
+
+    def __init__(
+        self,
+        record: ServedRecord,
+        ts_us: int,
+        expires_us: int,
+        problem: tuple[RejectReason, str] | None,
+    ) -> None:
+        k = len(record.item_ids)
+        self.record = record
+        self.ts_us = ts_us
+        self.expires_us = expires_us
+        self.index = {item: row for row, item in enumerate(record.item_ids)}
+        self.label = np.full(k, np.nan)
+        self.position = np.arange(k, dtype=np.int64)
+        self.arrived = np.full(k, np.nan)
+        self.emitted = np.zeros(k, dtype=bool)
+        self.problem = problem
+
+    def emit(self, rows: np.ndarray) -> Emitted:
+        self.emitted[rows] = True
+        labels = self.label[rows]
+        return Emitted(
+            self.record.inputs.take(rows),
+            np.where(np.isnan(labels), 0.0, labels),
+            self.position[rows].copy(),
+            np.full(rows.shape[0], self.ts_us, dtype=np.int64),
+            self.arrived[rows].copy(),
+        )
+
+    def closing_rows(self, implicit_negatives: bool) -> np.ndarray:
+        waiting = ~self.emitted
+        if not implicit_negatives:
+            waiting &= ~np.isnan(self.label)
+        return np.flatnonzero(waiting)
+
+
+@dataclass(frozen=True, eq=False)
+class JoinPlan:
+    """The checked rows of one feedback batch: which entry and row each one updates."""
+
+    entries: list[_Entry]
+    rows: list[int]
+    labels: np.ndarray
+    positions: np.ndarray
+    max_ts_us: int
+    dropped: Counter
+
+
+class FeedbackJoiner:
+    """Served records waiting for feedback, keyed by request id (see the module docstring)."""
+
+    def __init__(
+        self,
+        join_window_s: float,
+        max_clock_skew_s: float,
+        max_pending: int,
+        emit: str = "window_close",
+        implicit_negatives: bool = False,
+    ) -> None:
+        self.window_us = int(round(join_window_s * 1e6))
+        self.skew_us = int(round(max_clock_skew_s * 1e6))
+        self.max_pending = max_pending
+        self.emit = emit
+        self.implicit_negatives = implicit_negatives
+        self.watermark_us: int | None = None
+        self.closed_early = 0
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[int, int, str]] = []
+        self._seq = 0
+        # Request ids whose window closed, and why ("late" or "retired"), so that feedback
+        # for them is dropped rather than rejected as unknown. Bounded.
+        self._closed: OrderedDict[str, str] = OrderedDict()
+        self._closed_capacity = max(4 * max_pending, 10_000)
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._entries)
+
+    def _advance(self, ts_us: int) -> None:
+        if self.watermark_us is None or ts_us > self.watermark_us:
+            self.watermark_us = ts_us
+
+    def _remember_closed(self, request_id: str, why: str) -> None:
+        self._closed[request_id] = why
+        self._closed.move_to_end(request_id)
+        while len(self._closed) > self._closed_capacity:
+            self._closed.popitem(last=False)
+
+    def add(self, record: ServedRecord, problem: tuple[RejectReason, str] | None) -> list[Emitted]:
+        """Keep a served record for joining; returns examples emitted by closing windows."""
+        ts_us = to_us(record.request_time)
+        old = self._entries.get(record.request_id)
+        if old is not None:
+            logger.warning("request %s was recorded twice; keeping the first", record.request_id)
+            return []
+        entry = _Entry(record, ts_us, ts_us + self.window_us, problem)
+        self._entries[record.request_id] = entry
+        self._seq += 1
+        heapq.heappush(self._heap, (entry.expires_us, self._seq, record.request_id))
+        self._closed.pop(record.request_id, None)
+        self._advance(ts_us)
+        out = self.close_expired()
+        while len(self._entries) > self.max_pending:
+            out.extend(self._close_next(early=True))
+        return out
+
+    def plan(self, cols: FeedbackColumns, base_version: str) -> JoinPlan:
+        """Check every row against the served records; changes nothing.
+
+        Raises
+        ------
+        BatchRejected
+            ``unknown_id``, ``base_version``, ``out_of_range`` (times), or the problem of a
+            malformed served record (``schema_skew``, ``non_finite``, ``out_of_range``).
+        """
+        n = len(cols)
+        entries: list[_Entry] = []
+        rows: list[int] = []
+        keep: list[int] = []
+        dropped: Counter = Counter()
+        horizon = None if self.watermark_us is None else self.watermark_us + self.skew_us
+        for i in range(n):
+            rid = cols.request_id[i]
+            entry = self._entries.get(rid)
+            if entry is None:
+                why = self._closed.get(rid)
+                if why is not None:
+                    dropped[why] += 1
+                    continue
+                raise BatchRejected(
+                    RejectReason.UNKNOWN_ID, f"request_id {rid!r} at row {i} was never served", n
+                )
+            row = entry.index.get(cols.item_id[i])
+            if row is None:
+                raise BatchRejected(
+                    RejectReason.UNKNOWN_ID,
+                    f"item_id {cols.item_id[i]!r} at row {i} was not served in request {rid!r}",
+                    n,
+                )
+            if cols.user_id[i] != entry.record.user_id:
+                raise BatchRejected(
+                    RejectReason.UNKNOWN_ID,
+                    f"user_id {cols.user_id[i]!r} at row {i} differs from the user served "
+                    f"in request {rid!r}",
+                    n,
+                )
+            if cols.base_version is not None:
+                claimed = cols.base_version[i]
+                if claimed is not None and claimed != entry.record.base_version:
+                    raise BatchRejected(
+                        RejectReason.BASE_VERSION,
+                        f"row {i} claims base {claimed!r}; request {rid!r} was served by "
+                        f"base {entry.record.base_version!r}",
+                        n,
+                    )
+            if entry.record.base_version != base_version:
+                raise BatchRejected(
+                    RejectReason.BASE_VERSION,
+                    f"request {rid!r} at row {i} was served by base "
+                    f"{entry.record.base_version!r}; this layer corrects base {base_version!r}",
+                    n,
+                )
+            if entry.problem is not None:
+                reason, detail = entry.problem
+                raise BatchRejected(reason, f"request {rid!r} at row {i}: {detail}", n)
+            ts = int(cols.ts_us[i])
+            if ts < entry.ts_us - self.skew_us:
+                raise BatchRejected(
+                    RejectReason.OUT_OF_RANGE,
+                    f"ts at row {i} is {ts - entry.ts_us} us before its request",
+                    n,
+                )
+            if horizon is not None and ts > horizon:
+                ahead = (ts - (horizon - self.skew_us)) / 1e6
+                raise BatchRejected(
+                    RejectReason.OUT_OF_RANGE,
+                    f"ts at row {i} is {ahead:.0f} s ahead of the "
+                    f"learner's clock (limit {self.skew_us / 1e6:.0f} s)",
+                    n,
+                )
+            entries.append(entry)
+            rows.append(row)
+            keep.append(i)
+        idx = np.asarray(keep, dtype=np.int64)
+        return JoinPlan(
+            entries=entries,
+            rows=rows,
+            labels=cols.label[idx],
+            positions=cols.position[idx],
+            max_ts_us=int(cols.ts_us[idx].max()) if idx.size else -1,
+            dropped=dropped,
+        )
+
+    def apply(self, plan: JoinPlan, arrived: float) -> tuple[list[Emitted], Counter]:
+        """Record a checked batch's labels; returns emitted examples and dropped rows."""
+        dropped = Counter(plan.dropped)
+        ready: dict[int, tuple[_Entry, list[int]]] = {}
+        for entry, row, label, position in zip(
+            plan.entries, plan.rows, plan.labels, plan.positions, strict=True
+        ):
+            if entry.emitted[row]:
+                dropped["duplicate"] += 1
+                continue
+            previous = entry.label[row]
+            entry.label[row] = label if math.isnan(previous) else max(previous, label)
+            if position >= 0:
+                entry.position[row] = position
+            if math.isnan(entry.arrived[row]):
+                entry.arrived[row] = arrived
+            if self.emit == "on_arrival":
+                ready.setdefault(id(entry), (entry, []))[1].append(row)
+        out = []
+        for entry, rows in ready.values():
+            out.append(entry.emit(np.unique(np.asarray(rows, dtype=np.int64))))
+        if plan.max_ts_us >= 0:
+            self._advance(plan.max_ts_us)
+        out.extend(self.close_expired())
+        return out, dropped
+
+    def advance(self, ts_us: int) -> list[Emitted]:
+        """Move the watermark (e.g. to "now" on an idle live stream) and close windows."""
+        self._advance(ts_us)
+        return self.close_expired()
+
+    def _close_next(self, early: bool = False) -> list[Emitted]:
+        while self._heap:
+            _, _, rid = heapq.heappop(self._heap)
+            entry = self._entries.pop(rid, None)
+            if entry is None:
+                continue
+            if early:
+                self.closed_early += 1
+            self._remember_closed(rid, "late")
+            rows = entry.closing_rows(self.implicit_negatives)
+            return [entry.emit(rows)] if rows.size else []
+        return []
+
+    def close_expired(self) -> list[Emitted]:
+        """Emit and forget every request whose window has closed at the watermark."""
+        out: list[Emitted] = []
+        if self.watermark_us is None:
+            return out
+        while self._heap and self._heap[0][0] <= self.watermark_us:
+            out.extend(self._close_next())
+        return out
+
+    def close_all(self) -> list[Emitted]:
+        """Close every window now (end of a stream or a replay)."""
+        out: list[Emitted] = []
+        while self._heap:
+            out.extend(self._close_next())
+        return out
+
+    def retire_all(self) -> int:
+        """Forget every pending request (a rebase); returns the labelled rows dropped."""
+        dropped = 0
+        for rid, entry in self._entries.items():
+            dropped += int((~entry.emitted & ~np.isnan(entry.label)).sum())
+            self._remember_closed(rid, "retired")
+        self._entries.clear()
+        self._heap.clear()
+        return dropped
