@@ -1,0 +1,56 @@
+"""``BaseModelConfig``: validated, frozen, read from a TOML section, round-trips through a dict."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from base_model.config import BaseModelConfig
+from base_model.errors import ConfigError
+
+
+def test_defaults_are_valid_and_round_trip_through_a_plain_dict() -> None:
+    cfg = BaseModelConfig()
+    assert BaseModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.use_gpu == "auto" and cfg.warm_start and cfg.train_days == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 9  # type: ignore[misc]
+
+
+def test_toml_values_are_accepted() -> None:
+    cfg = BaseModelConfig.from_dict(
+        {
+            "hidden_layers": [128, 64],
+            "use_gpu": "true",
+            "epochs": 5,
+            "drift_exclude": ["item_age_hours", "user_imp_30d"],
+        }
+    )
+    assert cfg.hidden_layers == (128, 64) and cfg.use_gpu is True and cfg.epochs == 5
+    assert cfg.drift_exclude == ("item_age_hours", "user_imp_30d")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"epoch": 3}, "unknown \\[base_model\\] key\\(s\\): epoch"),
+        ({"embedding_dim": 0}, "embedding_dim must be >= 1, got 0"),
+        ({"embedding_dim": 8.5}, "embedding_dim must be an int"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0.0"),
+        ({"use_gpu": "maybe"}, "use_gpu must be 'auto', true or false"),
+        ({"hidden_layers": [64, -1]}, "hidden_layers must be a tuple of positive ints"),
+        ({"confidence": 1.0}, "confidence must be < 1.0"),
+        ({"oov_dropout": float("nan")}, "oov_dropout must be finite"),
+        ({"warm_start": "yes"}, "warm_start must be true or false"),
+    ],
+)
+def test_bad_values_name_the_field(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BaseModelConfig.from_dict(values)
+
+
+def test_config_errors_are_value_errors() -> None:
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ConfigError, match="must be a table"):
+        BaseModelConfig.from_dict([("epochs", 3)])  # type: ignore[arg-type]
