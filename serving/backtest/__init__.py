@@ -1,0 +1,18 @@
+"""Backtest: measure the value of freshness on an events file, by replaying it.
+
+Four policies are scored on exactly the same events, each before it learns from them:
+``static`` (one base trained on the warm-up span), ``base_only`` (base retrained every
+``base_every``, warm-started), ``hybrid`` (``base_only``'s bases plus the online layer, learning
+test-then-train per mini-batch) and ``daily_retrain`` (base retrained from scratch every day).
+
+One module per job: ``config`` (settings, durations), ``metrics`` (log loss, AUC, gap closed),
+``policies`` (names and retrain schedules), ``replay`` (the engine that drives the real
+tiers), ``report`` (``report.json`` / ``report.md``), ``plots`` (PNGs), ``cli``
+(``freshrank backtest``). Importing this package imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+__all__ = ["POLICIES"]
+
+POLICIES: tuple[str, ...] = ("static", "base_only", "hybrid", "daily_retrain")

@@ -1,0 +1,169 @@
+"""``freshrank backtest``: replay an events file through the real tiers, compare four policies.
+
+Registered into the ``freshrank`` console command by ``serving.cli`` through ``register``.
+The tiers are tuned only through their own documented settings: ``--config freshrank.toml``
+(``serving.settings``: ``[feature_store]`` ``[base_model]`` ``[online_layer]``) and/or
+``--set section.key=value`` on top of it. The backtest's own cadences are flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from serving.backtest.config import TIER_SECTIONS, BacktestConfig, parse_duration, parse_time
+from serving.backtest.errors import BacktestError, BacktestSettingsError
+
+__all__ = ["register", "config_from_args", "run", "main"]
+
+
+def _duration(text: str):
+    try:
+        return parse_duration(text)
+    except BacktestSettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str):
+    try:
+        return parse_time(text)
+    except BacktestSettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``backtest`` to the ``freshrank`` command."""
+    p = subparsers.add_parser(
+        "backtest",
+        help="measure the value of freshness on an events file",
+        description=(
+            "Replay a time-ordered events file through the real pipeline (Feast features, Ray "
+            "Train base fits, the Cython online layer, the serving scorer) and compare static, "
+            "base_only, hybrid and daily_retrain on the same events, each scored before it "
+            "learns from them. Writes report.json, report.md, logloss.png and auc.png."
+        ),
+    )
+    p.add_argument("--events", required=True, type=Path, help="events file (Parquet or CSV)")
+    p.add_argument("--out", type=Path, default=Path("backtest-out"), help="output directory")
+    p.add_argument("--warmup", type=_duration, help="training-only span before evaluation (default 14d)")
+    p.add_argument("--base-every", type=_duration, help="base_only/hybrid retrain cadence (default 7d)")
+    p.add_argument("--daily-every", type=_duration, help="daily_retrain cadence (default 1d)")
+    p.add_argument(
+        "--series-every", type=_duration, help="step of the per-day series and plots (default 1d)"
+    )
+    p.add_argument("--start", type=_time, help="drop events before this UTC time (ISO)")
+    p.add_argument("--end", type=_time, help="drop events at or after this UTC time (ISO)")
+    p.add_argument("--max-events", type=int, help="keep only the first N events (after --start/--end)")
+    p.add_argument("--online-batch", type=int, help="online mini-batch size (default 256)")
+    p.add_argument(
+        "--online-warm-start",
+        type=int,
+        help="events replayed through the online layer when it is re-bound to a new base (default 0)",
+    )
+    p.add_argument("--seed", type=int, help="seed for every trainer (default 0)")
+    p.add_argument("--workers", type=int, help="Ray Train workers per base fit (default 1)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--config", type=Path, help="freshrank.toml whose tier sections tune the tiers")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a tier setting over --config, e.g. base_model.epochs=3 (JSON value; repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run)
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.partition(".")
+    if not sep or not dot or not name:
+        raise BacktestSettingsError(f"--set {text!r}: expected SECTION.KEY=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare string
+    return section.strip(), name.strip(), value
+
+
+def config_from_args(args: argparse.Namespace) -> BacktestConfig:
+    """Merge flags, ``--config`` and ``--set`` overrides into a ``BacktestConfig``.
+
+    Raises:
+        BacktestSettingsError: unknown section, malformed value or missing ``--config`` file.
+    """
+    values: dict[str, Any] = {}
+    tiers: dict[str, dict[str, Any]] = {}
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise BacktestSettingsError(f"--config {args.config}: no such file")
+        values["settings_file"] = Path(args.config)
+    for text in args.overrides:
+        section, name, value = _parse_override(text)
+        if section not in TIER_SECTIONS:
+            raise BacktestSettingsError(
+                f"--set {text!r}: unknown section {section!r}; known: {', '.join(TIER_SECTIONS)}"
+            )
+        tiers.setdefault(section, {})[name] = value
+    flags = {
+        "warmup": args.warmup,
+        "base_every": args.base_every,
+        "daily_every": args.daily_every,
+        "start": args.start,
+        "end": args.end,
+        "max_events": args.max_events,
+        "online_batch": args.online_batch,
+        "online_warm_start": args.online_warm_start,
+        "seed": args.seed,
+        "workers": args.workers,
+        "series_every": args.series_every,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if tiers:
+        values["tier_settings"] = tiers
+    return BacktestConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the backtest the flags describe; print where the report is and its headline."""
+    from serving.backtest.progress import StderrProgress
+    from serving.backtest.replay import run_backtest
+
+    try:
+        cfg = config_from_args(args)
+    except BacktestError as exc:
+        print(f"freshrank backtest: {exc}", file=sys.stderr)
+        return 2
+    progress = None if args.quiet else StderrProgress()
+    started = time.monotonic()
+    try:
+        report = run_backtest(args.events, args.out, cfg, progress=progress, ray_address=args.ray_address)
+    except (BacktestError, ValueError, FileNotFoundError) as exc:
+        print(f"freshrank backtest: {exc}", file=sys.stderr)
+        return 2
+    c = report["comparison"]
+    print(f"wrote {args.out}/report.md, report.json, logloss.png, auc.png ({time.monotonic() - started:.0f} s)")
+    print(Path(args.out, "report.md").read_text().split("\n## Target")[0])
+    print(f"target {'met' if c['target']['met'] else 'NOT met'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.backtest ...``: the same command without the rest of ``freshrank``."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m serving.backtest")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["backtest", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)

@@ -1,0 +1,376 @@
+"""The replay engine: walk an events log in time order and score four policies on it.
+
+Why it is built this way:
+
+- Features for every event come once, up front, from the feature store's point-in-time
+  training set (each row gets features from events strictly before it), so every policy
+  sees exactly the features serving would have had, and no policy can see the future
+  through them.
+- A base fitted at ``t`` gets only rows with ``ts < t`` and scores ``[t, next fit)``; each
+  ``Fit`` records the latest timestamp it was actually given, so the report (and a test) can
+  show that no score used its own event's label.
+- The online layer learns test-then-train: each mini-batch is scored, then learned. It is
+  re-bound to each new base (weights trained for one base mean nothing on another).
+- The first fit (``[origin, eval_start)``, from scratch, same seed) is the same model for
+  ``static``, ``base_only`` and ``daily_retrain``: it is trained once and its compute counted
+  for each of them. ``hybrid`` shares ``base_only``'s bases and their compute.
+
+Everything that calls another package lives in ``serving.backtest.tiers``; this module is
+the schedule and the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from serving.backtest import POLICIES
+from serving.backtest.config import BacktestConfig, format_duration
+from serving.backtest.errors import BacktestDataError
+from serving.backtest.policies import Fit, PolicyRun, retrain_times
+from serving.backtest.progress import LogProgress, ProgressSink
+
+__all__ = ["Timeline", "make_timeline", "select_window", "run_backtest", "replay", "ReplayOutcome"]
+
+logger = logging.getLogger(__name__)
+
+DAY = timedelta(days=1)
+_US = 1_000_000
+
+
+def _to_us(t: datetime) -> int:
+    return int(round(t.timestamp() * _US))
+
+
+def _from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / _US, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Where training-only ends and the evaluation days lie.
+
+    ``origin`` is the UTC midnight of the first event; evaluation starts ``warmup`` later and
+    runs in whole steps (``step``, a day by default) up to the one holding the last event.
+    """
+
+    origin: datetime
+    eval_start: datetime
+    eval_end: datetime
+    days: tuple[datetime, ...]
+    step: timedelta = DAY
+
+
+def make_timeline(
+    first_ts: datetime, last_ts: datetime, warmup: timedelta, step: timedelta = DAY
+) -> Timeline:
+    """Evaluation steps (days by default) for a log spanning ``[first_ts, last_ts]``.
+
+    Raises:
+        BacktestDataError: the warm-up leaves no event to evaluate.
+    """
+    origin = datetime(first_ts.year, first_ts.month, first_ts.day, tzinfo=UTC)
+    eval_start = origin + warmup
+    if last_ts < eval_start:
+        raise BacktestDataError(
+            f"the events span {first_ts:%Y-%m-%d %H:%M} .. {last_ts:%Y-%m-%d %H:%M}, all inside "
+            f"the warm-up (ends {eval_start:%Y-%m-%d %H:%M}): shorten --warmup or pass a longer log"
+        )
+    n_days = int((last_ts - eval_start) // step) + 1
+    days = tuple(eval_start + i * step for i in range(n_days))
+    return Timeline(origin, eval_start, eval_start + n_days * step, days, step)
+
+
+def select_window(table: pa.Table, cfg: BacktestConfig) -> pa.Table:
+    """Apply ``start``/``end``/``max_events`` to a ts-sorted events table.
+
+    Raises:
+        BacktestDataError: nothing is left.
+    """
+    import pyarrow.compute as pc
+
+    n_in = table.num_rows
+    if cfg.start is not None:
+        table = table.filter(pc.greater_equal(table["ts"], pa.scalar(cfg.start, table.schema.field("ts").type)))
+    if cfg.end is not None:
+        table = table.filter(pc.less(table["ts"], pa.scalar(cfg.end, table.schema.field("ts").type)))
+    if cfg.max_events is not None and table.num_rows > cfg.max_events:
+        table = table.slice(0, cfg.max_events)
+    if table.num_rows == 0:
+        raise BacktestDataError(
+            f"no events left of {n_in} after --start {cfg.start} / --end {cfg.end} / --max-events"
+        )
+    return table
+
+
+@dataclass
+class ReplayOutcome:
+    """What the replay measured, before it is summarised into a report."""
+
+    timeline: Timeline
+    labels: np.ndarray  # (E,) float64, the evaluated events' labels
+    day_index: np.ndarray  # (E,) int, evaluation day of each
+    runs: dict[str, PolicyRun]
+    events_total: int
+    events_train_only: int
+    blocked_fits: list[dict[str, str]]
+
+
+def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -> ReplayOutcome:
+    """Fit, score and learn: the four policies on ``data`` (a ``tiers.ReplayData``).
+
+    ``tiers`` (a ``serving.backtest.tiers.TierContext``) provides
+    ``fit_base(data, n_rows, cutoff, parent) -> (Fit, scorer)`` (train on the first
+    ``n_rows`` rows, all with ``ts < cutoff``), ``score_base(scorer, data, lo, hi) ->
+    BaseScores`` and ``online_session(fit, scorer) -> OnlineSession``.
+    """
+    ts = data.ts_us
+    first, last = _from_us(int(ts[0])), _from_us(int(ts[-1]))
+    timeline = make_timeline(first, last, cfg.warmup, cfg.series_every)
+    eval_lo = int(np.searchsorted(ts, _to_us(timeline.eval_start), side="left"))
+    if eval_lo == 0:
+        raise BacktestDataError("no training-only events before the evaluation start")
+    n_eval = ts.size - eval_lo
+    labels = data.labels[eval_lo:]
+    step_us = int(timeline.step.total_seconds() * _US)
+    day_index = ((ts[eval_lo:] - _to_us(timeline.eval_start)) // step_us).astype(np.int64)
+    progress(
+        "plan",
+        f"{ts.size:,} events, {eval_lo:,} training-only, {n_eval:,} evaluated over "
+        f"{len(timeline.days)} steps of {format_duration(timeline.step)} from {timeline.eval_start:%Y-%m-%d}",
+    )
+
+    def bound(t: datetime) -> int:
+        return int(np.searchsorted(ts, _to_us(t), side="left"))
+
+    base_times = retrain_times(timeline.eval_start, timeline.eval_end, cfg.base_every)
+    daily_times = retrain_times(timeline.eval_start, timeline.eval_end, cfg.daily_every)
+    total_fits = len(base_times) + len(daily_times) - 1
+    done = 0
+
+    blocked: list[dict[str, str]] = []
+
+    def fit(cutoff: datetime, previous: tuple[Fit, Any] | None, warm: bool, policy: str) -> tuple[Fit, Any]:
+        """A new base at ``cutoff``; if the data gates block it, the previous base stays."""
+        nonlocal done
+        done += 1
+        parent = previous[0] if (warm and previous is not None) else None
+        progress("fit", f"{done}/{total_fits} {policy} cutoff {cutoff:%Y-%m-%d %H:%M} "
+                 f"({bound(cutoff):,} rows{', warm from ' + parent.version if parent else ', from scratch'})")
+        result = tiers.fit_base(data, bound(cutoff), cutoff, parent)
+        if result is None:
+            if previous is None:
+                raise BacktestDataError(
+                    f"the base tier's data gates blocked the first fit (cutoff {cutoff:%Y-%m-%d}): "
+                    f"{tiers.last_block}. Relax them with --set base_model.<gate>=... or a longer --warmup"
+                )
+            blocked.append({"policy": policy, "cutoff": cutoff.isoformat(), "reason": tiers.last_block})
+            progress("fit", f"{done}/{total_fits} blocked by data gates: keeping {previous[0].version}")
+            return previous
+        progress("fit", f"{done}/{total_fits} done: {result[0].version} in {result[0].seconds:.1f} s "
+                 f"(gate: {result[0].status})")
+        return result
+
+    # One shared first fit: static == base_only[0] == daily_retrain[0].
+    shared = fit(timeline.eval_start, None, False, "shared (static, base_only, daily_retrain)")
+    base_chain = [shared]
+    for t in base_times[1:]:
+        base_chain.append(fit(t, base_chain[-1], True, "base_only"))
+    daily_chain = [shared]
+    for t in daily_times[1:]:
+        daily_chain.append(fit(t, daily_chain[-1], False, "daily_retrain"))
+
+    runs = {name: PolicyRun(name, np.full(n_eval, math.nan)) for name in POLICIES}
+    runs["static"].fits = [shared[0]]
+    runs["base_only"].fits = _unique([f for f, _ in base_chain])
+    runs["hybrid"].fits = _unique([f for f, _ in base_chain])
+    runs["daily_retrain"].fits = _unique([f for f, _ in daily_chain])
+
+    def segments(times: list[datetime]) -> list[tuple[int, int]]:
+        edges = [bound(t) for t in times] + [ts.size]
+        return [(max(lo, eval_lo), hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+    # static and daily_retrain: the base alone.
+    progress("score", "static")
+    _score_into(runs["static"], tiers, data, [shared], [(eval_lo, ts.size)], eval_lo)
+    progress("score", f"daily_retrain ({len(runs['daily_retrain'].fits)} bases)")
+    _score_into(runs["daily_retrain"], tiers, data, daily_chain, segments(daily_times), eval_lo)
+
+    # base_only and hybrid: same bases; hybrid adds the online layer, test-then-train.
+    _score_into(runs["base_only"], tiers, data, base_chain, segments(base_times), eval_lo)
+    runs["hybrid"].base_version = runs["base_only"].base_version
+    session = None
+    for (fit_k, scorer), (lo, hi) in zip(base_chain, segments(base_times)):
+        if hi <= lo:
+            continue
+        scores = tiers.score_base(scorer, data, lo, hi)
+        before_s, before_b = (session.learn_seconds, session.batches) if session else (0.0, 0)
+        if session is None or session.base_version != fit_k.version:
+            # A new base: weights learned for the old one mean nothing here. Its warm-start
+            # learning (if any) counts as online compute.
+            session = tiers.online_session(fit_k, scorer)
+            before_s, before_b = 0.0, 0
+            if cfg.online_warm_start:
+                w_hi = bound(fit_k.cutoff)
+                w_lo = max(0, w_hi - cfg.online_warm_start)
+                if w_hi > w_lo:
+                    w_scores = tiers.score_base(scorer, data, w_lo, w_hi)
+                    session.learn_only(data, w_lo, w_hi, w_scores, cfg.online_batch)
+        progress("online", f"{fit_k.version}: {hi - lo:,} events from {_from_us(int(ts[lo])):%Y-%m-%d}, "
+                 f"batches of {cfg.online_batch}")
+        runs["hybrid"].probs[lo - eval_lo : hi - eval_lo] = session.test_then_train(
+            data, lo, hi, scores, cfg.online_batch
+        )
+        runs["hybrid"].online_seconds += session.learn_seconds - before_s
+        runs["hybrid"].online_batches += session.batches - before_b
+    progress("online", f"learned {runs['hybrid'].online_batches} batches in "
+             f"{runs['hybrid'].online_seconds:.2f} s")
+    for name, run in runs.items():
+        if np.isnan(run.probs).any():
+            raise RuntimeError(f"policy {name} left {int(np.isnan(run.probs).sum())} events unscored")
+    return ReplayOutcome(timeline, labels, day_index, runs, int(ts.size), eval_lo, blocked)
+
+
+def _unique(fits: list[Fit]) -> list[Fit]:
+    """Fits in order, each once (a blocked retrain repeats the base it kept)."""
+    seen: set[str] = set()
+    return [f for f in fits if not (f.version in seen or seen.add(f.version))]
+
+
+def _score_into(
+    run: PolicyRun,
+    tiers: Any,
+    data: Any,
+    chain: list[tuple[Fit, Any]],
+    spans: list[tuple[int, int]],
+    eval_lo: int,
+) -> None:
+    """Base-alone probabilities: ``chain[i]`` scores rows ``spans[i]``.
+
+    ``serving.ranking.sigmoid`` turns logits into the probabilities serving reports.
+    """
+    from serving.ranking import sigmoid
+
+    versions = np.full(run.probs.size, "", dtype=object)
+    for (fit_i, scorer), (lo, hi) in zip(chain, spans):
+        if hi <= lo:
+            continue
+        logits = tiers.score_base(scorer, data, lo, hi).logits.astype(np.float64)
+        run.probs[lo - eval_lo : hi - eval_lo] = sigmoid(logits)
+        versions[lo - eval_lo : hi - eval_lo] = fit_i.version
+    run.base_version = versions
+
+
+def write_scores(path: Path, data: Any, outcome: ReplayOutcome) -> Path:
+    """Every evaluated event with each policy's probability and the base that scored it.
+
+    Columns: ``ts``, ``user_id``, ``item_id``, ``label``, ``day`` (index into the report's
+    ``days``), then per policy ``<policy>`` (probability, scored before learning from the
+    event) and, for base-only policies, ``<policy>_base`` (the version that scored it).
+    """
+    import pyarrow.parquet as pq
+
+    lo = outcome.events_train_only
+    columns: dict[str, Any] = {
+        "ts": pa.array(data.ts_us[lo:], type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "user_id": pa.array(data.user_ids[lo:], type=pa.string()),
+        "item_id": pa.array(data.item_ids[lo:], type=pa.string()),
+        "label": pa.array(outcome.labels, type=pa.float32()),
+        "day": pa.array(outcome.day_index, type=pa.int32()),
+    }
+    for name, run in outcome.runs.items():
+        columns[name] = pa.array(run.probs, type=pa.float64())
+        if run.base_version is not None:
+            columns[f"{name}_base"] = pa.array(run.base_version, type=pa.string())
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def run_backtest(
+    events: Path | str | pa.Table,
+    out_dir: Path | str,
+    cfg: BacktestConfig,
+    *,
+    progress: ProgressSink | None = None,
+    ray_address: str | None = None,
+    events_name: str | None = None,
+) -> dict[str, Any]:
+    """Run the whole backtest and write ``report.json``, ``report.md`` and the PNGs.
+
+    Args:
+        events: An events file (Parquet/CSV, the documented events format) or a table in
+            ``protos.events.EVENTS_SCHEMA``.
+        out_dir: Output directory; the replay's feature-store workspace and base artifacts
+            go under ``out_dir/workspace`` (replaced at every run).
+        cfg: Cadences, window and tier settings.
+        progress: Where progress lines go (default: this package's logger).
+        ray_address: An existing Ray cluster; default a local loopback one (or the one
+            this process already joined).
+        events_name: Name shown in the report for an in-memory table.
+
+    Returns:
+        The report as a dict (the content of ``report.json``).
+
+    Raises:
+        BacktestDataError / BacktestSettingsError: the log or the settings cannot be replayed.
+    """
+    from serving.backtest import tiers
+    from serving.backtest.plots import write_plots
+    from serving.backtest.report import build_report, write_report
+
+    started = time.monotonic()
+    progress = progress or LogProgress()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(events, pa.Table):
+        source = events_name or "<table>"
+        table = tiers.conform_events(events)
+    else:
+        source = str(events)
+        progress("load", f"reading {events}")
+        table = tiers.load_events(Path(events))
+    table = select_window(table, cfg)
+    workspace = out / "workspace"
+    if workspace.exists():  # the previous run's state (event log, features, fits): ours to replace
+        import shutil
+
+        shutil.rmtree(workspace)
+    progress("features", f"point-in-time features for {table.num_rows:,} events")
+    data = tiers.prepare(table, out / "workspace", cfg)
+    progress("ray", "starting or joining Ray")
+    tiers.start_ray(ray_address)
+    context = tiers.TierContext(out / "workspace", cfg, ray_address)
+    outcome = replay(data, cfg, context, progress)
+    t = outcome.timeline
+    report = build_report(
+        labels=outcome.labels,
+        day_index=outcome.day_index,
+        days=list(t.days),
+        runs=outcome.runs,
+        events_file=source,
+        settings={**cfg.to_json(), "tiers": context.tier_config_json()},
+        span={
+            "first_event": _from_us(int(data.ts_us[0])),
+            "last_event": _from_us(int(data.ts_us[-1])),
+            "eval_start": t.eval_start,
+            "eval_end": t.eval_end,
+            "events_total": outcome.events_total,
+            "events_train_only": outcome.events_train_only,
+            "events_evaluated": int(outcome.labels.size),
+        },
+        wall_seconds=time.monotonic() - started,
+        blocked_fits=outcome.blocked_fits,
+    )
+    write_report(out, report)
+    write_plots(out, report)
+    write_scores(out / "scores.parquet", data, outcome)
+    progress("done", f"report in {out} ({time.monotonic() - started:.0f} s)")
+    return report

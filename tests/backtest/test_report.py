@@ -1,0 +1,153 @@
+"""report.json / report.md / plots from synthetic policy runs (no tier involved)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from serving.backtest import POLICIES
+from serving.backtest.metrics import log_loss
+from serving.backtest.plots import write_plots
+from serving.backtest.policies import Fit, PolicyRun
+from serving.backtest.report import build_report, load_report, render_markdown, results_row, write_report
+
+DAY0 = datetime(2024, 1, 3, tzinfo=UTC)
+
+
+def _fit(version: str, seconds: float, day: int = 0) -> Fit:
+    return Fit(DAY0 + timedelta(days=day), 100, DAY0, seconds, f"/a/{version}", version, None)
+
+
+def _runs(labels: np.ndarray) -> dict[str, PolicyRun]:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, labels.size)
+    truth = np.clip(0.5 + 0.4 * (2 * labels - 1) + 0.0 * noise, 0.01, 0.99)
+
+    def blur(strength: float) -> np.ndarray:
+        return np.clip(truth * (1 - strength) + 0.5 * strength + 0.05 * noise * strength, 0.01, 0.99)
+
+    shared = _fit("v1", 20.0)
+    return {
+        "static": PolicyRun("static", blur(0.9), fits=[shared]),
+        "base_only": PolicyRun("base_only", blur(0.8), fits=[shared, _fit("v2", 20.0, 2)]),
+        "hybrid": PolicyRun("hybrid", blur(0.6), fits=[shared, _fit("v2", 20.0, 2)], online_seconds=1.5),
+        "daily_retrain": PolicyRun(
+            "daily_retrain", blur(0.5), fits=[shared] + [_fit(f"d{i}", 20.0, i) for i in range(1, 4)]
+        ),
+    }
+
+
+@pytest.fixture
+def report(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400).astype(float)
+    day_index = np.repeat(np.arange(4), 100)
+    days = [DAY0 + timedelta(days=i) for i in range(4)]
+    runs = _runs(labels)
+    rep = build_report(
+        labels=labels,
+        day_index=day_index,
+        days=days,
+        runs=runs,
+        events_file="/x/events.parquet",
+        settings={"warmup": "2d", "base_every": "2d", "daily_every": "1d", "online_batch": 64, "seed": 0},
+        span={
+            "first_event": DAY0 - timedelta(days=2),
+            "last_event": DAY0 + timedelta(days=4),
+            "eval_start": DAY0,
+            "eval_end": DAY0 + timedelta(days=4),
+            "events_total": 600,
+            "events_train_only": 200,
+            "events_evaluated": 400,
+        },
+        wall_seconds=12.0,
+    )
+    return rep, labels, runs
+
+
+def test_report_schema_and_values(report):
+    rep, labels, runs = report
+    assert rep["schema_version"] == 1
+    assert list(rep["policies"]) == list(POLICIES)
+    for name, row in rep["policies"].items():
+        assert row["events"] == 400
+        assert row["logloss"] == pytest.approx(log_loss(labels, runs[name].probs))
+        assert len(row["daily"]["logloss"]) == len(row["daily"]["auc"]) == len(rep["days"]) == 4
+        assert sum(row["daily"]["events"]) == 400
+    assert rep["policies"]["hybrid"]["train_seconds"] == pytest.approx(41.5)
+    assert rep["policies"]["hybrid"]["online_train_seconds"] == pytest.approx(1.5)
+    assert rep["policies"]["daily_retrain"]["train_seconds"] == pytest.approx(80.0)
+    c = rep["comparison"]
+    p = rep["policies"]
+    expected_gap = (p["base_only"]["logloss"] - p["hybrid"]["logloss"]) / (
+        p["base_only"]["logloss"] - p["daily_retrain"]["logloss"]
+    )
+    assert c["gap_closed"] == pytest.approx(expected_gap)
+    assert c["compute_ratio"] == pytest.approx(41.5 / 80.0)
+    assert c["target"]["hybrid_beats_base_only_logloss"] is True
+    assert c["target"]["tenth_of_the_compute"] is False
+    assert c["target"]["met"] is False
+    # every fit listed once, shared fits not duplicated
+    assert sorted(f["version"] for f in rep["fits"]) == ["d1", "d2", "d3", "v1", "v2"]
+
+
+def test_report_files_are_strict_json_and_readable_markdown(report, tmp_path):
+    rep, _, _ = report
+    rep["policies"]["static"]["daily"]["auc"][1] = None  # a one-class day
+    json_path, md_path = write_report(tmp_path, rep)
+    text = json_path.read_text()
+    assert "NaN" not in text
+    assert load_report(json_path) == json.loads(text)
+    md = md_path.read_text()
+    assert "| `hybrid` |" in md and "closes" in md and "n/a" in md
+    assert "logloss.png" in md
+    assert results_row("sim", rep).startswith("| sim | 400 |")
+
+
+def test_nan_becomes_null(report):
+    rep, _, _ = report
+    rep["comparison"]["gap_closed"] = None
+    assert "no `base_only` → `daily_retrain` log-loss gap" in render_markdown(rep)
+
+
+def test_build_report_refuses_misaligned_runs(report):
+    _, labels, runs = report
+    runs["hybrid"] = PolicyRun("hybrid", runs["hybrid"].probs[:-1])
+    with pytest.raises(ValueError, match="hybrid scored 399"):
+        build_report(
+            labels=labels, day_index=np.zeros(400, int), days=[DAY0], runs=runs,
+            events_file="x", settings={}, span={}, wall_seconds=0.0,
+        )
+
+
+def test_plots_are_pngs(report, tmp_path):
+    rep, _, _ = report
+    rep = json.loads(json.dumps(rep))
+    paths = write_plots(tmp_path, rep)
+    assert [p.name for p in paths] == ["logloss.png", "auc.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.stat().st_size > 5000
+    assert math.isfinite(rep["policies"]["hybrid"]["logloss"])
+
+
+def test_auc_gap_closed_and_refresh(report, tmp_path):
+    rep, _, _ = report
+    p = rep["policies"]
+    expected = (p["hybrid"]["auc"] - p["base_only"]["auc"]) / (p["daily_retrain"]["auc"] - p["base_only"]["auc"])
+    assert rep["comparison"]["auc_gap_closed"] == pytest.approx(expected)
+    # refresh re-derives the aggregates from report.json alone
+    del rep["comparison"]["auc_gap_closed"]
+    rep["comparison"]["gap_closed"] = 0.0
+    write_report(tmp_path, rep)
+    from serving.backtest.report import refresh_report
+
+    again = refresh_report(tmp_path)
+    assert again["comparison"]["auc_gap_closed"] == pytest.approx(expected)
+    assert again["comparison"]["gap_closed"] > 0
+    assert (tmp_path / "auc.png").is_file()
+    assert load_report(tmp_path / "report.json") == again
