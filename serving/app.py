@@ -1,0 +1,101 @@
+"""Build, start and stop the freshrank Serve application.
+
+``build_app`` wires the deployments (the learner's handle into the ingress). ``start`` runs
+it on a Ray cluster: the one at ``settings.ray_address``, or a loopback-only local one.
+``app_builder`` is the typed builder Serve's own CLI uses::
+
+    serve run serving.app:app_builder config=freshrank.toml workspace=.freshrank
+
+(with Serve's gRPC options from ``infra/serve/config.yaml``, which names the servicer).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from serving.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+SERVICER = "protos.freshrank.v1.ranking_pb2_grpc.add_RankerServicer_to_server"
+
+
+def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Any:
+    """The Serve application graph: Learner <- Ranker (ingress).
+
+    ``online_enabled`` overrides ``settings.serving.online_enabled`` through the Ranker's
+    ``user_config``: re-running the app with another value reconfigures the running
+    replicas in place (no restart, the learner untouched).
+    """
+    from serving.deployments import Learner, Ranker
+
+    enabled = settings.serving.online_enabled if online_enabled is None else online_enabled
+    learner = Learner.options(ray_actor_options={"num_cpus": 0}).bind(settings)
+    return Ranker.options(
+        num_replicas=settings.serving.ranker_replicas,
+        max_ongoing_requests=settings.serving.max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+        user_config={"online_enabled": enabled},
+    ).bind(settings, learner)
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """Serve CLI entry (``serve run serving.app:app_builder config=... workspace=...``)."""
+    return build_app(load_settings(args.get("config"), workspace=args.get("workspace")))
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """Where a started application listens."""
+
+    grpc_address: str
+    http_address: str
+    app_name: str
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start(settings: Settings) -> RunningServer:
+    """Start Serve (gRPC + HTTP proxies) and deploy the application; returns its addresses.
+
+    Ports of 0 are replaced by free ones. Joins ``settings.ray_address`` if set, else
+    starts a loopback-only local Ray cluster.
+    """
+    from base_model.ray_cluster import init_local_ray
+
+    init_local_ray(address=settings.ray_address)
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    cfg = settings.serving
+    grpc_port = cfg.grpc_port or _free_port(cfg.host)
+    http_port = cfg.http_port or _free_port(cfg.host)
+    serve.start(
+        http_options={"host": cfg.host, "port": http_port},
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER]),
+    )
+    serve.run(build_app(settings), name=cfg.app_name, blocking=False)
+    running = RunningServer(f"{cfg.host}:{grpc_port}", f"{cfg.host}:{http_port}", cfg.app_name)
+    logger.info("freshrank serving gRPC on %s", running.grpc_address)
+    return running
+
+
+def set_online_enabled(settings: Settings, enabled: bool) -> None:
+    """Turn the online correction off (base alone) or on again in a running application."""
+    from ray import serve
+
+    serve.run(build_app(settings, online_enabled=enabled), name=settings.serving.app_name, blocking=False)
+
+
+def stop() -> None:
+    """Shut down Serve (every application and proxy this cluster's Serve runs)."""
+    from ray import serve
+
+    serve.shutdown()

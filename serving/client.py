@@ -1,0 +1,103 @@
+"""A small synchronous client for the Ranker service (demo, tests, operators).
+
+It is a thin layer over the generated stub: it dials loopback by default, passes the Serve
+application name as metadata, and turns Python values into messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+
+import grpc
+import pyarrow as pa
+
+from protos.freshrank.v1 import ranking_pb2, ranking_pb2_grpc
+
+
+class RankerClient:
+    """Calls ``freshrank.v1.Ranker`` over one gRPC channel; use as a context manager."""
+
+    def __init__(self, address: str, app_name: str = "freshrank", timeout_s: float = 10.0):
+        self._channel = grpc.insecure_channel(address)
+        self._stub = ranking_pb2_grpc.RankerStub(self._channel)
+        self._metadata = (("application", app_name),)
+        self._timeout = timeout_s
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Block until the channel connects (raises ``grpc.FutureTimeoutError`` if not)."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+
+    def rank(
+        self,
+        request_id: str,
+        user_id: str,
+        candidates: Sequence[str],
+        top_k: int = 0,
+        request_time: datetime | None = None,
+    ) -> ranking_pb2.RankResponse:
+        request = ranking_pb2.RankRequest(
+            request_id=request_id,
+            user_id=user_id,
+            candidate_item_ids=list(candidates),
+            top_k=top_k,
+        )
+        if request_time is not None:
+            request.context.request_time.FromDatetime(request_time)
+        return self._stub.Rank(request, metadata=self._metadata, timeout=self._timeout)
+
+    def feedback(self, events: pa.Table) -> ranking_pb2.FeedbackReply:
+        """Send events (events schema: request_id, user_id, item_id, ts, label, position)."""
+        return self._stub.Feedback(
+            feedback_request(events), metadata=self._metadata, timeout=self._timeout
+        )
+
+    def status(self) -> ranking_pb2.StatusReply:
+        return self._stub.Status(
+            ranking_pb2.StatusRequest(), metadata=self._metadata, timeout=self._timeout
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RankerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def feedback_request(events: pa.Table) -> ranking_pb2.FeedbackRequest:
+    """Build a ``FeedbackRequest`` from an events table (missing position counts as 0)."""
+    columns = events.select(["request_id", "user_id", "item_id", "ts", "label", "position"])
+    micros = columns.column("ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    micros_np = micros.to_numpy(zero_copy_only=False)
+    positions = columns.column("position").fill_null(0).to_numpy(zero_copy_only=False)
+    labels = columns.column("label").to_numpy(zero_copy_only=False)
+    message = ranking_pb2.FeedbackRequest()
+    for i, (request_id, user_id, item_id) in enumerate(
+        zip(
+            columns.column("request_id").to_pylist(),
+            columns.column("user_id").to_pylist(),
+            columns.column("item_id").to_pylist(),
+            strict=True,
+        )
+    ):
+        event = message.events.add(
+            request_id=request_id or "",
+            user_id=user_id,
+            item_id=item_id,
+            label=float(labels[i]),
+            position=int(positions[i]),
+        )
+        event.event_time.FromMicroseconds(int(micros_np[i]))
+    return message
+
+
+__all__ = ["RankerClient", "feedback_request"]

@@ -1,0 +1,69 @@
+"""Serving configuration: one frozen dataclass, passed explicitly to every serving part."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How the Ray Serve application listens, validates and decides to fall back.
+
+    Attributes:
+        grpc_port: Port of Serve's gRPC proxy. Ray binds it on all interfaces; clients dial
+            127.0.0.1. 0 means "pick a free port" (tests, demo).
+        http_port: Port of Serve's HTTP proxy (kept on ``host``); 0 picks a free port.
+        host: Address for the HTTP proxy and for clients to dial.
+        app_name: Serve application name (clients pass it as ``application`` metadata when
+            several applications run).
+        max_candidates: Largest candidate list a Rank call may send.
+        online_ttl_seconds: Online weights older than this are stale: serving falls back to
+            the base alone rather than apply a correction learned from old traffic.
+        weight_poll_seconds: How often each Ranker replica asks the learner for newer weights.
+        online_enabled: Operator switch; False serves the base alone.
+        ranker_replicas: Replicas of the Rank ingress.
+        max_ongoing_requests: Concurrency per Rank replica.
+        max_feedback_events: Largest Feedback batch accepted in one call.
+    """
+
+    grpc_port: int = 9000
+    http_port: int = 8000
+    host: str = "127.0.0.1"
+    app_name: str = "freshrank"
+    max_candidates: int = 1000
+    online_ttl_seconds: float = 900.0
+    weight_poll_seconds: float = 1.0
+    online_enabled: bool = True
+    ranker_replicas: int = 1
+    max_ongoing_requests: int = 64
+    max_feedback_events: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"serving.{name} must be in [0, 65535], got {port}")
+        if self.max_candidates < 1:
+            raise ValueError(f"serving.max_candidates must be >= 1, got {self.max_candidates}")
+        if self.online_ttl_seconds <= 0:
+            raise ValueError("serving.online_ttl_seconds must be > 0")
+        if self.weight_poll_seconds <= 0:
+            raise ValueError("serving.weight_poll_seconds must be > 0")
+        if self.ranker_replicas < 1:
+            raise ValueError("serving.ranker_replicas must be >= 1")
+        if self.max_ongoing_requests < 1:
+            raise ValueError("serving.max_ongoing_requests must be >= 1")
+        if self.max_feedback_events < 1:
+            raise ValueError("serving.max_feedback_events must be >= 1")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ServingConfig:
+        """Build from a mapping (a TOML section); unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown [serving] setting(s): {', '.join(unknown)}")
+        return cls(**dict(values))

@@ -1,0 +1,324 @@
+"""``freshrank demo``: the whole hybrid loop on one machine, end to end, with a report.
+
+1. Events: simulated (``feature_store.simulate``) or the user's file (``--events``).
+2. The days before the replay: event log, features, ``feast apply``, materialize, a
+   point-in-time training set, and a base model trained with Ray Train (``pipeline``).
+3. The Serve application with its gRPC ingress on localhost.
+4. Replay of the following days through a real gRPC client: ``Rank`` for every logged
+   request (its logged slate as candidates, its logged time as request time), then
+   ``Feedback`` with what happened. The online layer learns per mini-batch and its weights
+   reach the ranker while the replay runs. At each day boundary the new day's events are
+   appended to the event log and features are recomputed and materialized, as a nightly
+   job would.
+5. A report: per day, base-alone vs hybrid progressive log loss and AUC (each mini-batch
+   scored before it is learned), Rank latency, online learning speed, fallbacks.
+Everything started is stopped at the end, also on error.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from serving.pipeline import PreparedBase, prepare_base, refresh_features, slice_events
+from serving.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MARKER = ".freshrank-demo"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo replays and where it keeps its state."""
+
+    workspace: Path
+    events: Path | None = None
+    replay_days: float = 2.0
+    simulate_days: float = 16.0
+    seed: int = 7
+    max_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.replay_days <= 0:
+            raise ValueError("replay_days must be > 0")
+        if self.simulate_days <= self.replay_days:
+            raise ValueError("simulate_days must exceed replay_days")
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured (``format`` renders it for people)."""
+
+    events_total: int
+    replay_start: datetime
+    replay_end: datetime
+    base: PreparedBase
+    requests: int
+    latencies_ms: np.ndarray
+    fallbacks: Counter
+    learner: Any  # online_layer.learner.LearnerReport
+    feature_refresh_seconds: list[float] = field(default_factory=list)
+    replay_seconds: float = 0.0
+    grpc_address: str = ""
+
+    def format(self) -> str:
+        lines = [
+            "freshrank demo report",
+            "=====================",
+            f"events: {self.events_total:,}; replayed {self.requests:,} requests from "
+            f"{self.replay_start:%Y-%m-%d %H:%M} to {self.replay_end:%Y-%m-%d %H:%M} UTC "
+            f"through gRPC at {self.grpc_address}",
+            f"base model: {self.base.version} trained on {self.base.train_rows:,} events "
+            f"in {self.base.train_seconds:.1f}s (Ray Train); features {self.base.feature_seconds:.1f}s",
+            "",
+            "Progressive validation (every mini-batch scored before it is learned):",
+            f"{'day':<12}{'events':>9}{'logloss base':>14}{'logloss hybrid':>16}"
+            f"{'AUC base':>10}{'AUC hybrid':>12}",
+        ]
+        rows = list(self.learner.progressive_by_day) + [self.learner.progressive]
+        for summary in rows:
+            day = "all" if summary is self.learner.progressive else summary.day
+            lines.append(
+                f"{day:<12}{summary.examples:>9,}{summary.logloss_base:>14.4f}"
+                f"{summary.logloss_hybrid:>16.4f}{_auc(summary.auc_base):>10}"
+                f"{_auc(summary.auc_hybrid):>12}"
+            )
+        overall = self.learner.progressive
+        lines.append(f"hybrid log-loss gain over base alone: {100 * overall.logloss_gain:+.2f}%")
+        lat = self.latencies_ms
+        lines += [
+            "",
+            f"Rank latency (client, through Serve's gRPC proxy): p50 {np.percentile(lat, 50):.2f} ms, "
+            f"p99 {np.percentile(lat, 99):.2f} ms over {lat.size:,} calls",
+            f"online updates: {self.learner.batches_learned:,} mini-batches, "
+            f"{self.learner.examples_learned:,} examples, "
+            f"{self.learner.examples_per_s:,.0f} examples/s while learning; "
+            f"{self.learner.published} snapshots published "
+            f"(feedback->publish p95 {_seconds(self.learner.publish_latency_p95_s)})",
+            f"fallbacks: {sum(self.fallbacks.values()):,} of {self.requests:,} responses"
+            + (
+                " (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.fallbacks.items())) + ")"
+                if self.fallbacks
+                else ""
+            ),
+            f"rejected feedback batches: {dict(self.learner.rejected_batches) or 'none'}",
+            f"feature refreshes during replay: {len(self.feature_refresh_seconds)} "
+            f"({sum(self.feature_refresh_seconds):.1f}s)",
+            f"replay wall time: {self.replay_seconds:.1f}s",
+        ]
+        return "\n".join(lines)
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}s"
+
+
+def prepare_workspace(path: Path) -> Path:
+    """Empty ``path`` for a new demo; refuse a non-empty directory the demo did not make."""
+    path = path.expanduser().absolute()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise ValueError(
+                f"{path} is not empty and was not made by the demo; pass another --workspace"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("made by freshrank demo; deleted by the next demo run\n")
+    return path
+
+
+def load_demo_events(options: DemoOptions, progress: Callable[[str], None]) -> pa.Table:
+    if options.events is not None:
+        from feature_store.events_io import load_events
+
+        progress(f"loading events from {options.events}")
+        return load_events(options.events)
+    from feature_store.simulate import SimulatorConfig, simulate
+
+    config = SimulatorConfig(seed=options.seed, days=options.simulate_days)
+    progress(f"simulating {config.days:g} days (seed {config.seed})")
+    return simulate(config)
+
+
+def _requests(replay: pa.Table) -> tuple[list[np.ndarray], np.ndarray]:
+    """Row indices of each logged request (in slate order), requests in time order; and
+    every row's timestamp in microseconds. Without request ids, one (user, ts) is one request."""
+    ts = replay.column("ts").cast(pa.int64()).to_numpy()
+    if replay.column("request_id").null_count == replay.num_rows:
+        keys = pc.binary_join_element_wise(
+            replay.column("user_id"), replay.column("ts").cast(pa.int64()).cast(pa.string()), "@"
+        )
+    else:
+        keys = replay.column("request_id").fill_null("")
+    _, codes = np.unique(np.asarray(keys.to_pylist(), dtype=object), return_inverse=True)
+    position = replay.column("position").fill_null(0).to_numpy()
+    order = np.lexsort((position, ts, codes))
+    boundaries = np.flatnonzero(np.diff(codes[order])) + 1
+    groups = np.split(order, boundaries)
+    groups.sort(key=lambda g: (int(ts[g].min()), int(g[0])))
+    items = np.asarray(replay.column("item_id").to_pylist(), dtype=object)
+    return [_first_of_each_item(g, items) for g in groups], ts
+
+
+def _first_of_each_item(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """A slate shows an item once: later repeats in a logged group are dropped."""
+    _, first = np.unique(items[rows], return_index=True)
+    return rows if first.size == rows.size else rows[np.sort(first)]
+
+
+def run_demo(
+    settings: Settings,
+    options: DemoOptions,
+    progress: Callable[[str], None] = print,
+) -> DemoReport:
+    """Run the whole loop (see the module docstring) and return its report."""
+    import ray
+    from ray import serve
+
+    from serving import app
+    from serving.client import RankerClient
+
+    events = load_demo_events(options, progress)
+    ts = events.column("ts")
+    first = pc.min(ts).as_py()
+    last = pc.max(ts).as_py()
+    replay_start = _floor_day(last - timedelta(days=options.replay_days))
+    if replay_start <= first:
+        raise ValueError("the events span is shorter than the replay: nothing to train on")
+    progress(
+        f"{events.num_rows:,} events from {first:%Y-%m-%d} to {last:%Y-%m-%d}; "
+        f"training before {replay_start:%Y-%m-%d}, replaying after"
+    )
+    started_ray = not ray.is_initialized()
+    try:
+        base = prepare_base(settings, events, replay_start, progress=progress)
+        progress(f"base {base.version} promoted; starting Serve (gRPC on localhost)")
+        running = app.start(settings)
+        with RankerClient(running.grpc_address, running.app_name) as client:
+            client.wait_ready()
+            report = _replay(settings, options, events, replay_start, last, client, progress)
+        report.base = base
+        report.events_total = events.num_rows
+        report.grpc_address = running.grpc_address
+        return report
+    finally:
+        if serve.context._get_global_client(raise_if_no_controller_running=False) is not None:
+            app.stop()
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+
+
+def _floor_day(when: datetime) -> datetime:
+    when = when.astimezone(UTC)
+    return datetime(when.year, when.month, when.day, tzinfo=UTC)
+
+
+def _replay(
+    settings: Settings,
+    options: DemoOptions,
+    events: pa.Table,
+    replay_start: datetime,
+    last: datetime,
+    client: Any,
+    progress: Callable[[str], None],
+) -> DemoReport:
+    from ray import serve
+
+    from protos.freshrank.v1 import ranking_pb2
+
+    replay = slice_events(events, replay_start, None)
+    groups, ts_us = _requests(replay)
+    if options.max_requests is not None:
+        groups = groups[: options.max_requests]
+    users = replay.column("user_id").to_pylist()
+    items = replay.column("item_id").to_pylist()
+    latencies = np.empty(len(groups))
+    fallbacks: Counter = Counter()
+    refreshes: list[float] = []
+    day_end = replay_start + timedelta(days=1)
+    day_rows: list[np.ndarray] = []
+    started = time.perf_counter()
+    for n, rows in enumerate(groups):
+        when = datetime.fromtimestamp(ts_us[rows].min() / 1e6, tz=UTC)
+        if when >= day_end:
+            refreshes.append(_nightly(settings, replay, day_rows, day_end, progress))
+            day_rows = []
+            day_end += timedelta(days=1)
+        request_id = f"demo-{n}"
+        candidates = [items[i] for i in rows]
+        t0 = time.perf_counter()
+        response = client.rank(request_id, users[rows[0]], candidates, request_time=when)
+        latencies[n] = (time.perf_counter() - t0) * 1e3
+        if response.fallback:
+            fallbacks[ranking_pb2.FallbackReason.Name(response.fallback_reason)] += 1
+        feedback = replay.take(pa.array(rows)).set_column(
+            replay.schema.get_field_index("request_id"),
+            "request_id",
+            pa.array([request_id] * len(rows), pa.string()),
+        )
+        client.feedback(_with_positions(feedback))
+        day_rows.append(rows)
+        if (n + 1) % 1000 == 0:
+            progress(
+                f"replayed {n + 1:,}/{len(groups):,} requests "
+                f"({(n + 1) / (time.perf_counter() - started):.0f}/s), "
+                f"fallbacks so far {sum(fallbacks.values()):,}"
+            )
+    replay_seconds = time.perf_counter() - started
+    learner = serve.get_deployment_handle("Learner", settings.serving.app_name)
+    learner.flush.remote().result()
+    report = learner.report.remote().result()
+    end = datetime.fromtimestamp(ts_us[groups[-1]].max() / 1e6, tz=UTC) if groups else last
+    return DemoReport(
+        events_total=0,
+        replay_start=replay_start,
+        replay_end=end,
+        base=None,  # type: ignore[arg-type]  # filled by run_demo
+        requests=len(groups),
+        latencies_ms=latencies,
+        fallbacks=fallbacks,
+        learner=report,
+        feature_refresh_seconds=refreshes,
+        replay_seconds=replay_seconds,
+    )
+
+
+def _with_positions(feedback: pa.Table) -> pa.Table:
+    """Logged positions, or the slate order when the log has none."""
+    position = feedback.column("position")
+    if position.null_count == 0:
+        return feedback
+    filled = pc.coalesce(position, pa.array(np.arange(feedback.num_rows, dtype=np.int32)))
+    return feedback.set_column(feedback.schema.get_field_index("position"), "position", filled)
+
+
+def _nightly(
+    settings: Settings,
+    replay: pa.Table,
+    day_rows: list[np.ndarray],
+    day_end: datetime,
+    progress: Callable[[str], None],
+) -> float:
+    """The day's events join the log; features are recomputed and materialized."""
+    rows = np.concatenate(day_rows) if day_rows else np.empty(0, dtype=np.int64)
+    seconds = refresh_features(
+        settings, replay.take(pa.array(rows)), day_end, live_counters=True
+    )
+    progress(f"nightly features up to {day_end:%Y-%m-%d}: {len(rows):,} events, {seconds:.1f}s")
+    return seconds

@@ -1,0 +1,290 @@
+"""The Ray Serve deployments: a gRPC ingress that ranks, and the online learner behind it.
+
+Composition follows Serve's pattern: the learner's handle is passed into the ingress's
+constructor and wired once with ``.bind()`` (``serving.app.build_app``).
+
+Ranker (ingress, ``freshrank.v1.Ranker``; method names equal the rpc names)
+    Rank: validate -> ``HybridRanker`` (features, base, online correction, sort) -> reply.
+    What was shown is buffered and sent to the learner in batches; Feedback flushes that
+    buffer first, so the learner always knows an impression before its click.
+    A background task polls the learner for newer online weights and swaps them in.
+Learner
+    Wraps ``online_layer.learner.OnlineLearner`` for the champion base; takes feedback,
+    pushes fresh item counters to the feature store, persists ready snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+
+from protos.freshrank.v1 import ranking_pb2
+from serving.errors import NotReady, ServingError
+from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
+from serving.requests import parse_feedback_request, parse_rank_request
+from serving.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVED_FLUSH_SECONDS = 0.2
+SERVED_FLUSH_RECORDS = 256
+
+
+def _champion_base(settings: Settings) -> Any:
+    from base_model.registry import ModelRegistry
+
+    champion = ModelRegistry(settings.registry_dir).champion("base")
+    if champion is None:
+        raise NotReady(
+            f"no champion base model in {settings.registry_dir}: train one first "
+            "(freshrank train ...)"
+        )
+    return champion
+
+
+@serve.deployment(name="Learner", num_replicas=1, max_ongoing_requests=256)
+class Learner:
+    """The online learner for the champion base (one replica: it owns the weights)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from base_model.artifact import BaseScorer
+        from base_model.registry import ModelRegistry
+        from base_model.train import code_version
+        from feature_store.push import FreshCounterPusher
+        from online_layer.learner import OnlineLearner
+        from serving.snapshots import RegistrySnapshotSink, champion_snapshot
+
+        registry = ModelRegistry(settings.registry_dir)
+        champion = _champion_base(settings)
+        base = BaseScorer.load(champion.path)
+        self._learner = OnlineLearner(
+            settings.online_layer,
+            base_version=base.version,
+            embedding_dim=base.embedding_dim,
+            snapshot_sink=RegistrySnapshotSink(registry, code_version()),
+        )
+        resumed = champion_snapshot(registry, base.version)
+        if resumed is not None:
+            self._learner.model.restore(resumed[1], base.version)
+            logger.info("learner resumed from online snapshot %s", resumed[0])
+        self._pusher = FreshCounterPusher(settings.feature_store)
+        self._learner.start_ticker()
+
+    def record_served(self, records: list) -> int:
+        return self._learner.record_served(records)
+
+    def feedback(self, events: Any) -> dict[str, Any]:
+        result = self._learner.add_feedback(events)
+        if result.rejected is None:
+            # Poisoned batches teach nothing: not the layer, not the fresh counters.
+            self._pusher.observe(events)
+        return {
+            "accepted": result.accepted,
+            "dropped": result.dropped,
+            "rejected": result.rejected or "",
+            "detail": result.detail,
+        }
+
+    def latest_snapshot(self, known_version: str | None) -> Any:
+        """The newest ready snapshot, or None when the caller already has it (or none)."""
+        snapshot = self._learner.latest_snapshot()
+        if snapshot is None or snapshot.version == known_version:
+            return None
+        return snapshot
+
+    def report(self) -> Any:
+        return self._learner.report()
+
+    def flush(self) -> int:
+        return self._learner.flush()
+
+    def __del__(self) -> None:
+        learner = getattr(self, "_learner", None)
+        if learner is not None:
+            learner.stop_ticker()
+
+
+@serve.deployment(name="Ranker")
+class Ranker:
+    """gRPC ingress implementing ``freshrank.v1.Ranker``."""
+
+    def __init__(self, settings: Settings, learner: Any) -> None:
+        from base_model.artifact import BaseScorer
+        from base_model.registry import ModelRegistry
+        from feature_store.online import OnlineFeatureReader
+        from online_layer.features import OnlineFeaturizer
+        from serving.snapshots import champion_snapshot
+
+        self._settings = settings
+        self._learner = learner
+        champion = _champion_base(settings)
+        base = BaseScorer.load(champion.path)
+        cfg = settings.online_layer
+        self._featurizer = OnlineFeaturizer(
+            base.embedding_dim, hash_bits=cfg.hash_bits, position_buckets=cfg.position_buckets
+        )
+        self._ranker = HybridRanker(
+            OnlineFeatureReader(settings.feature_store), base, self._featurizer, settings.serving
+        )
+        resumed = champion_snapshot(ModelRegistry(settings.registry_dir), base.version)
+        if resumed is not None:
+            self._install(*resumed)
+        self._served: list[Any] = []
+        self._served_since = time.monotonic()
+        self._served_lock = asyncio.Lock()
+        self._background: asyncio.Task | None = None
+        self._requests = 0
+        self._fallbacks = 0
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live operator switches (Serve's ``user_config``), applied without a restart:
+        ``online_enabled`` (False serves the base alone)."""
+        unknown = sorted(set(user_config) - {"online_enabled"})
+        if unknown:
+            raise ValueError(f"unknown Ranker user_config key(s): {', '.join(unknown)}")
+        if "online_enabled" in user_config:
+            self._ranker.set_enabled(bool(user_config["online_enabled"]))
+            logger.info("online layer %s by operator", "enabled" if user_config["online_enabled"] else "disabled")
+
+    # ----------------------------------------------------------------- background work
+
+    def _ensure_background(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        period = self._settings.serving.weight_poll_seconds
+        while True:
+            try:
+                await self._poll_weights()
+                if self._served and time.monotonic() - self._served_since > SERVED_FLUSH_SECONDS:
+                    await self._flush_served()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("background weight poll failed; keeping current weights")
+            await asyncio.sleep(min(period, SERVED_FLUSH_SECONDS))
+
+    async def _poll_weights(self) -> None:
+        slot = self._ranker.online
+        now = time.monotonic()
+        if now - getattr(self, "_last_poll", 0.0) < self._settings.serving.weight_poll_seconds:
+            return
+        self._last_poll = now
+        snapshot = await self._learner.latest_snapshot.remote(
+            slot.version if slot is not None else None
+        )
+        if snapshot is not None:
+            self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+
+    def _install(self, version: str, blob: bytes, published_at: float) -> None:
+        base_version = self._ranker.base_version
+        from online_layer.model import load_snapshot
+
+        model = load_snapshot(blob, base_version, expected_layout=self._featurizer.layout())
+        self._ranker.install_online(OnlineSlot(model, version, base_version, published_at))
+        logger.info("installed online weights %s for base %s", version, base_version)
+
+    async def _flush_served(self) -> None:
+        async with self._served_lock:
+            if not self._served:
+                return
+            batch, self._served = self._served, []
+            self._served_since = time.monotonic()
+        await self._learner.record_served.remote(batch)
+
+    def _remember(self, outcome: RankOutcome) -> None:
+        from online_layer.join import ServedRecord
+
+        query = outcome.query
+        shown = outcome.order
+        if not self._served:
+            self._served_since = time.monotonic()
+        self._served.append(
+            ServedRecord(
+                request_id=query.request_id,
+                user_id=query.user_id,
+                request_time=query.request_time,
+                base_version=outcome.base_version,
+                item_ids=tuple(query.item_ids[i] for i in shown.tolist()),
+                inputs=outcome.inputs.take(shown),
+                online_version=outcome.online_version if outcome.fallback is None else "",
+            )
+        )
+
+    # ----------------------------------------------------------------------- the rpcs
+
+    async def Rank(
+        self, request: ranking_pb2.RankRequest, grpc_context: RayServegRPCContext
+    ) -> ranking_pb2.RankResponse:
+        self._ensure_background()
+        try:
+            query = parse_rank_request(request, self._settings.serving.max_candidates)
+            outcome = self._ranker.rank(query)
+        except ServingError as error:
+            return _refuse(grpc_context, error, ranking_pb2.RankResponse())
+        except Exception as error:  # never a Ray traceback to the client
+            logger.exception("Rank %s failed", request.request_id)
+            return _refuse(grpc_context, ServingError(f"rank failed: {error}"), ranking_pb2.RankResponse())
+        self._requests += 1
+        self._fallbacks += outcome.fallback is not None
+        self._remember(outcome)
+        if len(self._served) >= SERVED_FLUSH_RECORDS:
+            await self._flush_served()
+        return outcome.to_response()
+
+    async def Feedback(
+        self, request: ranking_pb2.FeedbackRequest, grpc_context: RayServegRPCContext
+    ) -> ranking_pb2.FeedbackReply:
+        self._ensure_background()
+        try:
+            events = parse_feedback_request(request, self._settings.serving.max_feedback_events)
+        except ServingError as error:
+            return _refuse(grpc_context, error, ranking_pb2.FeedbackReply())
+        await self._flush_served()  # impressions reach the learner before their clicks
+        result = await self._learner.feedback.remote(events)
+        return ranking_pb2.FeedbackReply(
+            accepted=result["accepted"],
+            dropped=result["dropped"],
+            rejected_reason=result["rejected"],
+            rejected_detail=result["detail"],
+        )
+
+    async def Status(
+        self, request: ranking_pb2.StatusRequest, grpc_context: RayServegRPCContext
+    ) -> ranking_pb2.StatusReply:
+        self._ensure_background()
+        report = await self._learner.report.remote()
+        slot = self._ranker.online
+        fallback = self._ranker.current_fallback()
+        reply = ranking_pb2.StatusReply(
+            base_version=self._ranker.base_version,
+            online_version=slot.version if slot else "",
+            online_base_version=slot.base_version if slot else "",
+            online_weight_age_seconds=(time.time() - slot.published_at) if slot else -1.0,
+            fallback=fallback is not None,
+            online_updates=report.batches_learned,
+            requests_served=self._requests,
+            requests_fallback=self._fallbacks,
+            feature_service=self._ranker.feature_service,
+        )
+        if fallback is not None:
+            reply.fallback_reason = fallback.reason
+            reply.fallback_detail = fallback.detail
+        for reason, count in report.rejected_batches.items():
+            reply.rejected_batches[reason] = count
+        return reply
+
+
+def _refuse(context: RayServegRPCContext, error: ServingError, empty: Any) -> Any:
+    """Set the error's gRPC status and message on the call; return an empty reply."""
+    code = error.status if isinstance(error.status, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+    context.set_code(code)
+    context.set_details(str(error))
+    return empty

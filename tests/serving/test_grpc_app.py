@@ -1,0 +1,197 @@
+"""The Serve application, driven through a real gRPC channel on localhost.
+
+One module-scoped system: a simulated log, Feast (local provider) applied and materialized,
+a base model trained and promoted, the Serve app with its gRPC proxy and the online learner.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from protos.freshrank.v1 import ranking_pb2 as pb
+from serving.client import RankerClient
+from serving.pipeline import slice_events
+from serving.settings import Settings, load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class System:
+    settings: Settings
+    client: RankerClient
+    events: pa.Table  # events after the base's training data, for replay
+    base_version: str
+
+
+@pytest.fixture(scope="module")
+def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
+    from feature_store.simulate import SimulatorConfig, simulate
+    from serving import app
+    from serving.pipeline import prepare_base
+
+    workspace = tmp_path_factory.mktemp("grpc-app")
+    settings = load_settings(
+        workspace=workspace,
+        overrides={
+            "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2},
+            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
+            "online_layer": {
+                "emit": "on_arrival",
+                "batch_size": 64,
+                "max_batch_delay_s": 0.2,
+                "publish_every_batches": 1,
+                "publish_every_s": 0.2,
+                "readiness_min_examples": 64,
+                "readiness_window": 2_000,
+                "readiness_tolerance": 10.0,
+                "readiness_auc_tolerance": 1.0,
+            },
+        },
+    )
+    events = simulate(
+        SimulatorConfig(seed=3, days=4, impressions_per_day=4_000, n_users=400, items_per_day=120)
+    )
+    start = events.column("ts")[0].as_py()
+    as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    base = prepare_base(settings, events, as_of, backend="local")
+    running = app.start(settings)
+    client = RankerClient(running.grpc_address, running.app_name)
+    client.wait_ready()
+    try:
+        yield System(settings, client, slice_events(events, as_of, None), base.version)
+    finally:
+        client.close()
+        app.stop()
+
+
+def one_request(events: pa.Table, index: int) -> pa.Table:
+    request_ids = events.column("request_id").unique()
+    wanted = request_ids[index]
+    return events.filter(pa.compute.equal(events.column("request_id"), wanted))
+
+
+def rank_logged(system: System, request: pa.Table, request_id: str) -> pb.RankResponse:
+    return system.client.rank(
+        request_id,
+        request.column("user_id")[0].as_py(),
+        request.column("item_id").to_pylist(),
+        request_time=request.column("ts")[0].as_py(),
+    )
+
+
+def feedback_for(request: pa.Table, request_id: str) -> pa.Table:
+    index = request.schema.get_field_index("request_id")
+    return request.set_column(index, "request_id", pa.array([request_id] * request.num_rows))
+
+
+def test_rank_orders_every_candidate_by_final_score(system: System) -> None:
+    request = one_request(system.events, 0)
+    response = rank_logged(system, request, "order-1")
+    returned = [item.item_id for item in response.items]
+    assert sorted(returned) == sorted(request.column("item_id").to_pylist())
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 < item.base_score < 1.0 for item in response.items)
+    assert response.base_version == system.base_version
+    assert response.request_id == "order-1"
+
+
+def test_top_k_limits_the_answer(system: System) -> None:
+    request = one_request(system.events, 1)
+    response = system.client.rank(
+        "topk-1", request.column("user_id")[0].as_py(), request.column("item_id").to_pylist(), top_k=3
+    )
+    assert len(response.items) == 3
+
+
+def test_unknown_user_and_items_still_rank(system: System) -> None:
+    response = system.client.rank("cold-1", "never-seen-user", ["new-a", "new-b"])
+    assert {item.item_id for item in response.items} == {"new-a", "new-b"}
+    assert all(np.isfinite(item.score) for item in response.items)
+
+
+@pytest.mark.parametrize(
+    "user, candidates, message",
+    [
+        ("", ["a"], "user_id is empty"),
+        ("u", [], "candidate_item_ids is empty"),
+        ("u", ["a", "a"], "candidate_item_ids[1] duplicates"),
+    ],
+)
+def test_malformed_rank_gets_invalid_argument_with_the_reason(
+    system: System, user: str, candidates: list[str], message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        system.client.rank("bad-1", user, candidates)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+
+
+def test_malformed_feedback_gets_invalid_argument(system: System) -> None:
+    request = feedback_for(one_request(system.events, 2), "bad-feedback")
+    labels = request.column("label").to_numpy().copy()
+    labels[0] = 7.0
+    bad = request.set_column(request.schema.get_field_index("label"), "label", pa.array(labels))
+    with pytest.raises(grpc.RpcError) as error:
+        system.client.feedback(bad)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].label is 7.0" in error.value.details()
+
+
+def test_feedback_is_learned_and_the_correction_reaches_serving(system: System) -> None:
+    """Before any weights: base alone (ONLINE_ABSENT). After feedback: the correction."""
+    first = rank_logged(system, one_request(system.events, 3), "probe-0")
+    assert first.fallback
+    assert first.fallback_reason == pb.FALLBACK_REASON_ONLINE_ABSENT
+    assert first.online_version == ""
+    assert all(item.score == item.base_score for item in first.items)
+    accepted = 0
+    for n in range(4, 80):
+        request = one_request(system.events, n)
+        request_id = f"learn-{n}"
+        rank_logged(system, request, request_id)
+        accepted += system.client.feedback(feedback_for(request, request_id)).accepted
+    assert accepted > 0
+    deadline = time.monotonic() + 30
+    response = None
+    while time.monotonic() < deadline:
+        response = rank_logged(system, one_request(system.events, 3), f"probe-{time.monotonic()}")
+        if not response.fallback:
+            break
+        time.sleep(0.3)
+    assert response is not None and not response.fallback, response.fallback_detail
+    assert response.online_version
+    assert any(abs(item.score - item.base_score) > 1e-9 for item in response.items)
+    status = system.client.status()
+    assert status.online_updates > 0
+    assert status.online_version == response.online_version
+    assert status.online_base_version == system.base_version
+
+
+def test_withdrawn_correction_falls_back_to_the_base_and_says_why(system: System) -> None:
+    from serving import app
+
+    request = one_request(system.events, 90)
+    app.set_online_enabled(system.settings, False)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            response = rank_logged(system, request, f"off-{time.monotonic()}")
+            if response.fallback_reason == pb.FALLBACK_REASON_ONLINE_DISABLED:
+                break
+            time.sleep(0.2)
+        assert response.fallback
+        assert response.fallback_reason == pb.FALLBACK_REASON_ONLINE_DISABLED
+        assert response.online_version == ""
+        assert all(item.score == item.base_score for item in response.items)
+    finally:
+        app.set_online_enabled(system.settings, True)
