@@ -27,6 +27,8 @@ class ServingConfig:
         ranker_replicas: Replicas of the Rank ingress.
         max_ongoing_requests: Concurrency per Rank replica.
         max_feedback_events: Largest Feedback batch accepted in one call.
+        fresh_push_seconds: Accepted feedback updates the live item counters in the
+            feature store at most this often (coalesced, off the request path).
     """
 
     grpc_port: int = 9000
@@ -40,6 +42,7 @@ class ServingConfig:
     ranker_replicas: int = 1
     max_ongoing_requests: int = 64
     max_feedback_events: int = 10_000
+    fresh_push_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port"):
@@ -56,6 +59,8 @@ class ServingConfig:
             raise ValueError("serving.ranker_replicas must be >= 1")
         if self.max_ongoing_requests < 1:
             raise ValueError("serving.max_ongoing_requests must be >= 1")
+        if self.fresh_push_seconds <= 0:
+            raise ValueError("serving.fresh_push_seconds must be > 0")
         if self.max_feedback_events < 1:
             raise ValueError("serving.max_feedback_events must be >= 1")
 

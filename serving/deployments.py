@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -73,7 +74,9 @@ class Learner:
         if resumed is not None:
             self._learner.model.restore(resumed[1], base.version)
             logger.info("learner resumed from online snapshot %s", resumed[0])
-        self._pusher = FreshCounterPusher(settings.feature_store)
+        self._counters = _CounterPushLoop(
+            FreshCounterPusher(settings.feature_store), settings.serving.fresh_push_seconds
+        )
         self._learner.start_ticker()
 
     def record_served(self, records: list) -> int:
@@ -83,7 +86,7 @@ class Learner:
         result = self._learner.add_feedback(events)
         if result.rejected is None:
             # Poisoned batches teach nothing: not the layer, not the fresh counters.
-            self._pusher.observe(events)
+            self._counters.add(events)
         return {
             "accepted": result.accepted,
             "dropped": result.dropped,
@@ -108,6 +111,52 @@ class Learner:
         learner = getattr(self, "_learner", None)
         if learner is not None:
             learner.stop_ticker()
+        counters = getattr(self, "_counters", None)
+        if counters is not None:
+            counters.stop()
+
+
+class _CounterPushLoop:
+    """Feeds accepted feedback to the fresh-counter pusher off the request path.
+
+    A Feast push is a write to the online store (tens of milliseconds); doing it per
+    Feedback call would make every call pay it. Feedback is queued and pushed, coalesced,
+    every ``interval_s`` by a daemon thread: serving sees a breaking item's counters within
+    about that interval.
+    """
+
+    def __init__(self, pusher: Any, interval_s: float) -> None:
+        self._pusher = pusher
+        self._interval = interval_s
+        self._queue: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fresh-counters", daemon=True)
+        self._thread.start()
+
+    def add(self, events: Any) -> None:
+        with self._lock:
+            self._queue.append(events)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.push_now()
+
+    def push_now(self) -> int:
+        with self._lock:
+            batch, self._queue = self._queue, []
+        if not batch:
+            return 0
+        import pyarrow as pa
+
+        try:
+            return int(self._pusher.observe(pa.concat_tables(batch)))
+        except Exception:
+            logger.exception("pushing fresh counters failed; they catch up with the next push")
+            return 0
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 @serve.deployment(name="Ranker")

@@ -2,6 +2,8 @@
 
 One module-scoped system: a simulated log, Feast (local provider) applied and materialized,
 a base model trained and promoted, the Serve app with its gRPC proxy and the online learner.
+Every Rank call that may reach the learner carries the logged request time: the learner's
+join window runs on event time, and a wall-clock request would close every logged one.
 """
 
 from __future__ import annotations
@@ -108,13 +110,18 @@ def test_rank_orders_every_candidate_by_final_score(system: System) -> None:
 def test_top_k_limits_the_answer(system: System) -> None:
     request = one_request(system.events, 1)
     response = system.client.rank(
-        "topk-1", request.column("user_id")[0].as_py(), request.column("item_id").to_pylist(), top_k=3
+        "topk-1",
+        request.column("user_id")[0].as_py(),
+        request.column("item_id").to_pylist(),
+        top_k=3,
+        request_time=request.column("ts")[0].as_py(),
     )
     assert len(response.items) == 3
 
 
 def test_unknown_user_and_items_still_rank(system: System) -> None:
-    response = system.client.rank("cold-1", "never-seen-user", ["new-a", "new-b"])
+    when = system.events.column("ts")[0].as_py()
+    response = system.client.rank("cold-1", "never-seen-user", ["new-a", "new-b"], request_time=when)
     assert {item.item_id for item in response.items} == {"new-a", "new-b"}
     assert all(np.isfinite(item.score) for item in response.items)
 
@@ -159,7 +166,9 @@ def test_feedback_is_learned_and_the_correction_reaches_serving(system: System) 
         request = one_request(system.events, n)
         request_id = f"learn-{n}"
         rank_logged(system, request, request_id)
-        accepted += system.client.feedback(feedback_for(request, request_id)).accepted
+        reply = system.client.feedback(feedback_for(request, request_id))
+        assert not reply.rejected_reason, reply.rejected_detail
+        accepted += reply.accepted
     assert accepted > 0
     deadline = time.monotonic() + 30
     response = None
@@ -195,3 +204,32 @@ def test_withdrawn_correction_falls_back_to_the_base_and_says_why(system: System
         assert all(item.score == item.base_score for item in response.items)
     finally:
         app.set_online_enabled(system.settings, True)
+
+
+def test_feedback_updates_the_live_item_counters_serving_reads(system: System) -> None:
+    """A brand-new item's 1 h impressions reach the online store within seconds."""
+    from feature_store.catalog import ITEM_FEATURES
+    from feature_store.online import OnlineFeatureReader
+
+    column = ITEM_FEATURES.index("item_imp_1h")
+    reader = OnlineFeatureReader(system.settings.feature_store)
+    try:
+        for n in range(200, 400):
+            request = one_request(system.events, n)
+            items = request.column("item_id").to_pylist()
+            before = reader.get("probe-user", items).items[:, column]
+            if (before == 0).any():
+                break
+        new_item = items[int(np.flatnonzero(before == 0)[0])]
+        request_id = f"fresh-{n}"
+        rank_logged(system, request, request_id)
+        system.client.feedback(feedback_for(request, request_id))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            after = reader.get("probe-user", [new_item]).items[0, column]
+            if after >= 1:
+                break
+            time.sleep(0.2)
+        assert after >= 1, f"{new_item} still shows {after} impressions in the last hour"
+    finally:
+        reader.close()
