@@ -38,14 +38,29 @@ class BaseModelConfig:
     oov_dropout
         Fraction of training rows whose ids are routed to their hashed row anyway, so the
         hashed rows learn an "average id" even when every id is frequent.
+    category_buckets
+        Hashed rows of the item-category table (plus one row for an unknown category); 0
+        leaves the category out (every item "unknown").
     learning_rate, weight_decay, epochs, batch_size
-        Adam settings for a cold start.
+        Adam settings for a cold start. ``weight_decay`` is Adam's (every parameter, every
+        step); ``epochs`` is an upper bound when early stopping is on (drifting logs stop
+        after 2-4 epochs; a small window may need dozens).
+    embedding_l2
+        L2 penalty on the embedding and bias rows a batch uses (times the mean squared row
+        norm): keeps id rows from memorising the few rows of an id, where ``weight_decay``
+        would shrink rarely seen rows hardest.
+    keep_best
+        Export the weights of the best validation point (after each epoch, and every
+        ``eval_every_steps``), not the last; the manifest's ``metrics.best`` says which.
+    early_stopping_patience
+        Stop after this many epochs without a better validation loss (0: run every epoch).
     eval_every_steps
         Validation loss every this many optimizer steps (0: once per epoch); the curve lands
         in the manifest and in ``TrainResult.curve``.
     seed
         Seeds the initial weights, the shuffle and the bootstrap. On CPU with one worker the
-        same seed and data give the same weights.
+        same seed and data give bitwise the same weights, in-process and through Ray Train
+        (torch runs on ``max(1, int(cpus_per_worker))`` threads in both).
     num_workers, use_gpu, cpus_per_worker
         Ray Train ``ScalingConfig``. ``use_gpu="auto"`` uses GPUs when the cluster has at
         least ``num_workers`` of them, CPU otherwise.
@@ -54,9 +69,10 @@ class BaseModelConfig:
         shuffled on its device), ``prefetch_batches`` chunks ahead of training, through a
         local shuffle buffer of ``shuffle_buffer_rows`` (0 disables it).
     cache_max_rows
-        A Ray worker whose shard has at most this many rows keeps it on its device after the
-        first (streamed) epoch and shuffles it there for the next epochs, as a bare PyTorch
-        loop would; 0 streams every epoch through Ray Data.
+        A Ray worker whose shard has at most this many rows reads it once (in order, through
+        Ray Data) into its device's memory and shuffles it there every epoch, as the bare
+        PyTorch loop does (one CPU worker then trains bitwise the loop's weights); 0, or a
+        bigger shard, streams every epoch through Ray Data and its local shuffle buffer.
     storage_path
         Ray Train checkpoint storage; empty means a temporary local directory, which is right
         for a single-node cluster. A multi-node cluster needs shared storage (``s3://...``).
@@ -64,11 +80,19 @@ class BaseModelConfig:
         Training window length; validation (and the promotion gate) uses the following day.
     warm_start, warm_lr_factor, warm_epochs
         A new version starts from its parent (the champion by default) with
-        ``learning_rate * warm_lr_factor`` for ``warm_epochs`` epochs.
+        ``learning_rate * warm_lr_factor`` for at most ``warm_epochs`` epochs (early
+        stopping applies as to a cold start).
     min_train_rows, max_staleness_hours, min_hour_fraction, min_day_fraction
         Data gates: too few rows, data older than ``max_staleness_hours`` at training time,
         an hour holding fewer than ``min_hour_fraction`` of its usual events, or a day
-        holding fewer than ``min_day_fraction`` of the median day, block training.
+        holding fewer than ``min_day_fraction`` of the median day, block training. Days
+        before the data's first event are not judged (the log starts there).
+    min_valid_rows
+        Rows the validation day must hold (the rows gate). 0 lets a fit run with an empty
+        validation day: no early stopping or best-epoch choice (the last epoch is kept) and
+        no offline evaluation, so the version is registered but neither approved nor
+        promoted; promote it by hand if you trust it. Small values pass the gate, but the
+        evaluation's interval is then wide and usually rejects.
     bootstrap_samples, confidence
         Evaluation gate: a user-clustered bootstrap of the relative log-loss gain on the
         validation day, two-sided interval at ``confidence``.
@@ -91,11 +115,15 @@ class BaseModelConfig:
     oov_buckets: int = 64
     min_id_count: int = 2
     oov_dropout: float = 0.02
+    category_buckets: int = 1024
 
-    learning_rate: float = 0.005
+    learning_rate: float = 0.002
     weight_decay: float = 0.0
-    epochs: int = 3
+    embedding_l2: float = 0.03
+    epochs: int = 50
     batch_size: int = 1024
+    keep_best: bool = True
+    early_stopping_patience: int = 2
     eval_every_steps: int = 0
     seed: int = 0
 
@@ -112,9 +140,10 @@ class BaseModelConfig:
 
     warm_start: bool = True
     warm_lr_factor: float = 0.3
-    warm_epochs: int = 1
+    warm_epochs: int = 50
 
     min_train_rows: int = 1000
+    min_valid_rows: int = 1
     max_staleness_hours: float = 6.0
     min_hour_fraction: float = 0.25
     min_day_fraction: float = 0.5
@@ -142,10 +171,15 @@ class BaseModelConfig:
         _int(self, "oov_buckets", low=1)
         _int(self, "min_id_count", low=1)
         _float(self, "oov_dropout", low=0.0, high=0.5)
+        _int(self, "category_buckets", low=0)
         _float(self, "learning_rate", low=0.0, low_open=True)
         _float(self, "weight_decay", low=0.0)
+        _float(self, "embedding_l2", low=0.0)
         _int(self, "epochs", low=1)
         _int(self, "batch_size", low=1)
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(f"keep_best must be true or false, got {self.keep_best!r}")
+        _int(self, "early_stopping_patience", low=0)
         _int(self, "eval_every_steps", low=0)
         _int(self, "seed", low=0)
         _int(self, "num_workers", low=1)
@@ -164,6 +198,7 @@ class BaseModelConfig:
         _float(self, "warm_lr_factor", low=0.0, high=1.0, low_open=True)
         _int(self, "warm_epochs", low=1)
         _int(self, "min_train_rows", low=1)
+        _int(self, "min_valid_rows", low=0)
         _float(self, "max_staleness_hours", low=0.0, low_open=True)
         _float(self, "min_hour_fraction", low=0.0, high=1.0)
         _float(self, "min_day_fraction", low=0.0, high=1.0)

@@ -2,8 +2,14 @@
 
 A training set is the events columns (``user_id``, ``item_id``, ``ts``, ``label``) plus one
 float column per name in ``feature_store.catalog.USER_FEATURES + ITEM_FEATURES``, point-in-time
-correct (``feature_store.training_set.build_training_set``). Features stay raw here; the
-model transforms them (see ``base_model.model``).
+correct (``feature_store.training_set.build_training_set``), and optionally
+``item_category`` (text; null or ``""`` = unknown). Features stay raw here; the model
+transforms them (see ``base_model.model``).
+
+Row order is part of the result: a fit shuffles rows with its seed, so the same rows in
+another order would train other weights. ``validate_training_set`` therefore sorts by time
+and then by every other column, so that the same rows give the same table whatever order
+they arrived in (a Parquet dataset read with threads, a DuckDB join, a concatenation).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from base_model.errors import TrainingDataError
-from base_model.vocab import Vocabulary
+from base_model.vocab import Vocabulary, category_rows
 from feature_store.catalog import ITEM_FEATURES, USER_FEATURES
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ __all__ = [
 ]
 
 ID_COLUMNS = ("user_id", "item_id")
+CATEGORY_COLUMN = "item_category"
 
 
 def feature_names() -> tuple[str, ...]:
@@ -80,12 +87,18 @@ def load_training_set(source: pa.Table | str | Path) -> pa.Table:
 
 
 def validate_training_set(table: pa.Table) -> pa.Table:
-    """The columns the base model uses, typed and checked, sorted stably by ``ts``.
+    """The columns the base model uses, typed and checked, in a canonical order.
+
+    Rows are sorted by ``ts``, then by ids, label, category and features, so the result
+    depends only on the rows, not on their input order (see the module docstring).
+    ``item_category`` is optional: absent, every row's category is unknown (``""``); nulls
+    become ``""``.
 
     Raises ``TrainingDataError`` naming the column (and the first bad row) for a missing
     column, an id column that is not text or integer, a time that is not a timestamp, a
-    label outside [0, 1] or NaN, or a non-numeric feature. NaN features are allowed (the
-    model reads them as 0); nulls in features become NaN.
+    label outside [0, 1] or NaN, a category that is not text, or a non-numeric feature. NaN
+    features are allowed (the model reads them as "missing": the training mean); nulls in
+    features become NaN.
     """
     features = feature_names()
     missing = [c for c in (*ID_COLUMNS, "ts", "label", *features) if c not in table.column_names]
@@ -124,11 +137,28 @@ def validate_training_set(table: pa.Table) -> pa.Table:
             f"column label must be in [0, 1]; row {row} has {table.column('label')[row].as_py()!r}"
         )
     columns["label"] = label
+    columns[CATEGORY_COLUMN] = _category(table)
     for name in features:
         columns[name] = pc.fill_null(_as_float32(name, table.column(name)), float("nan"))
     out = pa.table(columns)
-    order = pc.sort_indices(out, sort_keys=[("ts", "ascending")])
+    keys = ["ts", *ID_COLUMNS, "label", CATEGORY_COLUMN, *features]
+    order = pc.sort_indices(out, sort_keys=[(k, "ascending") for k in keys])
     return out.take(order)
+
+
+def _category(table: pa.Table) -> pa.ChunkedArray:
+    if CATEGORY_COLUMN not in table.column_names:
+        return pa.chunked_array([pa.array([""] * table.num_rows, pa.string())], pa.string())
+    col = table.column(CATEGORY_COLUMN)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not (
+        pa.types.is_string(col.type)
+        or pa.types.is_large_string(col.type)
+        or pa.types.is_null(col.type)
+    ):
+        raise TrainingDataError(f"column {CATEGORY_COLUMN} must hold text, got {col.type}")
+    return pc.fill_null(col.cast(pa.string()), "")
 
 
 def split_by_time(table: pa.Table, windows: TimeWindows) -> tuple[pa.Table, pa.Table]:
@@ -146,12 +176,18 @@ def split_by_time(table: pa.Table, windows: TimeWindows) -> tuple[pa.Table, pa.T
 
 @dataclass(frozen=True)
 class Encoded:
-    """What the model trains on: (N,) user and item rows, (N, F) raw features, (N,) labels."""
+    """What the model trains on: (N,) user, item and category rows, (N, F) raw features,
+    (N,) labels."""
 
     user: np.ndarray
     item: np.ndarray
     dense: np.ndarray
     label: np.ndarray
+    category: np.ndarray | None = None  # None: every category unknown (row 0)
+
+    def __post_init__(self) -> None:
+        if self.category is None:
+            object.__setattr__(self, "category", np.zeros(len(self.label), dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.label)
@@ -159,7 +195,23 @@ class Encoded:
     def permuted(self, seed: int) -> Encoded:
         """Rows in a seeded random order (a training set arrives sorted by time)."""
         order = np.random.default_rng(seed).permutation(len(self))
-        return Encoded(self.user[order], self.item[order], self.dense[order], self.label[order])
+        return Encoded(
+            self.user[order],
+            self.item[order],
+            self.dense[order],
+            self.label[order],
+            self.category[order],
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The columns by the names the training loop reads."""
+        return {
+            "user": self.user,
+            "item": self.item,
+            "category": self.category,
+            "dense": self.dense,
+            "label": self.label,
+        }
 
     def to_arrow(self, rows_per_block: int = 131072) -> list[pa.Table]:
         """Blocks for ``ray.data.from_arrow``: int64 ids, a (F,) float32 tensor column, label."""
@@ -173,6 +225,7 @@ class Encoded:
                     {
                         "user": pa.array(self.user[start:stop]),
                         "item": pa.array(self.item[start:stop]),
+                        "category": pa.array(self.category[start:stop]),
                         "dense": ArrowTensorArray.from_numpy(
                             np.ascontiguousarray(self.dense[start:stop])
                         ),
@@ -189,9 +242,11 @@ def encode(
     items: Vocabulary,
     oov_dropout: float = 0.0,
     seed: int = 0,
+    category_buckets: int = 0,
 ) -> Encoded:
     """Rows and features of a validated table; ``oov_dropout`` routes a seeded fraction of
-    rows' ids to their hashed rows so those rows learn what an unseen id should score."""
+    rows' ids to their hashed rows so those rows learn what an unseen id should score;
+    ``category_buckets`` hashes ``item_category`` (0: every category unknown)."""
     user = users.lookup_arrow(table.column("user_id"))
     item = items.lookup_arrow(table.column("item_id"))
     if oov_dropout > 0 and table.num_rows:
@@ -209,7 +264,12 @@ def encode(
         else np.zeros((0, len(feature_names())), np.float32)
     )
     label = table.column("label").to_numpy(zero_copy_only=False).astype(np.float32)
-    return Encoded(user, item, np.ascontiguousarray(dense), label)
+    category = category_rows(
+        table.column(CATEGORY_COLUMN) if CATEGORY_COLUMN in table.column_names else None,
+        table.num_rows,
+        category_buckets,
+    )
+    return Encoded(user, item, np.ascontiguousarray(dense), label, category)
 
 
 def _as_float32(name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -1,11 +1,17 @@
 """Gates: data checks before training, and the offline evaluation before promotion.
 
-Data gates block training (``DataGateError``): too few rows, stale data, a day with far
-fewer events than the median day (a half-loaded day), or an hour with far fewer events than
-the same hour usually has. The evaluation gate compares the candidate with the champion (or,
-for a first model, with predicting the training click rate) on the validation day: the
-relative log-loss gain, with a bootstrap interval over users (rows of one user are not
-independent), promotes only if the interval's lower bound clears the threshold.
+Data gates block training (``DataGateError``): too few rows (in the training window, or on
+the validation day), stale data, a day with far fewer events than the median day (a
+half-loaded day), or an hour with far fewer events than the same hour usually has. Days and
+hours before the data's first event are not judged: a log that starts inside the window is
+young, not broken (the fit trains on what there is).
+
+The evaluation gate compares the candidate with the champion (or, for a first model, with
+predicting the training click rate) on the validation day: the relative log-loss gain, with a
+bootstrap interval over users (rows of one user are not independent), promotes only if the
+interval's lower bound clears the threshold. The validation day also chose the exported
+epoch (``keep_best``); with a handful of candidate epochs on a smooth curve that choice makes
+the gain slightly optimistic, far less than the interval's width.
 """
 
 from __future__ import annotations
@@ -56,23 +62,53 @@ def check_data(
     inside = ts[(ts >= start) & (ts < end)]
     n_train = int(np.count_nonzero(inside < split))
     n_valid = int(inside.size - n_train)
+    # The log's first event (over the whole table, not only the window): before it there is
+    # no history, not missing data.
+    first = ts.min() if ts.size else end
     return [
-        _rows_gate(n_train, n_valid, cfg),
+        _rows_gate(n_train, n_valid, windows, cfg),
         _freshness_gate(ts, as_of, cfg),
-        _daily_gate(inside, start, end, cfg),
-        _hourly_gate(inside, start, end, cfg),
+        _daily_gate(inside, start, end, first, cfg),
+        _hourly_gate(inside, start, end, first, cfg),
     ]
 
 
-def _rows_gate(n_train: int, n_valid: int, cfg: BaseModelConfig) -> GateResult:
-    ok = n_train >= cfg.min_train_rows and n_valid > 0
-    if ok:
-        reason = f"{n_train} training rows, {n_valid} validation rows"
-    elif n_valid == 0:
-        reason = f"the validation day has no rows ({n_train} training rows)"
-    else:
-        reason = f"only {n_train} training rows in the window (need {cfg.min_train_rows})"
-    return GateResult("rows", ok, reason, {"train_rows": n_train, "valid_rows": n_valid})
+def _rows_gate(
+    n_train: int, n_valid: int, windows: TimeWindows, cfg: BaseModelConfig
+) -> GateResult:
+    details = {
+        "train_rows": n_train,
+        "valid_rows": n_valid,
+        "min_train_rows": cfg.min_train_rows,
+        "min_valid_rows": cfg.min_valid_rows,
+    }
+    day = f"[{windows.valid_start.isoformat()}, {windows.valid_end.isoformat()})"
+    problems = []
+    if n_train < cfg.min_train_rows:
+        problems.append(
+            f"only {n_train} training rows in the window (need {cfg.min_train_rows})"
+        )
+    if n_valid < cfg.min_valid_rows:
+        if n_valid == 0:
+            problems.append(
+                f"the validation day {day} holds no rows (min_valid_rows = "
+                f"{cfg.min_valid_rows}); on sparse data set min_valid_rows = 0 to train "
+                "without validation (no early stopping, no offline evaluation, no promotion)"
+            )
+        else:
+            problems.append(
+                f"the validation day {day} holds only {n_valid} rows "
+                f"(need min_valid_rows = {cfg.min_valid_rows})"
+            )
+    if problems:
+        return GateResult("rows", False, "; ".join(problems), details)
+    reason = f"{n_train} training rows, {n_valid} validation rows"
+    if n_valid == 0:
+        reason += (
+            f"; the validation day {day} is empty and min_valid_rows = 0: training without "
+            "validation (last epoch kept, not evaluated, not promoted)"
+        )
+    return GateResult("rows", True, reason, details)
 
 
 def _freshness_gate(ts: np.ndarray, as_of: datetime, cfg: BaseModelConfig) -> GateResult:
@@ -96,24 +132,45 @@ def _freshness_gate(ts: np.ndarray, as_of: datetime, cfg: BaseModelConfig) -> Ga
 
 
 def _daily_gate(
-    ts: np.ndarray, start: np.datetime64, end: np.datetime64, cfg: BaseModelConfig
+    ts: np.ndarray,
+    start: np.datetime64,
+    end: np.datetime64,
+    first: np.datetime64,
+    cfg: BaseModelConfig,
 ) -> GateResult:
     days = int((end - start) // np.timedelta64(1, "D"))
     offsets = ((end - ts) // np.timedelta64(1, "D")).astype(np.int64)  # 0 = the last day
     counts = np.bincount(offsets, minlength=days)[:days][::-1]  # oldest day first
-    median = float(np.median(counts)) if counts.size else 0.0
-    threshold = cfg.min_day_fraction * median
-    bad = [i for i, c in enumerate(counts) if c < threshold]
     day_start = [end - np.timedelta64(days - i, "D") for i in range(days)]
+    # Share of each day after the log's first event: 0 before it, partial on its day.
+    day_s = 86400.0
+    covered = np.asarray(
+        [
+            min(max((d + np.timedelta64(1, "D") - first) / np.timedelta64(1, "s") / day_s, 0), 1)
+            for d in day_start
+        ]
+    )
+    full = covered >= 1.0
+    median = float(np.median(counts[full])) if full.any() else 0.0
+    threshold = cfg.min_day_fraction * median * covered
+    judged = covered > 0
+    bad = [i for i in range(days) if judged[i] and counts[i] < threshold[i]]
     details = {
         "median_day": median,
         "days": {_iso(day_start[i]): int(c) for i, c in enumerate(counts)},
+        "not_judged": [_iso(day_start[i]) for i in range(days) if not judged[i]],
     }
+    young = (
+        f"; {int((~judged).sum())} day(s) before the log's first event {_iso(first)} not judged"
+        if not judged.all()
+        else ""
+    )
     if not bad:
         return GateResult(
             "daily_completeness",
             True,
-            f"every day holds >= {cfg.min_day_fraction:.0%} of the median day ({median:.0f})",
+            f"every day holds >= {cfg.min_day_fraction:.0%} of the median day ({median:.0f})"
+            + young,
             details,
         )
     worst = ", ".join(f"{_iso(day_start[i])} has {counts[i]} events" for i in bad[:3])
@@ -127,20 +184,27 @@ def _daily_gate(
 
 
 def _hourly_gate(
-    ts: np.ndarray, start: np.datetime64, end: np.datetime64, cfg: BaseModelConfig
+    ts: np.ndarray,
+    start: np.datetime64,
+    end: np.datetime64,
+    first: np.datetime64,
+    cfg: BaseModelConfig,
 ) -> GateResult:
     hours = int((end - start) // np.timedelta64(1, "h"))
     index = ((ts - start) // np.timedelta64(1, "h")).astype(np.int64)
     counts = np.bincount(index, minlength=hours)[:hours].astype(np.float64)
     start_hour = int((start - start.astype("datetime64[D]")) // np.timedelta64(1, "h"))
     hour_of_day = (np.arange(hours) + start_hour) % 24
-    expected = np.empty(hours)
-    if hours >= 72:  # >= 3 samples of each hour of the day: compare like with like
+    # Hours that start at or after the log's first event (earlier ones: no history yet).
+    live = start + np.arange(hours) * np.timedelta64(1, "h") >= first
+    expected = np.zeros(hours)
+    if live.sum() >= 72:  # >= 3 samples of each hour of the day: compare like with like
         for h in range(24):
-            expected[hour_of_day == h] = np.median(counts[hour_of_day == h])
-    else:
-        expected[:] = np.median(counts)
-    judged = expected >= MIN_EXPECTED_PER_HOUR
+            same = (hour_of_day == h) & live
+            expected[hour_of_day == h] = np.median(counts[same]) if same.any() else 0.0
+    elif live.any():
+        expected[:] = np.median(counts[live])
+    judged = live & (expected >= MIN_EXPECTED_PER_HOUR)
     bad = np.flatnonzero(judged & (counts < cfg.min_hour_fraction * expected))
     details = {"hours": hours, "judged_hours": int(judged.sum()), "thin_hours": len(bad)}
     if bad.size == 0:

@@ -61,7 +61,7 @@ class TrainResult:
     """What one training produced and what the gates decided."""
 
     version: str
-    status: str  # "approved" or "rejected"
+    status: str  # "approved", "rejected", or "registered" (not evaluated: no validation rows)
     promoted: bool
     path: Path
     parent: str | None
@@ -148,10 +148,17 @@ def train_base_model(
     train_t, valid_t = split_by_time(table, windows)
     champion = reg.champion(TIER)
     start = _start_point(cfg, _resolve_parent(reg, parent, cfg), train_t, feature_service)
-    train_enc = encode(train_t, start.users, start.items, cfg.oov_dropout, cfg.seed)
+    buckets = start.spec.category_buckets
+    train_enc = encode(train_t, start.users, start.items, cfg.oov_dropout, cfg.seed, buckets)
     train_enc = train_enc.permuted(cfg.seed)
-    valid_enc = encode(valid_t, start.users, start.items)
+    valid_enc = encode(valid_t, start.users, start.items, category_buckets=buckets)
     init_state = start.init_state(train_enc)
+    if len(valid_enc) == 0:
+        logger.warning(
+            "no validation rows: training all %d epochs with no early stopping and no best "
+            "point (set epochs to what a validated fit stops at: 2-3 on drifting logs)",
+            start.settings.epochs,
+        )
     logger.info(
         "training (%s start) on %d rows, validating on %d, lr %g for %d epochs, backend %s",
         "warm" if start.warm_info["warm"] else "cold",
@@ -171,6 +178,15 @@ def train_base_model(
         "label_rate": float(train_enc.label.mean()),
         "backend": backend,
     }
+    if metrics["best"] is not None:
+        logger.info(
+            "exporting the best validation point: epoch %s, step %s, val log loss %.5f "
+            "(last: %s)",
+            metrics["best"]["epoch"],
+            metrics["best"]["step"],
+            metrics["best"]["val_logloss"],
+            metrics["last_val_logloss"],
+        )
     lineage = {
         "data_window": windows.to_dict(),
         "feature_service": feature_service,
@@ -187,6 +203,7 @@ def train_base_model(
         "item_features": list(ITEM_FEATURES),
         "spec": start.spec.to_dict(),
         "oov_buckets": cfg.oov_buckets,
+        "category_buckets": buckets,
         "vocab_sizes": {"user": len(start.users), "item": len(start.items)},
         "train_rows": len(train_enc),
         "curve": outcome.curve,
@@ -199,9 +216,14 @@ def train_base_model(
         version = reg.register(TIER, tmp, lineage)
 
     gate_results = {**gates.summarize(data_results), **gates.summarize([eval_result])}
-    status = "approved" if eval_result.passed else "rejected"
+    if eval_result.details.get("evaluated") is False:
+        status = "registered"  # nothing to judge it on: neither approved nor rejected
+    else:
+        status = "approved" if eval_result.passed else "rejected"
     reg.set_status(TIER, version, status, gate_results, reason=eval_result.reason)
     promoted = False
+    if status == "registered":
+        logger.warning("%s not evaluated: %s", version, eval_result.reason)
     if status == "approved" and promote:
         summary = trigger_record.get("summary", "")
         reg.promote(TIER, version, reason=f"gates passed ({summary}); {eval_result.reason}")
@@ -239,12 +261,15 @@ class _StartPoint:
     parent_state: dict[str, np.ndarray] | None
 
     def init_state(self, train: Encoded) -> dict[str, np.ndarray]:
+        """The parent's weights (warm), or fresh ones (cold): standardisation from the
+        training window, output bias at the logit of its click rate."""
         if self.parent_state is not None:
             return self.parent_state
-        from base_model.model import cold_state, transform_dense_numpy
+        from base_model.model import cold_state, dense_stats
 
-        x = transform_dense_numpy(train.dense, np.asarray(self.spec.dense_kinds))
-        return cold_state(self.spec, self.cfg.seed, x.mean(axis=0), x.std(axis=0))
+        mean, std = dense_stats(train.dense, self.spec.dense_kinds)
+        rate = float(train.label.mean()) if len(train) else 0.5
+        return cold_state(self.spec, self.cfg.seed, mean, std, label_rate=rate)
 
 
 def _start_point(
@@ -286,6 +311,10 @@ def _start_point(
         shuffle_buffer_rows=cfg.shuffle_buffer_rows,
         cache_max_rows=cfg.cache_max_rows,
         chunk_batches=cfg.chunk_batches,
+        embedding_l2=cfg.embedding_l2,
+        keep_best=cfg.keep_best,
+        early_stopping_patience=cfg.early_stopping_patience,
+        threads=max(1, int(cfg.cpus_per_worker)),
     )
     return _StartPoint(
         cfg=cfg,
@@ -317,12 +346,29 @@ def _fit(
     if backend == "local":
         from base_model.loop import bare_loop
 
-        return bare_loop(start.spec, init_state, start.settings, _arrays(train), _arrays(valid))
+        return bare_loop(
+            start.spec,
+            init_state,
+            start.settings,
+            train.arrays(),
+            valid.arrays() if len(valid) else None,
+        )
     from base_model.trainer import fit_with_ray
 
     name = f"freshrank-base-{as_of:%Y%m%dT%H%M%S}-{int(time.time())}"
     fit = fit_with_ray(cfg, start.spec, init_state, start.settings, train, valid, name, address)
     return fit.outcome
+
+
+def _not_evaluated(valid_rows: int) -> gates.GateResult:
+    return gates.GateResult(
+        "offline_evaluation",
+        False,
+        f"not evaluated: the validation day holds {valid_rows} rows (min_valid_rows = 0 let "
+        "the fit run without validation); registered, not approved: promote by hand if you "
+        "trust it",
+        {"evaluated": False, "rows": valid_rows},
+    )
 
 
 def _evaluate(
@@ -332,8 +378,12 @@ def _evaluate(
     valid: pa.Table,
     label_rate: float,
 ) -> gates.GateResult:
-    enc = encode(valid, candidate.users, candidate.items)
-    p_cand = candidate.predict_proba_rows(enc.user, enc.item, enc.dense)
+    if valid.num_rows == 0:
+        return _not_evaluated(0)
+    enc = encode(
+        valid, candidate.users, candidate.items, category_buckets=candidate.category_buckets
+    )
+    p_cand = candidate.predict_proba_rows(enc.user, enc.item, enc.dense, enc.category)
     users = valid.column("user_id").to_numpy(zero_copy_only=False)
     if champion is None:
         p_ref = np.full_like(p_cand, min(max(label_rate, 1e-4), 1 - 1e-4))
@@ -347,8 +397,8 @@ def _evaluate(
             cfg.min_gain_vs_constant,
         )
     ref = BaseScorer.load(champion.path)
-    ref_enc = encode(valid, ref.users, ref.items)
-    p_ref = ref.predict_proba_rows(ref_enc.user, ref_enc.item, ref_enc.dense)
+    ref_enc = encode(valid, ref.users, ref.items, category_buckets=ref.category_buckets)
+    p_ref = ref.predict_proba_rows(ref_enc.user, ref_enc.item, ref_enc.dense, ref_enc.category)
     return gates.evaluation_gate(
         p_cand,
         p_ref,
@@ -381,11 +431,8 @@ def _spec(cfg: BaseModelConfig, user_rows: int, item_rows: int) -> Any:
         embedding_dim=cfg.embedding_dim,
         hidden_layers=cfg.hidden_layers,
         dense_kinds=dense_kinds(feature_names()),
+        category_buckets=cfg.category_buckets,
     )
-
-
-def _arrays(enc: Encoded) -> dict[str, np.ndarray]:
-    return {"user": enc.user, "item": enc.item, "dense": enc.dense, "label": enc.label}
 
 
 def _ts(table: pa.Table) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 Data travels as Ray Data datasets (``train`` split across workers, ``valid`` whole to rank 0),
 the initial weights through the object store, and the result comes back as the last
-checkpoint reported with ``ray.train.report``.
+checkpoint reported with ``ray.train.report`` (the best weights seen, with ``keep_best``).
+Ray Data keeps the datasets' order (``preserve_order``), so a worker reads its rows in the
+order the driver wrote them: with the seeded shuffles, one CPU worker trains exactly the
+weights the in-process loop trains.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def fit_with_ray(
             "settings": settings.to_dict(),
             "spec": spec.to_dict(),
             "init_state": ray.put(init_state),
+            "train_rows": len(train),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -127,6 +131,9 @@ def fit_with_ray(
         final_train_loss=_float_or_nan(metrics.get("final_train_loss")),
         device=str(metrics["device"]),
         workers=cfg.num_workers,
+        best=metrics.get("best"),
+        stopped_early=bool(metrics.get("stopped_early", False)),
+        load_seconds=float(metrics.get("load_seconds", 0.0)),
     )
     logger.info(
         "fit %s: %d steps, %.0f samples/s, %.1f s wall (%s)",

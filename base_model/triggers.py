@@ -141,8 +141,8 @@ def _performance(
     base = (manifest.get("metrics") or {}).get("val_logloss")
     if rows.num_rows == 0 or base is None:
         return TriggerCheck("performance_drop", False, "no labelled rows in the last day to judge")
-    enc = encode(rows, scorer.users, scorer.items)
-    p = scorer.predict_proba_rows(enc.user, enc.item, enc.dense)
+    enc = encode(rows, scorer.users, scorer.items, category_buckets=scorer.category_buckets)
+    p = scorer.predict_proba_rows(enc.user, enc.item, enc.dense, enc.category)
     recent = float(log_loss(p, enc.label).mean())
     rise = (recent - base) / max(base, 1e-9)
     return TriggerCheck(

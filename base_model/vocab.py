@@ -4,6 +4,11 @@ Row layout of each table: ``[0, len(vocab))`` for known ids in vocabulary order,
 ``oov_buckets`` hashed rows. An unseen id goes to ``len(vocab) + crc32(id) % oov_buckets``:
 stable across processes and machines (unlike ``hash()``), so training, serving and warm
 starts agree on it. No torch here: the serving path imports this.
+
+Item categories need no vocabulary: there are few of them and they outlive every item, so
+each is hashed into ``category_buckets`` rows (``category_rows``), with row 0 kept for an
+unknown category (null or ``""``). A brand-new item with a known category therefore scores
+through its category's row from its first impression.
 """
 
 from __future__ import annotations
@@ -15,12 +20,55 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Vocabulary", "build_vocabulary", "oov_bucket"]
+__all__ = ["Vocabulary", "build_vocabulary", "category_rows", "oov_bucket"]
 
 
 def oov_bucket(item: str, buckets: int) -> int:
     """The hashed bucket (0-based, before the vocabulary offset) of one id."""
     return zlib.crc32(item.encode("utf-8")) % buckets
+
+
+def category_rows(
+    categories: Sequence[str | None] | pa.Array | pa.ChunkedArray | None, n: int, buckets: int
+) -> np.ndarray:
+    """Rows (int64, shape (n,)) of the category table for ``n`` items.
+
+    Row 0 is "unknown" (None, null or ``""``; also every row when ``categories`` is None or
+    ``buckets`` is 0); a known category goes to ``1 + crc32(category) % buckets``. Few
+    distinct values repeat many times, so each distinct one is hashed once.
+    """
+    if categories is None or buckets <= 0 or n == 0:
+        return np.zeros(n, dtype=np.int64)
+    if isinstance(categories, pa.ChunkedArray | pa.Array):
+        column = (
+            categories.combine_chunks()
+            if isinstance(categories, pa.ChunkedArray)
+            else categories
+        )
+        encoded = pc.dictionary_encode(pc.fill_null(column.cast(pa.string()), ""))
+        values = encoded.dictionary.to_pylist()
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        if len(categories) != n:
+            raise ValueError(f"item_categories has {len(categories)} entries, expected {n}")
+        values, codes_list = [], []
+        seen: dict[str, int] = {}
+        for c in categories:
+            key = "" if c is None else c
+            if not isinstance(key, str):
+                raise TypeError(f"item categories must be strings or None, got {type(c).__name__}")
+            code = seen.get(key)
+            if code is None:
+                code = seen[key] = len(values)
+                values.append(key)
+            codes_list.append(code)
+        codes = np.asarray(codes_list, dtype=np.int64)
+    if len(codes) != n:
+        raise ValueError(f"item_categories has {len(codes)} entries, expected {n}")
+    table = np.asarray(
+        [0 if not v else 1 + oov_bucket(v, buckets) for v in values], dtype=np.int64
+    )
+    return table[codes] if len(table) else np.zeros(n, dtype=np.int64)
 
 
 class Vocabulary:

@@ -3,8 +3,9 @@
 The new vocabulary keeps the parent's ids in the parent's rows and appends the new ids. A new
 id's row starts as the parent's hashed row for that id: exactly what the parent scored it
 with while it was unseen, so a warm start changes no score before training. Hashed rows, the
-MLP and the dense standardisation are copied. If the shapes disagree (another embedding
-width, MLP, feature list or bucket count) the start is cold, and the reason is recorded.
+MLP, the category table and the dense standardisation are copied. If the shapes disagree
+(another embedding width, MLP, feature list, transform, or bucket count) the start is cold,
+and the reason is recorded.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def incompatibility(
         return f"hidden_layers {tuple(p['hidden_layers'])} -> {spec.hidden_layers}"
     if tuple(p["dense_kinds"]) != spec.dense_kinds:
         return "dense features changed"
+    if int(p.get("category_buckets", 0)) != spec.category_buckets:
+        return f"category_buckets {int(p.get('category_buckets', 0))} -> {spec.category_buckets}"
     if parent.manifest["oov_buckets"] != oov_buckets:
         return f"oov_buckets {parent.manifest['oov_buckets']} -> {oov_buckets}"
     return None

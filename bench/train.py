@@ -7,9 +7,10 @@ deterministic), then
 * ``bare``: ``base_model.loop.bare_loop`` -- the data moved to the device once, a seeded
   on-device shuffle per epoch: the best a plain PyTorch loop does, with no data pipeline;
 * ``ray_cached``: ``base_model.trainer.fit_with_ray`` as ``freshrank train`` runs it -- a
-  ``TorchTrainer`` reading Ray Data; the first epoch streams chunks of ``--chunk-batches``
-  mini-batches through ``iter_torch_batches`` (prefetched, pinned memory on CUDA) and cuts
-  them on the device; later epochs shuffle the cached shard on the device;
+  ``TorchTrainer`` reading Ray Data; the worker reads its shard once, in chunks of
+  ``--chunk-batches`` mini-batches through ``iter_torch_batches`` (prefetched, pinned memory
+  on CUDA), into device memory (``load_s``, outside the timed epochs, as the bare loop's
+  copy to the device), then shuffles it there every epoch as the bare loop does;
 * ``ray_stream``: the same with every epoch streamed through Ray Data (``cache_max_rows=0``);
 * ``score`` (on request): ``BaseScorer.score`` latency on CPU for one user and N candidates,
   the per-request call serving makes, measured inside a one-CPU Ray actor as a Serve replica
@@ -263,6 +264,7 @@ def _summary(outcome) -> dict:  # noqa: ANN001 - a loop.FitOutcome
         "epoch_s": [round(s, 3) for s in outcome.epoch_seconds],
         "steps": outcome.steps,
         "val_logloss": round(outcome.curve[-1]["val_logloss"], 5) if outcome.curve else None,
+        "load_s": round(outcome.load_seconds, 3),
         "device": outcome.device,
     }
 

@@ -14,6 +14,10 @@ def test_defaults_are_valid_and_round_trip_through_a_plain_dict() -> None:
     cfg = BaseModelConfig()
     assert BaseModelConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.use_gpu == "auto" and cfg.warm_start and cfg.train_days == 7
+    # Measured defaults (bench/RESULTS.train.md): early stopping on the validation day and
+    # the best point exported; L2 on the id rows a batch uses; categories hashed.
+    assert cfg.keep_best and cfg.early_stopping_patience == 2 and cfg.epochs == 50
+    assert cfg.embedding_l2 > 0 and cfg.category_buckets > 0 and cfg.min_valid_rows == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 9  # type: ignore[misc]
 
@@ -43,6 +47,11 @@ def test_toml_values_are_accepted() -> None:
         ({"confidence": 1.0}, "confidence must be < 1.0"),
         ({"oov_dropout": float("nan")}, "oov_dropout must be finite"),
         ({"warm_start": "yes"}, "warm_start must be true or false"),
+        ({"keep_best": 1}, "keep_best must be true or false"),
+        ({"category_buckets": -1}, "category_buckets must be >= 0, got -1"),
+        ({"early_stopping_patience": -1}, "early_stopping_patience must be >= 0"),
+        ({"min_valid_rows": -1}, "min_valid_rows must be >= 0, got -1"),
+        ({"embedding_l2": -0.1}, "embedding_l2 must be >= 0.0"),
     ],
 )
 def test_bad_values_name_the_field(values: dict, message: str) -> None:

@@ -188,3 +188,77 @@ def test_training_set_errors_name_the_column(world: pa.Table) -> None:
     )
     with pytest.raises(TrainingDataError, match=r"label must be in \[0, 1\]; row 5 has 2\.0"):
         validate_training_set(bad)
+
+
+SPARSE = FAST.replace(min_day_fraction=0.0, min_hour_fraction=0.0, max_staleness_hours=48.0)
+
+
+def test_an_empty_validation_day_blocks_with_a_reason_that_says_what_to_do(
+    world: pa.Table,
+) -> None:
+    no_day7 = drop(world, "2026-01-08T00:00", "2026-01-09T00:00")
+    rows = gates_by_name(no_day7, as_of_day(7), SPARSE)["rows"]
+    assert not rows.passed
+    assert rows.reason.startswith(
+        "the validation day [2026-01-08T00:00:00+00:00, 2026-01-09T00:00:00+00:00) holds no "
+        "rows (min_valid_rows = 1); on sparse data set min_valid_rows = 0"
+    )
+    assert rows.details["valid_rows"] == 0 and rows.details["train_rows"] > 0
+    thin = gates_by_name(world, as_of_day(7), SPARSE.replace(min_valid_rows=10**6))["rows"]
+    assert not thin.passed
+    assert "holds only 4" in thin.reason and "(need min_valid_rows = 1000000)" in thin.reason
+
+
+def test_min_valid_rows_0_trains_without_validation_and_never_auto_promotes(
+    world: pa.Table, tmp_path: pathlib.Path
+) -> None:
+    """The sparse-data trade-off: the fit runs (last epoch kept, no early stopping), but with
+    nothing to judge it on it is registered, neither approved nor promoted."""
+    no_day7 = drop(world, "2026-01-08T00:00", "2026-01-09T00:00")
+    registry = ModelRegistry(tmp_path / "registry")
+    result = train_base_model(
+        SPARSE.replace(min_valid_rows=0), no_day7, registry, as_of=as_of_day(7), backend="local"
+    )
+    assert result.status == "registered" and not result.promoted
+    assert result.curve == () and result.metrics["best"] is None
+    assert result.metrics["epochs_run"] == FAST.epochs and result.metrics["valid_rows"] == 0
+    gates = result.gate_results
+    assert gates["rows"]["passed"] and "training without validation" in gates["rows"]["reason"]
+    assert not gates["offline_evaluation"]["passed"]
+    assert gates["offline_evaluation"]["reason"].startswith("not evaluated: the validation day")
+    assert registry.champion("base") is None
+    assert registry.get("base", result.version).status == "registered"
+    registry.promote("base", result.version, reason="trusted by hand")  # allowed: not rejected
+    assert registry.champion("base").version == result.version
+
+
+def test_a_log_that_starts_inside_the_window_is_young_not_half_loaded(world: pa.Table) -> None:
+    """Days before the first event are no history, not missing data: not judged."""
+    young = drop(world, "2026-01-01T00:00", "2026-01-04T00:00")  # the log starts on day 3
+    results = gates_by_name(young, as_of_day(7))
+    assert all(r.passed for r in results.values()), {n: r.reason for n, r in results.items()}
+    daily = results["daily_completeness"]
+    assert daily.details["not_judged"] == [
+        "2026-01-01T00:00:00Z",
+        "2026-01-02T00:00:00Z",
+        "2026-01-03T00:00:00Z",
+    ]
+    assert "3 day(s) before the log's first event 2026-01-04T00:" in daily.reason
+    # ... but a hole after the log has started is still a half-loaded day.
+    holed = drop(young, "2026-01-05T00:00", "2026-01-05T18:00")
+    assert not gates_by_name(holed, as_of_day(7))["daily_completeness"].passed
+
+
+def test_item_category_is_optional_text(world: pa.Table) -> None:
+    from base_model.errors import TrainingDataError
+
+    absent = validate_training_set(world.drop_columns(["item_category"]))
+    assert pc.unique(absent.column("item_category")).to_pylist() == [""]  # all unknown
+    index = world.schema.get_field_index("item_category")
+    nulls = world.set_column(
+        index, "item_category", pa.array([None] * world.num_rows, pa.string())
+    )
+    assert pc.unique(validate_training_set(nulls).column("item_category")).to_pylist() == [""]
+    numbers = world.set_column(index, "item_category", pa.array(np.arange(world.num_rows)))
+    with pytest.raises(TrainingDataError, match="column item_category must hold text, got int64"):
+        validate_training_set(numbers)

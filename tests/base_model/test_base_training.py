@@ -6,12 +6,17 @@ Ray cluster.
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import pathlib
 
-from base_model.artifact import BaseScorer
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from base_model.artifact import BaseScorer, read_weights
 from base_model.registry import ModelRegistry
-from base_world import TRAIN_CFG, Trained
+from base_model.train import train_base_model
+from base_world import TRAIN_CFG, Trained, as_of_day
 from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES
 
 pytestmark = pytest.mark.slow
@@ -99,3 +104,45 @@ def test_candidates_are_judged_against_the_champion_and_recorded(trained: Traine
         assert stored.status == ("approved" if evaluation["passed"] else "rejected")
         assert not result.promoted  # promote=False: the champion stays
     assert registry.champion("base").version == trained.v1.version
+
+
+def assert_same_weights(a: pathlib.Path, b: pathlib.Path) -> None:
+    wa, wb = read_weights(a), read_weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
+
+
+def test_one_cpu_worker_trains_bitwise_the_in_process_weights(
+    trained: Trained, world: pa.Table, tmp_path: pathlib.Path
+) -> None:
+    """Same seed, same data, one CPU worker: the Ray Train fit (v1) and the in-process loop
+    read the same batches in the same order on the same thread count."""
+    local = train_base_model(
+        TRAIN_CFG, world, tmp_path / "registry", as_of=as_of_day(7), backend="local"
+    )
+    assert local.metrics["backend"] == "local" and trained.v1.metrics["backend"] == "ray"
+    assert local.curve == trained.v1.curve
+    assert_same_weights(local.path, trained.v1.path)
+
+
+def test_the_callers_thread_count_does_not_change_the_weights(
+    world: pa.Table, tmp_path: pathlib.Path
+) -> None:
+    """A matrix product over 2 threads sums in another order than over 1: the fit pins
+    torch to ``int(cpus_per_worker)`` threads (what a Ray worker gets) and restores the
+    caller's count afterwards."""
+    cfg = TRAIN_CFG.replace(epochs=2, eval_every_steps=0)
+    before = torch.get_num_threads()
+    paths = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            result = train_base_model(
+                cfg, world, tmp_path / f"r{threads}", as_of=as_of_day(7), backend="local"
+            )
+            assert torch.get_num_threads() == threads
+            paths.append(result.path)
+    finally:
+        torch.set_num_threads(before)
+    assert_same_weights(*paths)
