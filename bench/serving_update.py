@@ -4,10 +4,11 @@
 
 Builds a small workspace (simulated log, Feast, a base trained in-process), starts the real
 Serve application (gRPC proxy on localhost, learner deployment), warms the online layer up
-until it serves, then measures, per trial: a ``Feedback`` call with a fresh request's clicks
-is sent, and a probe request is ranked every 10 ms until any of its scores changes; the time
+until it serves, then measures, per trial: a ``Feedback`` call with a request's clicks is sent,
+and a probe request is ranked every 10 ms until any of its scores changes; the time
 from sending the feedback to the changed score is the update latency (learner mini-batch +
-publish + the ranker's weight poll + the swap). Also Rank p50/p99 at concurrency 1 for the
+publish + the ranker's weight poll + the swap); the feedback carries a click and the probe is
+the same user and slate under a new request id. Also Rank p50/p99 at concurrency 1 for the
 logged slates (10 candidates) and for 100 candidates. Prints one JSON object last.
 
 Freshness settings used (documented in the output): ``max_batch_delay_s``, ``publish_every_s``
@@ -29,6 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# Run as a script, bench/ comes first on sys.path and its online_layer.py would shadow the
+# online_layer package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
 FRESH = {
     "online_layer": {
         "emit": "on_arrival",
@@ -41,6 +47,9 @@ FRESH = {
         "readiness_auc_tolerance": 1.0,
     },
     "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2},
+    # This measures serving, not model quality: a small base is promoted even if it only
+    # ties a constant.
+    "base_model": {"min_gain_vs_constant": -0.5},
 }
 
 
@@ -114,17 +123,17 @@ def main(argv: list[str] | None = None) -> int:
                 client.rank(f"lat100-{i}", "u-bench", items)
                 lat_100.append((time.perf_counter() - t0) * 1e3)
 
-            # Update latency: feedback sent -> a probe's score changes.
-            probe = rids[1]
+            # Update latency: feedback with a click is sent, and the same user and slate
+            # (a new request id each time) is ranked until a score changes.
+            clicked = [r for r in rids[n:] if pc.max(by_request[r].column("label")).as_py() > 0]
             latencies = []
-            for trial in range(args.trials):
-                before = [it.score for it in rank(probe, f"before{trial}").items]
-                source = rids[(n + trial * 7) % len(rids)]
+            for trial, source in enumerate(clicked[: args.trials]):
+                before = [it.score for it in rank(source, f"before{trial}").items]
                 t0 = time.perf_counter()
                 feedback(source, f"upd{trial}")
                 changed = None
                 while time.perf_counter() - t0 < 10:
-                    after = rank(probe, f"after{trial}-{time.perf_counter()}")
+                    after = rank(source, f"after{trial}-{time.perf_counter()}")
                     if [it.score for it in after.items] != before:
                         changed = time.perf_counter() - t0
                         break

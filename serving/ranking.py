@@ -186,7 +186,9 @@ class HybridRanker:
         n = len(items)
         found = self._features.get(query.user_id, items, now=query.request_time)
         user_rows = np.broadcast_to(found.user, (n, found.user.shape[0]))
-        base = self._base.score([query.user_id] * n, items, user_rows, found.items)
+        base = self._base.score(
+            [query.user_id] * n, items, user_rows, found.items, found.item_categories
+        )
         inputs = self._featurizer.transform(
             base.logits,
             base.user_embeddings,
