@@ -58,7 +58,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=_time, help="drop events before this UTC time (ISO)")
     p.add_argument("--end", type=_time, help="drop events at or after this UTC time (ISO)")
     p.add_argument("--max-events", type=int, help="keep only the first N events (after --start/--end)")
-    p.add_argument("--online-batch", type=int, help="online mini-batch size (default 256)")
+    p.add_argument(
+        "--online-batch",
+        type=int,
+        help="replay the online layer in mini-batches of N events, each scored then learned "
+        "(default: learn each event's feedback --online-delay after it, as serving's learner does)",
+    )
+    p.add_argument(
+        "--online-delay",
+        type=_duration,
+        help="event time between an event and its feedback being learned and published "
+        "(default: online_layer.join_window_s + max_batch_delay_s + publish_every_s)",
+    )
     p.add_argument(
         "--online-warm-start",
         type=int,
@@ -119,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> BacktestConfig:
         "end": args.end,
         "max_events": args.max_events,
         "online_batch": args.online_batch,
+        "online_delay": args.online_delay,
         "online_warm_start": args.online_warm_start,
         "seed": args.seed,
         "workers": args.workers,

@@ -92,7 +92,14 @@ class BacktestConfig:
         start, end: Optional UTC bounds: events outside ``[start, end)`` are dropped before
             anything else (to backtest a recent window of a long, sparse log).
         max_events: Optional cap: keep only the first ``max_events`` events after the bounds.
-        online_batch: Mini-batch size of the online layer: each batch is scored, then learned.
+        online_batch: Replay the online layer in mini-batches of this many events, each
+            scored, then learned: the learning delay is then N events, whatever time they
+            span (a day on a sparse ratings log, minutes on a busy one). None (default):
+            learn as serving's learner does, ``online_delay`` after each event.
+        online_delay: How long after an event its feedback is learned and published, in
+            event time. None (default): from the online layer's settings, as serving's
+            learner runs: ``join_window_s`` (``emit = "window_close"``; 0 for
+            ``"on_arrival"``) + ``max_batch_delay_s`` + ``publish_every_s``.
         online_warm_start: Replay up to this many events from before a new base's training
             cut-off through the online layer when it is re-bound to that base (0: start from
             zero weights, i.e. exactly the base).
@@ -112,7 +119,8 @@ class BacktestConfig:
     start: datetime | None = None
     end: datetime | None = None
     max_events: int | None = None
-    online_batch: int = 256
+    online_batch: int | None = None
+    online_delay: timedelta | None = None
     online_warm_start: int = 0
     seed: int = 0
     workers: int = 1
@@ -138,8 +146,15 @@ class BacktestConfig:
             raise BacktestSettingsError(f"start {self.start} is not before end {self.end}")
         if self.max_events is not None and self.max_events < 1:
             raise BacktestSettingsError(f"max_events must be >= 1, got {self.max_events}")
-        if self.online_batch < 1:
+        if self.online_batch is not None and self.online_batch < 1:
             raise BacktestSettingsError(f"online_batch must be >= 1, got {self.online_batch}")
+        if self.online_delay is not None:
+            if not isinstance(self.online_delay, timedelta) or self.online_delay < timedelta(0):
+                raise BacktestSettingsError("backtest.online_delay must be a duration >= 0")
+            if self.online_batch is not None:
+                raise BacktestSettingsError(
+                    "online_batch and online_delay are two models of the learning delay: give one"
+                )
         if self.online_warm_start < 0:
             raise BacktestSettingsError("online_warm_start must be >= 0")
         if self.workers < 1:
@@ -162,7 +177,7 @@ class BacktestConfig:
         if unknown:
             raise BacktestSettingsError(f"unknown [backtest] setting(s): {', '.join(unknown)}")
         kwargs = dict(values)
-        for name in ("warmup", "base_every", "daily_every", "series_every"):
+        for name in ("warmup", "base_every", "daily_every", "series_every", "online_delay"):
             if isinstance(kwargs.get(name), str):
                 kwargs[name] = parse_duration(kwargs[name])
         for name in ("start", "end"):

@@ -136,28 +136,66 @@ class PairedDelta:
     """Mean per-event log-loss difference (a - b) with a normal 95% interval.
 
     ``a`` is worse than ``b`` beyond noise when ``low > 0``; better when ``high < 0``.
+    ``clusters``: how many independent units (users) the interval treats as the sample
+    (``events`` when the events themselves were).
     """
 
     mean: float
     low: float
     high: float
     events: int
+    clusters: int = 0
 
     def to_json(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "ci95_low": self.low, "ci95_high": self.high, "events": self.events}
+        return {
+            "mean": self.mean,
+            "ci95_low": self.low,
+            "ci95_high": self.high,
+            "events": self.events,
+            "clusters": self.clusters or self.events,
+        }
 
 
-def paired_delta(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray) -> PairedDelta:
+def paired_delta(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    clusters: np.ndarray | None = None,
+) -> PairedDelta:
     """Per-event log-loss of ``a`` minus ``b`` on the same events: mean and 95% interval.
 
     Pairing removes the events' own difficulty from the noise, so a small but consistent
-    difference is resolved; events within a day are correlated, so read the interval as
-    optimistic and look at the per-day series too.
+    difference is resolved. Events are not independent, though: one user's session of
+    ratings, or one slate, moves together. ``clusters`` (one key per event, e.g. the user
+    id) gives the cluster-robust interval: the variance of the mean from per-cluster sums,
+    ``G / (G - 1) * sum_g (S_g - n_g * mean)^2 / n^2`` with ``G`` clusters, so a day whose
+    events are one user's session cannot be judged beyond noise on its own. Without
+    ``clusters`` every event is its own cluster (the optimistic per-event interval).
+    Fewer than 2 clusters (or events): an infinite interval.
+
+    Examples
+    --------
+    >>> y = np.array([1.0, 0.0, 1.0, 0.0])
+    >>> d = paired_delta(y, np.full(4, 0.4), np.full(4, 0.5), clusters=np.array(["u", "u", "v", "v"]))
+    >>> d.clusters, round(d.mean, 4)
+    (2, 0.0204)
     """
     diff = per_event_log_loss(labels, probs_a) - per_event_log_loss(labels, probs_b)
     n = diff.size
     if n == 0:
         return PairedDelta(math.nan, math.nan, math.nan, 0)
     mean = float(diff.mean())
-    half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
-    return PairedDelta(mean, mean - half, mean + half, n)
+    if clusters is None:
+        half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+        return PairedDelta(mean, mean - half, mean + half, n, n)
+    keys = np.asarray(clusters).ravel()
+    if keys.size != n:
+        raise ValueError(f"clusters has {keys.size} values but there are {n} events")
+    _, group = np.unique(keys, return_inverse=True)
+    g = int(group.max()) + 1
+    if g < 2:
+        return PairedDelta(mean, -math.inf, math.inf, n, g)
+    resid = np.bincount(group, weights=diff - mean, minlength=g)  # (G,) S_g - n_g * mean
+    var = g / (g - 1) * float((resid**2).sum()) / n**2
+    half = 1.96 * math.sqrt(var)
+    return PairedDelta(mean, mean - half, mean + half, n, g)

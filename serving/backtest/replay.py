@@ -38,7 +38,15 @@ from serving.backtest.errors import BacktestDataError
 from serving.backtest.policies import Fit, PolicyRun, retrain_times
 from serving.backtest.progress import LogProgress, ProgressSink
 
-__all__ = ["Timeline", "make_timeline", "select_window", "run_backtest", "replay", "ReplayOutcome"]
+__all__ = [
+    "Timeline",
+    "make_timeline",
+    "select_window",
+    "run_backtest",
+    "replay",
+    "replay_hybrid",
+    "ReplayOutcome",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +138,8 @@ def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -
     ``tiers`` (a ``serving.backtest.tiers.TierContext``) provides
     ``fit_base(data, n_rows, cutoff, parent) -> (Fit, scorer)`` (train on the first
     ``n_rows`` rows, all with ``ts < cutoff``), ``score_base(scorer, data, lo, hi) ->
-    BaseScores`` and ``online_session(fit, scorer) -> OnlineSession``.
+    BaseScores``, ``online_session(fit, scorer, online_cfg=None) -> OnlineSession`` and
+    ``online_batch`` (the online mini-batch size).
     """
     ts = data.ts_us
     first, last = _from_us(int(ts[0])), _from_us(int(ts[-1]))
@@ -175,8 +184,10 @@ def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -
             blocked.append({"policy": policy, "cutoff": cutoff.isoformat(), "reason": tiers.last_block})
             progress("fit", f"{done}/{total_fits} blocked by data gates: keeping {previous[0].version}")
             return previous
-        progress("fit", f"{done}/{total_fits} done: {result[0].version} in {result[0].seconds:.1f} s "
-                 f"(gate: {result[0].status})")
+        f = result[0]
+        progress("fit", f"{done}/{total_fits} done: {f.version} in {f.seconds:.1f} s wall, "
+                 f"{f.fit_seconds:.1f} s training, {f.samples:,} samples in {f.epochs} epoch(s) "
+                 f"(gate: {f.status})")
         return result
 
     # One shared first fit: static == base_only[0] == daily_retrain[0].
@@ -207,36 +218,74 @@ def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -
     # base_only and hybrid: same bases; hybrid adds the online layer, test-then-train.
     _score_into(runs["base_only"], tiers, data, base_chain, segments(base_times), eval_lo)
     runs["hybrid"].base_version = runs["base_only"].base_version
-    session = None
-    for (fit_k, scorer), (lo, hi) in zip(base_chain, segments(base_times)):
-        if hi <= lo:
-            continue
-        scores = tiers.score_base(scorer, data, lo, hi)
-        before_s, before_b = (session.learn_seconds, session.batches) if session else (0.0, 0)
-        if session is None or session.base_version != fit_k.version:
-            # A new base: weights learned for the old one mean nothing here. Its warm-start
-            # learning (if any) counts as online compute.
-            session = tiers.online_session(fit_k, scorer)
-            before_s, before_b = 0.0, 0
-            if cfg.online_warm_start:
-                w_hi = bound(fit_k.cutoff)
-                w_lo = max(0, w_hi - cfg.online_warm_start)
-                if w_hi > w_lo:
-                    w_scores = tiers.score_base(scorer, data, w_lo, w_hi)
-                    session.learn_only(data, w_lo, w_hi, w_scores, cfg.online_batch)
-        progress("online", f"{fit_k.version}: {hi - lo:,} events from {_from_us(int(ts[lo])):%Y-%m-%d}, "
-                 f"batches of {cfg.online_batch}")
-        runs["hybrid"].probs[lo - eval_lo : hi - eval_lo] = session.test_then_train(
-            data, lo, hi, scores, cfg.online_batch
-        )
-        runs["hybrid"].online_seconds += session.learn_seconds - before_s
-        runs["hybrid"].online_batches += session.batches - before_b
-    progress("online", f"learned {runs['hybrid'].online_batches} batches in "
-             f"{runs['hybrid'].online_seconds:.2f} s")
+    replay_hybrid(
+        runs["hybrid"], data, cfg, tiers, base_chain, segments(base_times), eval_lo, progress,
+        batch=tiers.online_batch, delay_us=tiers.online_delay_us,
+    )
     for name, run in runs.items():
         if np.isnan(run.probs).any():
             raise RuntimeError(f"policy {name} left {int(np.isnan(run.probs).sum())} events unscored")
     return ReplayOutcome(timeline, labels, day_index, runs, int(ts.size), eval_lo, blocked)
+
+
+def replay_hybrid(
+    run: PolicyRun,
+    data: Any,
+    cfg: BacktestConfig,
+    tiers: Any,
+    base_chain: list[tuple[Fit, Any]],
+    spans: list[tuple[int, int]],
+    eval_lo: int,
+    progress: ProgressSink,
+    *,
+    batch: int,
+    delay_us: int | None = None,
+    online_cfg: Any = None,
+) -> None:
+    """The online layer on ``base_chain``, test-then-train, into ``run.probs``.
+
+    ``base_chain[i]`` scores rows ``spans[i]``; a new base version re-binds the layer (zero
+    weights, or warm-started from the ``cfg.online_warm_start`` events before its cut-off).
+    Consecutive spans of one version (a retrain the data gates blocked) are one session.
+    ``delay_us`` None: mini-batches of ``batch`` events; else feedback is learned
+    ``delay_us`` of event time after its event (``OnlineSession.test_then_train``).
+    ``online_cfg`` overrides the run's online settings (``serving.backtest.sweep`` replays
+    many on the same bases). Learning time and counts go into ``run``.
+    """
+    ts = data.ts_us
+    merged: list[tuple[tuple[Fit, Any], int, int]] = []
+    for entry, (lo, hi) in zip(base_chain, spans):
+        if hi <= lo:
+            continue
+        if merged and merged[-1][0][0].version == entry[0].version and merged[-1][2] == lo:
+            merged[-1] = (merged[-1][0], merged[-1][1], hi)
+        else:
+            merged.append((entry, lo, hi))
+    session = None
+    for (fit_k, scorer), lo, hi in merged:
+        scores = tiers.score_base(scorer, data, lo, hi)
+        before = (session.learn_seconds, session.batches, session.examples) if session else (0.0, 0, 0)
+        if session is None or session.base_version != fit_k.version:
+            # A new base: weights learned for the old one mean nothing here. Its warm-start
+            # learning (if any) counts as online compute.
+            session = tiers.online_session(fit_k, scorer, online_cfg)
+            before = (0.0, 0, 0)
+            if cfg.online_warm_start:
+                w_hi = int(np.searchsorted(ts, _to_us(fit_k.cutoff), side="left"))
+                w_lo = max(0, w_hi - cfg.online_warm_start)
+                if w_hi > w_lo:
+                    w_scores = tiers.score_base(scorer, data, w_lo, w_hi)
+                    session.learn_only(data, w_lo, w_hi, w_scores, batch)
+        how = f"batches of {batch}" if delay_us is None else f"feedback learned {delay_us / 1e6:g} s later"
+        progress("online", f"{fit_k.version}: {hi - lo:,} events from {_from_us(int(ts[lo])):%Y-%m-%d}, {how}")
+        run.probs[lo - eval_lo : hi - eval_lo] = session.test_then_train(
+            data, lo, hi, scores, batch, delay_us
+        )
+        run.online_seconds += session.learn_seconds - before[0]
+        run.online_batches += session.batches - before[1]
+        run.online_examples += session.examples - before[2]
+    progress("online", f"learned {run.online_batches} batches ({run.online_examples:,} examples) "
+             f"in {run.online_seconds:.2f} s")
 
 
 def _unique(fits: list[Fit]) -> list[Fit]:
@@ -356,7 +405,12 @@ def run_backtest(
         days=list(t.days),
         runs=outcome.runs,
         events_file=source,
-        settings={**cfg.to_json(), "tiers": context.tier_config_json()},
+        settings={
+            **cfg.to_json(),
+            "online_batch": cfg.online_batch,
+            "online_learning": context.online_learning(),
+            "tiers": context.tier_config_json(),
+        },
         span={
             "first_event": _from_us(int(data.ts_us[0])),
             "last_event": _from_us(int(data.ts_us[-1])),
@@ -368,6 +422,7 @@ def run_backtest(
         },
         wall_seconds=time.monotonic() - started,
         blocked_fits=outcome.blocked_fits,
+        user_ids=data.user_ids[outcome.events_train_only :],
     )
     write_report(out, report)
     write_plots(out, report)

@@ -73,7 +73,7 @@ class ReplayData:
     user_features: np.ndarray  # (N, Fu) float32, USER_FEATURES order
     item_features: np.ndarray  # (N, Fi) float32, ITEM_FEATURES order
     fresh: np.ndarray  # (N, F) float32, FRESH_ITEM_FEATURES order
-    categories: np.ndarray  # (N,) object (str, "" when unknown)
+    item_categories: np.ndarray  # (N,) object (str, "" when unknown): base and online layer
     positions: np.ndarray  # (N,) int64, -1 when unknown
     hours: np.ndarray  # (N,) int64 hour of day (UTC)
 
@@ -114,7 +114,7 @@ def prepare(events: pa.Table, workspace: Path, cfg: BacktestConfig) -> ReplayDat
         user_features=np.ascontiguousarray(user_f),
         item_features=np.ascontiguousarray(item_f),
         fresh=np.ascontiguousarray(fresh),
-        categories=cats,
+        item_categories=cats,
         positions=pos,
         hours=hours.astype(np.int64),
     )
@@ -168,6 +168,29 @@ class TierContext:
         self.online_cfg = self.settings.online_layer
         self.last_block = ""
 
+    @property
+    def online_batch(self) -> int:
+        """Events per mini-batch (``online_batch`` mode), else per ``learn_many`` call (the
+        online layer's ``batch_size``; it does not change the weights)."""
+        return self.cfg.online_batch or self.online_cfg.batch_size
+
+    @property
+    def online_delay_us(self) -> int | None:
+        """Event-time delay before an event's feedback is learned and published, in
+        microseconds; None in ``online_batch`` mode (see ``BacktestConfig``)."""
+        return online_delay_us(self.cfg, self.online_cfg)
+
+    def online_learning(self) -> str:
+        """How the replay's online layer learns, in words (for the report)."""
+        return describe_online_learning(self.cfg, self.online_cfg)
+
+    @property
+    def train_window(self) -> str:
+        """How long every fit's training window is, for every policy alike."""
+        if self._window_from_settings:
+            return f"the last {self.base_cfg.train_days} day(s) before the validation day"
+        return "all history before the validation day"
+
     def tier_config_json(self) -> dict[str, Any]:
         """The tier settings the replay ran with (for the report)."""
         from dataclasses import asdict
@@ -177,6 +200,7 @@ class TierContext:
         return {
             "base_model": self.base_cfg.to_dict(),
             "base_model_train_days": "as set" if self._window_from_settings else "all history",
+            "train_window": self.train_window,
             "online_layer": asdict(self.online_cfg),
             "feature_store": fs,
         }
@@ -218,6 +242,7 @@ class TierContext:
             return None
         seconds = time.perf_counter() - t0
         max_ts = int(data.ts_us[n_rows - 1]) if n_rows else None
+        metrics = result.metrics
         fit = Fit(
             cutoff=cutoff,
             train_rows=n_rows,
@@ -227,11 +252,18 @@ class TierContext:
             version=result.version,
             parent=result.parent,
             status=result.status,
+            fit_seconds=float(metrics.get("train_seconds", 0.0)),
+            samples=int(metrics.get("train_samples", 0)),
+            epochs=int(metrics.get("epochs_run", 0)),
         )
         return fit, BaseScorer.load(result.path)
 
     def score_base(self, scorer: Any, data: ReplayData, lo: int, hi: int, chunk: int = 8192) -> Any:
-        """``BaseScorer.score`` over rows ``[lo, hi)`` in chunks (logits and embeddings)."""
+        """``BaseScorer.score`` over rows ``[lo, hi)`` in chunks (logits and embeddings).
+
+        Item categories are passed as serving passes them (``RankFeatures.item_categories``):
+        without them the base scores every item as "category unknown".
+        """
         from base_model.artifact import BaseScores
 
         parts = []
@@ -243,6 +275,7 @@ class TierContext:
                     list(data.item_ids[start:stop]),
                     data.user_features[start:stop],
                     data.item_features[start:stop],
+                    list(data.item_categories[start:stop]),
                 )
             )
         if len(parts) == 1:
@@ -253,9 +286,45 @@ class TierContext:
             np.concatenate([p.item_embeddings for p in parts]),
         )
 
-    def online_session(self, fit: Fit, scorer: Any) -> OnlineSession:
-        """A fresh online layer bound to ``fit``'s base."""
-        return OnlineSession(fit.version, scorer.embedding_dim, self.online_cfg)
+    def online_session(self, fit: Fit, scorer: Any, online_cfg: Any = None) -> OnlineSession:
+        """A fresh online layer bound to ``fit``'s base (``online_cfg``: another online
+        config than the run's, for a sweep over the online layer alone)."""
+        return OnlineSession(fit.version, scorer.embedding_dim, online_cfg or self.online_cfg)
+
+
+def online_delay_us(cfg: BacktestConfig, online_cfg: Any) -> int | None:
+    """The learning delay in microseconds of event time (None: ``online_batch`` mode).
+
+    Serving's learner learns an example when its join window closes (``emit =
+    "window_close"``: ``join_window_s`` after its request; ``"on_arrival"``: when its
+    feedback arrives, taken here as the event's time), in a mini-batch closed at the latest
+    ``max_batch_delay_s`` later, and serving sees it in the next snapshot, published at the
+    latest ``publish_every_s`` after that. The backtest takes the latest of each: it may
+    learn later than production, never earlier.
+    """
+    if cfg.online_batch is not None:
+        return None
+    if cfg.online_delay is not None:
+        return int(round(cfg.online_delay.total_seconds() * 1_000_000))
+    window = online_cfg.join_window_s if online_cfg.emit == "window_close" else 0.0
+    seconds = window + online_cfg.max_batch_delay_s + online_cfg.publish_every_s
+    return int(round(seconds * 1_000_000))
+
+
+def describe_online_learning(cfg: BacktestConfig, online_cfg: Any) -> str:
+    """One line for the report: which learning-delay model the replay used."""
+    if cfg.online_batch is not None:
+        return f"mini-batches of {cfg.online_batch} events, each scored, then learned"
+    delay = online_delay_us(cfg, online_cfg) / 1_000_000
+    if cfg.online_delay is not None:
+        source = "--online-delay"
+    else:
+        window = f"join_window_s {online_cfg.join_window_s:g}" if online_cfg.emit == "window_close" else "emit on_arrival"
+        source = (
+            f"online_layer {window} + max_batch_delay_s {online_cfg.max_batch_delay_s:g} + "
+            f"publish_every_s {online_cfg.publish_every_s:g}"
+        )
+    return f"each event's feedback learned {delay:g} s after it, in event time ({source})"
 
 
 def _file_sets(path: Path | None, section: str, key: str) -> bool:
@@ -277,7 +346,7 @@ def _from_us(us: int) -> datetime:
 
 
 class OnlineSession:
-    """The online layer bound to one base: featurize, score, then learn, batch after batch.
+    """The online layer bound to one base: featurize, score, then learn what is due.
 
     One session per base version (weights learned against one base mean nothing on another).
     ``learn_seconds`` counts what the learner spends (featurizing feedback with its logged
@@ -313,7 +382,7 @@ class OnlineSession:
             data.fresh[lo:hi],
             list(data.user_ids[lo:hi]),
             list(data.item_ids[lo:hi]),
-            list(data.categories[lo:hi]),
+            list(data.item_categories[lo:hi]),
             data.hours[lo:hi],
             positions=None,
         )
@@ -333,20 +402,60 @@ class OnlineSession:
         self.examples += len(labels)
 
     def test_then_train(
-        self, data: ReplayData, lo: int, hi: int, scores: Any, batch: int
+        self,
+        data: ReplayData,
+        lo: int,
+        hi: int,
+        scores: Any,
+        batch: int,
+        delay_us: int | None = None,
     ) -> np.ndarray:
-        """Probabilities for rows ``[lo, hi)``: each batch scored first, then learned."""
+        """Probabilities for rows ``[lo, hi)``, each scored before its label is learned.
+
+        ``delay_us`` None: mini-batches of ``batch`` events, each scored, then learned.
+        ``delay_us`` d: as serving's learner would have it: row ``j``'s feedback is learned
+        (and published) ``d`` microseconds of event time after it, so row ``i`` is scored
+        by the weights that learned exactly the rows ``j < i`` with ``ts_j + d <= ts_i``
+        (``batch`` then only sizes the ``learn_many`` calls, which give the same weights
+        whatever their size: FTRL runs per example). Rows whose feedback is not due by
+        ``hi`` are learned at the end (they change no score of this session).
+        """
         from serving.ranking import sigmoid
 
         inputs = self._inputs(data, lo, hi, scores)
         labels = data.labels[lo:hi]
         positions = data.positions[lo:hi]
-        out = np.empty(hi - lo, dtype=np.float64)
-        for start in range(0, hi - lo, batch):
-            rows = slice(start, min(start + batch, hi - lo))
-            chunk = inputs.take(rows)
-            # The hybrid logit exactly as serving.ranking.HybridRanker.rank composes it:
-            # final = online_model.predict_many(inputs) (= base logit + w . x).
-            out[rows] = sigmoid(self.model.predict_many(chunk))
-            self._learn(chunk, positions[rows], labels[rows])
+        n = hi - lo
+        out = np.empty(n, dtype=np.float64)
+        if delay_us is None:
+            for start in range(0, n, batch):
+                rows = slice(start, min(start + batch, n))
+                chunk = inputs.take(rows)
+                # The hybrid logit exactly as serving.ranking.HybridRanker.rank composes it:
+                # final = online_model.predict_many(inputs) (= base logit + w . x).
+                out[rows] = sigmoid(self.model.predict_many(chunk))
+                self._learn(chunk, positions[rows], labels[rows])
+            return out
+        if delay_us < 0:
+            raise ValueError(f"delay_us must be >= 0, got {delay_us}")
+        ts = data.ts_us[lo:hi]
+        # due[i]: how many rows' feedback is learned by row i's time (never row i or later).
+        due = np.minimum(np.searchsorted(ts + delay_us, ts, side="right"), np.arange(n))
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(due)) + 1))
+        ends = np.append(starts[1:], n)
+        learned = 0
+        for start, end in zip(starts, ends):
+            learned = self._learn_rows(inputs, positions, labels, learned, int(due[start]), batch)
+            rows = slice(int(start), int(end))
+            out[rows] = sigmoid(self.model.predict_many(inputs.take(rows)))
+        self._learn_rows(inputs, positions, labels, learned, n, batch)
         return out
+
+    def _learn_rows(
+        self, inputs: Any, positions: np.ndarray, labels: np.ndarray, lo: int, hi: int, batch: int
+    ) -> int:
+        """Learn rows ``[lo, hi)`` of a session's inputs in calls of at most ``batch``; -> hi."""
+        for start in range(lo, hi, batch):
+            rows = slice(start, min(start + batch, hi))
+            self._learn(inputs.take(rows), positions[rows], labels[rows])
+        return max(lo, hi)

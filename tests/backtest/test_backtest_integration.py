@@ -2,7 +2,8 @@
 Cython online layer, scored like serving; then the report read back as a user would.
 
 Five simulated days, warm-up 2d, base every 2d: fits = 1 shared (static = base_only[0] =
-daily_retrain[0]) + 1 warm base_only + 2 daily = 4 Ray Train fits. The last day's labels are
+daily_retrain[0]) + 1 warm base_only + 2 daily = 4 Ray Train fits. The online layer learns as
+serving's learner would (each event's feedback 306 s after it, the default settings). The last day's labels are
 flipped: a policy that had learned from a day's labels before scoring it would look good on
 that day; a correct one cannot.
 """
@@ -58,7 +59,6 @@ def backtest(events_file, ray_cluster, tmp_path_factory):
         {
             "warmup": "2d",
             "base_every": "2d",
-            "online_batch": 128,
             # A small model and relaxed data gates: 2,500 events a day has thin night hours.
             "tier_settings": {"base_model": {"epochs": 3, "batch_size": 256, "embedding_dim": 8,
                                              "hidden_layers": [16], "min_train_rows": 200,
@@ -74,7 +74,7 @@ def test_report_files_and_schema(backtest):
     for name in ("report.json", "report.md", "logloss.png", "auc.png", "scores.parquet"):
         assert (out / name).is_file(), name
     assert load_report(out / "report.json") == report
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert list(report["policies"]) == list(POLICIES)
     assert {"gap_closed", "compute_ratio", "hybrid_vs_base_only", "target"} <= set(report["comparison"])
     md = (out / "report.md").read_text()
@@ -101,7 +101,9 @@ def test_every_policy_scored_the_same_events_day_by_day(backtest):
     assert report["span"]["events_train_only"] + n == report["span"]["events_total"]
 
 
-def test_compute_accounting(backtest):
+def test_compute_accounting(backtest, events_file):
+    """Both compute figures, per fit and per policy, add up; the training figure is the work
+    the trainer did (rows x epochs it actually ran), which the wall figure only bounds."""
     _, report, _ = backtest
     p = report["policies"]
     assert [p[k]["fits"] for k in POLICIES] == [1, 2, 2, 3]
@@ -109,12 +111,52 @@ def test_compute_accounting(backtest):
     assert p["hybrid"]["base_versions"] == p["base_only"]["base_versions"]
     assert p["hybrid"]["base_train_seconds"] == pytest.approx(p["base_only"]["train_seconds"])
     assert p["hybrid"]["online_train_seconds"] > 0
+    assert p["hybrid"]["online_examples"] == report["span"]["events_evaluated"]
     assert p["hybrid"]["train_seconds"] == pytest.approx(
         p["hybrid"]["base_train_seconds"] + p["hybrid"]["online_train_seconds"]
     )
+    assert p["hybrid"]["compute_seconds"] == pytest.approx(
+        p["base_only"]["compute_seconds"] + p["hybrid"]["online_train_seconds"]
+    )
     assert p["daily_retrain"]["train_seconds"] > p["static"]["train_seconds"] > 0
-    ratio = p["hybrid"]["train_seconds"] / p["daily_retrain"]["train_seconds"]
-    assert report["comparison"]["compute_ratio"] == pytest.approx(ratio)
+    ts = pq.read_table(events_file, columns=["ts"]).column("ts").to_pylist()
+    fits = {f["version"]: f for f in report["fits"]}
+    for fit in report["fits"]:
+        # Each fit trains on every event before its validation day (the day before the
+        # cut-off), for as many epochs as it ran before early stopping.
+        cutoff = datetime.fromisoformat(fit["cutoff"])
+        rows = sum(1 for t in ts if t < cutoff - timedelta(days=1))
+        assert fit["epochs"] >= 1
+        assert fit["parent"] is not None or fit["epochs"] <= 3  # a cold fit's cap is `epochs`
+        assert fit["samples"] == rows * fit["epochs"], fit["version"]
+        assert 0 < fit["fit_seconds"] < fit["seconds"]
+    for name in POLICIES:
+        assert p[name]["train_samples"] == sum(fits[v]["samples"] for v in p[name]["base_versions"])
+        assert p[name]["base_compute_seconds"] == pytest.approx(
+            sum(fits[v]["fit_seconds"] for v in p[name]["base_versions"])
+        )
+    c = report["comparison"]
+    assert c["compute_ratio"] == pytest.approx(p["hybrid"]["train_seconds"] / p["daily_retrain"]["train_seconds"])
+    assert c["compute_ratio_training"] == pytest.approx(
+        p["hybrid"]["compute_seconds"] / p["daily_retrain"]["compute_seconds"]
+    )
+    assert c["samples_ratio"] == pytest.approx(p["hybrid"]["train_samples"] / p["daily_retrain"]["train_samples"])
+    assert c["target"]["tenth_of_the_compute"] == (c["compute_ratio_training"] <= 0.1)
+
+
+def test_policies_are_fair(backtest):
+    """daily_retrain: a cold fit every day; base_only: warm from its previous base; every fit
+    on the same window (all history before its validation day)."""
+    _, report, _ = backtest
+    fits = {f["version"]: f for f in report["fits"]}
+    shared, *daily = report["policies"]["daily_retrain"]["base_versions"]
+    _, warm = report["policies"]["base_only"]["base_versions"]
+    assert fits[shared]["parent"] is None
+    assert all(fits[v]["parent"] is None for v in daily)
+    assert fits[warm]["parent"] == shared
+    assert report["settings"]["tiers"]["train_window"] == "all history before the validation day"
+    assert report["settings"]["online_batch"] is None
+    assert report["settings"]["online_learning"].startswith("each event's feedback learned 306 s after it")
 
 
 def test_no_fit_saw_the_events_it_scores(backtest):
@@ -132,7 +174,8 @@ def test_no_fit_saw_the_events_it_scores(backtest):
 def test_flipped_last_day_is_not_known_in_advance(backtest):
     """No policy saw the flip coming. The last day is ~95% positives: a base that had trained
     on it would predict them; one trained before it predicts a low click rate and pays for it.
-    The hybrid's first mini-batch on each new base is exactly the base's score."""
+    On each new base, the hybrid scores exactly as the base until the first feedback is due
+    (306 s: the online layer's join window + batch delay + publish interval)."""
     out, report, _ = backtest
     last = len(report["days"]) - 1
     for policy in ("static", "base_only", "daily_retrain"):
@@ -140,8 +183,29 @@ def test_flipped_last_day_is_not_known_in_advance(backtest):
         assert daily["logloss"][last] > 1.0 > daily["logloss"][last - 1], policy
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     for _, rows in scores.groupby("hybrid_base"):
-        head = rows.iloc[:128]
+        head = rows[rows["ts"] < rows["ts"].min() + timedelta(seconds=306)]
+        assert len(head) >= 1
         np.testing.assert_allclose(head["hybrid"], head["base_only"], rtol=1e-9)
+        assert not np.allclose(rows["hybrid"], rows["base_only"])
     # ... and the hybrid learned afterwards, within the flipped day, test-then-train.
     hybrid_last = report["policies"]["hybrid"]["daily"]["logloss"][last]
     assert hybrid_last < report["policies"]["base_only"]["daily"]["logloss"][last]
+
+
+def test_sweep_replays_the_runs_hybrid_exactly(backtest):
+    """serving.backtest.sweep re-runs the online layer alone on the run's bases: the run's own
+    settings give its hybrid column bit for bit; another alpha gives other scores."""
+    from serving.backtest.sweep import HybridSweep
+
+    out, report, _ = backtest
+    sweep = HybridSweep(out)
+    try:
+        same, _ = sweep.replay({})
+        np.testing.assert_array_equal(same.probs, sweep.reference["hybrid"])
+        other, _ = sweep.replay({"alpha": 0.5})
+        assert not np.allclose(other.probs, same.probs)
+        result = sweep.evaluate(same.probs)
+        assert result["logloss"] == pytest.approx(report["policies"]["hybrid"]["logloss"])
+        assert result["days_worse"] == report["comparison"]["hybrid_vs_base_only"]["days_worse_beyond_noise"]
+    finally:
+        sweep.close()

@@ -9,7 +9,13 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "name", ["serving.backtest.metrics", "serving.backtest.config", "serving.backtest.policies"]
+    "name",
+    [
+        "serving.backtest.metrics",
+        "serving.backtest.config",
+        "serving.backtest.policies",
+        "serving.backtest.sweep",
+    ],
 )
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name))

@@ -116,3 +116,28 @@ def test_paired_delta_sees_a_consistent_small_difference():
     assert d.low > 0 and d.mean > 0
     same = paired_delta(labels, good, good)
     assert same.mean == 0.0 and same.low == 0.0 and same.high == 0.0
+
+
+def test_paired_delta_clustered_by_user():
+    """One user's session is one unit of evidence: 200 worse events from a single user are
+    not 'worse beyond noise' once clustered, though per event they look decisive."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, size=200).astype(float)
+    good = np.where(labels == 1, 0.7, 0.3)
+    worse = np.where(labels == 1, 0.6, 0.4)
+    per_event = paired_delta(labels, worse, good)
+    assert per_event.low > 0 and per_event.clusters == 200
+    one_user = paired_delta(labels, worse, good, clusters=np.full(200, "u1"))
+    assert one_user.mean == pytest.approx(per_event.mean)
+    assert one_user.clusters == 1 and math.isinf(one_user.high) and one_user.low < 0
+    # Singleton clusters give exactly the per-event interval.
+    singletons = paired_delta(labels, worse, good, clusters=np.arange(200))
+    assert singletons.low == pytest.approx(per_event.low) and singletons.high == pytest.approx(per_event.high)
+    # Clusters that each hold a mix: the interval widens with the within-user correlation.
+    users = np.repeat(np.arange(10), 20)
+    shifted = good + np.where(users % 2 == 0, 0.05, -0.05) * (2 * labels - 1)
+    clustered = paired_delta(labels, shifted, good, clusters=users)
+    assert clustered.clusters == 10
+    assert clustered.high - clustered.low > paired_delta(labels, shifted, good).high - paired_delta(labels, shifted, good).low
+    with pytest.raises(ValueError, match="clusters has 3 values"):
+        paired_delta(labels, worse, good, clusters=np.arange(3))

@@ -28,7 +28,7 @@ def _data(labels: np.ndarray) -> ReplayData:
         user_features=np.zeros((n, 6), np.float32),
         item_features=np.zeros((n, 10), np.float32),
         fresh=rng.random((n, 3)).astype(np.float32),
-        categories=np.array([f"c{i % 3}" for i in range(n)], dtype=object),
+        item_categories=np.array([f"c{i % 3}" for i in range(n)], dtype=object),
         positions=np.arange(n, dtype=np.int64) % 4,
         hours=(np.arange(n, dtype=np.int64) // 30) % 24,
     )
@@ -79,3 +79,41 @@ def test_learning_helps_on_a_learnable_stream():
     probs, _ = _run(labels)
     late = slice(N // 2, N)
     assert probs[late][items[late] == 0].mean() > probs[late][items[late] != 0].mean() + 0.2
+
+
+def _delayed(labels: np.ndarray, delay_s: float, batch: int = 7) -> np.ndarray:
+    """Learning as serving's learner does: each row's feedback ``delay_s`` after it (rows
+    are 1 s apart in ``_data``)."""
+    session = OnlineSession("b1", D, OnlineLayerConfig(hash_bits=10, alpha=0.5))
+    return session.test_then_train(
+        _data(labels), 0, labels.size, _scores(labels.size), batch, delay_us=int(delay_s * 1e6)
+    )
+
+
+def test_delay_mode_scores_with_exactly_the_feedback_due():
+    """Row i sees the labels of rows j with ts_j + delay <= ts_i, and no other: flipping the
+    labels from row k on changes no score before row k + delay."""
+    labels = (np.random.default_rng(3).random(N) < 0.3).astype(float)
+    delay, k = 40, 250
+    flipped = labels.copy()
+    flipped[k:] = 1.0 - flipped[k:]
+    a, b = _delayed(labels, delay), _delayed(flipped, delay)
+    np.testing.assert_array_equal(a[: k + delay], b[: k + delay])
+    assert a[k + delay] != b[k + delay]  # the first row whose due feedback includes row k
+    base = 1 / (1 + np.exp(-_scores(N).logits.astype(np.float64)))
+    np.testing.assert_allclose(a[:delay], base[:delay], rtol=1e-9)  # nothing due yet
+    assert a[delay] != base[delay]  # row 0's feedback is due at exactly ts_0 + delay
+
+
+def test_delay_mode_is_independent_of_the_learn_call_size():
+    """FTRL learns per example: the size of the learn_many calls changes nothing."""
+    labels = (np.arange(N) % 3 == 0).astype(float)
+    np.testing.assert_array_equal(_delayed(labels, 25, batch=1), _delayed(labels, 25, batch=512))
+
+
+def test_zero_delay_is_learning_each_event_before_the_next():
+    labels = (np.random.default_rng(8).random(N) < 0.4).astype(float)
+    one_by_one = OnlineSession("b1", D, OnlineLayerConfig(hash_bits=10, alpha=0.5)).test_then_train(
+        _data(labels), 0, N, _scores(N), 1
+    )
+    np.testing.assert_array_equal(_delayed(labels, 0), one_by_one)

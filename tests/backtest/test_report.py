@@ -18,8 +18,12 @@ from serving.backtest.report import build_report, load_report, render_markdown, 
 DAY0 = datetime(2024, 1, 3, tzinfo=UTC)
 
 
-def _fit(version: str, seconds: float, day: int = 0) -> Fit:
-    return Fit(DAY0 + timedelta(days=day), 100, DAY0, seconds, f"/a/{version}", version, None)
+def _fit(version: str, seconds: float, day: int = 0, fit_seconds: float = 2.0, samples: int = 300) -> Fit:
+    """A fit of ``seconds`` wall, ``fit_seconds`` of which were training steps."""
+    return Fit(
+        DAY0 + timedelta(days=day), 100, DAY0, seconds, f"/a/{version}", version, None,
+        fit_seconds=fit_seconds, samples=samples, epochs=3,
+    )
 
 
 def _runs(labels: np.ndarray) -> dict[str, PolicyRun]:
@@ -71,7 +75,7 @@ def report(tmp_path):
 
 def test_report_schema_and_values(report):
     rep, labels, runs = report
-    assert rep["schema_version"] == 1
+    assert rep["schema_version"] == 2
     assert list(rep["policies"]) == list(POLICIES)
     for name, row in rep["policies"].items():
         assert row["events"] == 400
@@ -88,6 +92,13 @@ def test_report_schema_and_values(report):
     )
     assert c["gap_closed"] == pytest.approx(expected_gap)
     assert c["compute_ratio"] == pytest.approx(41.5 / 80.0)
+    # training compute: 2 fits x 2 s + 1.5 s online, against 4 fits x 2 s; samples 600 / 1200
+    assert rep["policies"]["hybrid"]["compute_seconds"] == pytest.approx(5.5)
+    assert rep["policies"]["hybrid"]["base_compute_seconds"] == pytest.approx(4.0)
+    assert rep["policies"]["daily_retrain"]["train_samples"] == 1200
+    assert c["compute_ratio_training"] == pytest.approx(5.5 / 8.0)
+    assert c["samples_ratio"] == pytest.approx(0.5)
+    assert c["compute_judged_on"] == "compute_ratio_training"
     assert c["target"]["hybrid_beats_base_only_logloss"] is True
     assert c["target"]["tenth_of_the_compute"] is False
     assert c["target"]["met"] is False
@@ -151,3 +162,59 @@ def test_auc_gap_closed_and_refresh(report, tmp_path):
     assert again["comparison"]["gap_closed"] > 0
     assert (tmp_path / "auc.png").is_file()
     assert load_report(tmp_path / "report.json") == again
+
+
+def test_compute_clause_is_judged_on_training_compute_and_shows_wall(tmp_path):
+    """Ten cheap daily fits (2 s of training each) against one warm base fit of 0.5 s: a
+    tenth of the training compute, although each fit's wall (start-up) is the same 15 s."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 200).astype(float)
+    runs = _runs(labels)
+    shared = _fit("v1", 15.0, fit_seconds=0.5, samples=100)
+    runs["base_only"].fits = runs["hybrid"].fits = [shared]
+    runs["static"].fits = [shared]
+    runs["hybrid"].online_seconds = 0.1
+    runs["daily_retrain"].fits = [shared] + [_fit(f"d{i}", 15.0, i, 2.0, 1000) for i in range(1, 10)]
+    rep = build_report(
+        labels=labels, day_index=np.zeros(200, int), days=[DAY0], runs=runs,
+        events_file="x", settings={"warmup": "2d", "base_every": "7d", "daily_every": "1d",
+                                   "online_batch": 64, "seed": 0}, span={
+            "eval_start": DAY0, "eval_end": DAY0 + timedelta(days=1), "events_evaluated": 200,
+            "events_train_only": 10}, wall_seconds=1.0,
+    )
+    c = rep["comparison"]
+    assert c["compute_ratio_training"] == pytest.approx(0.6 / 18.5)
+    assert c["samples_ratio"] == pytest.approx(100 / 9100)
+    assert c["compute_ratio"] == pytest.approx(15.1 / 150.0)
+    assert c["target"]["tenth_of_the_compute"] is True
+    assert c["tenth_of_the_compute_wall"] is False
+    md = render_markdown(rep)
+    assert "On wall seconds" in md and "**not met** (0.101×)" in md
+
+
+def test_never_worse_is_judged_per_user_not_per_event():
+    """Day 0 is one user's session on which hybrid is worse: per event that is 'beyond
+    noise', per user it is one observation. Day 1 spreads the same damage over 50 users."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 400).astype(float)
+    good = np.where(labels == 1, 0.7, 0.3)
+    bad = np.where(labels == 1, 0.55, 0.45)
+    runs = _runs(labels)
+    runs["base_only"].probs = good.copy()
+    runs["hybrid"].probs = np.concatenate([bad[:200], good[200:]])
+    day_index = np.repeat([0, 1], 200)
+    users = np.array(["solo"] * 200 + [f"u{i % 50}" for i in range(200)], dtype=object)
+    kwargs = dict(
+        labels=labels, day_index=day_index, days=[DAY0, DAY0 + timedelta(days=1)], runs=runs,
+        events_file="x", settings={}, span={}, wall_seconds=0.0,
+    )
+    per_user = build_report(**kwargs, user_ids=users)["comparison"]["hybrid_vs_base_only"]
+    assert (per_user["days_worse_beyond_noise"], per_user["days_worse_per_event"]) == (0, 1)
+    assert per_user["noise_unit"] == "user"
+    spread = users.copy()
+    spread[:200] = [f"v{i % 50}" for i in range(200)]
+    judged = build_report(**kwargs, user_ids=spread)["comparison"]
+    assert judged["hybrid_vs_base_only"]["days_worse_beyond_noise"] == 1
+    assert judged["target"]["never_worse_than_base_only"] is False
+    unclustered = build_report(**kwargs)["comparison"]["hybrid_vs_base_only"]
+    assert unclustered["noise_unit"] == "event" and unclustered["days_worse_beyond_noise"] == 1
