@@ -15,6 +15,7 @@ import pytest
         "serving.backtest.config",
         "serving.backtest.policies",
         "serving.backtest.sweep",
+        "serving.backtest.report",
     ],
 )
 def test_docstring_examples(name: str) -> None:

@@ -98,7 +98,9 @@ def test_report_schema_and_values(report):
     assert rep["policies"]["daily_retrain"]["train_samples"] == 1200
     assert c["compute_ratio_training"] == pytest.approx(5.5 / 8.0)
     assert c["samples_ratio"] == pytest.approx(0.5)
-    assert c["compute_judged_on"] == "compute_ratio_training"
+    # in the evaluated span: less the shared warm-up fit v1 (cut-off at eval_start), 2 s each
+    assert c["compute_ratio_span"] == pytest.approx((5.5 - 2.0) / (8.0 - 2.0))
+    assert c["compute_judged_on"] == "compute_ratio_span"
     assert c["target"]["hybrid_beats_base_only_logloss"] is True
     assert c["target"]["tenth_of_the_compute"] is False
     assert c["target"]["met"] is False
@@ -165,8 +167,8 @@ def test_auc_gap_closed_and_refresh(report, tmp_path):
 
 
 def test_compute_clause_is_judged_on_training_compute_and_shows_wall(tmp_path):
-    """Ten cheap daily fits (2 s of training each) against one warm base fit of 0.5 s: a
-    tenth of the training compute, although each fit's wall (start-up) is the same 15 s."""
+    """Nine daily fits (2 s of training each) against none for the weekly base: a tenth of
+    the training compute, although each fit's wall (start-up) is the same 15 s."""
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 200).astype(float)
     runs = _runs(labels)
@@ -184,6 +186,7 @@ def test_compute_clause_is_judged_on_training_compute_and_shows_wall(tmp_path):
     )
     c = rep["comparison"]
     assert c["compute_ratio_training"] == pytest.approx(0.6 / 18.5)
+    assert c["compute_ratio_span"] == pytest.approx(0.1 / 18.0)
     assert c["samples_ratio"] == pytest.approx(100 / 9100)
     assert c["compute_ratio"] == pytest.approx(15.1 / 150.0)
     assert c["target"]["tenth_of_the_compute"] is True
@@ -218,3 +221,30 @@ def test_never_worse_is_judged_per_user_not_per_event():
     assert judged["target"]["never_worse_than_base_only"] is False
     unclustered = build_report(**kwargs)["comparison"]["hybrid_vs_base_only"]
     assert unclustered["noise_unit"] == "event" and unclustered["days_worse_beyond_noise"] == 1
+
+
+def test_the_shared_warm_up_fit_does_not_count_against_the_compute_clause():
+    """A costly warm-up fit (10 s) that every policy shares, then one warm base fit of 0.9 s
+    against ten daily fits of 1 s: counting the shared fit on both sides the ratio is about
+    0.5 (it says how long the span was, not what freshness costs); in the span it is 0.095."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 200).astype(float)
+    runs = _runs(labels)
+    shared = _fit("v1", 15.0, fit_seconds=10.0)
+    warm = _fit("v2", 15.0, 7, fit_seconds=0.9)
+    runs["static"].fits = [shared]
+    runs["base_only"].fits = runs["hybrid"].fits = [shared, warm]
+    runs["hybrid"].online_seconds = 0.05
+    runs["daily_retrain"].fits = [shared] + [_fit(f"d{i}", 15.0, i, 1.0) for i in range(1, 11)]
+    rep = build_report(
+        labels=labels, day_index=np.zeros(200, int), days=[DAY0], runs=runs,
+        events_file="x", settings={"warmup": "2d", "base_every": "7d", "daily_every": "1d",
+                                   "online_batch": 64, "seed": 0}, span={
+            "eval_start": DAY0, "eval_end": DAY0 + timedelta(days=11), "events_evaluated": 200,
+            "events_train_only": 10}, wall_seconds=1.0,
+    )
+    c = rep["comparison"]
+    assert c["compute_ratio_training"] == pytest.approx(10.95 / 20.0)
+    assert c["compute_ratio_span"] == pytest.approx(0.95 / 10.0)
+    assert c["target"]["tenth_of_the_compute"] is True
+    assert "0.095×** the training compute" in render_markdown(rep)
