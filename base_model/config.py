@@ -78,10 +78,14 @@ class BaseModelConfig:
         for a single-node cluster. A multi-node cluster needs shared storage (``s3://...``).
     train_days
         Training window length; validation (and the promotion gate) uses the following day.
-    warm_start, warm_lr_factor, warm_epochs
+    warm_start, warm_lr_factor, warm_epochs, warm_early_stopping_patience
         A new version starts from its parent (the champion by default) with
-        ``learning_rate * warm_lr_factor`` for at most ``warm_epochs`` epochs (early
-        stopping applies as to a cold start).
+        ``learning_rate * warm_lr_factor`` for at most ``warm_epochs`` epochs, and stops
+        after ``warm_early_stopping_patience`` epochs without a better validation loss. A
+        warm fit starts next to its optimum: in every backtest fit so far (simulator,
+        ml-100k) its best epoch was the first or second and the epochs after it only got
+        worse, so a second epoch of patience bought nothing (the best point is exported
+        either way) and cost a third of the fit.
     min_train_rows, max_staleness_hours, min_hour_fraction, min_day_fraction
         Data gates: too few rows, data older than ``max_staleness_hours`` at training time,
         an hour holding fewer than ``min_hour_fraction`` of its usual events, or a day
@@ -140,7 +144,8 @@ class BaseModelConfig:
 
     warm_start: bool = True
     warm_lr_factor: float = 0.3
-    warm_epochs: int = 50
+    warm_epochs: int = 10
+    warm_early_stopping_patience: int = 1
 
     min_train_rows: int = 1000
     min_valid_rows: int = 1
@@ -197,6 +202,7 @@ class BaseModelConfig:
             raise ConfigError(f"warm_start must be true or false, got {self.warm_start!r}")
         _float(self, "warm_lr_factor", low=0.0, high=1.0, low_open=True)
         _int(self, "warm_epochs", low=1)
+        _int(self, "warm_early_stopping_patience", low=0)
         _int(self, "min_train_rows", low=1)
         _int(self, "min_valid_rows", low=0)
         _float(self, "max_staleness_hours", low=0.0, low_open=True)

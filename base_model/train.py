@@ -295,11 +295,13 @@ def _start_point(
     if warm:
         grown = warm_state(scorer, read_weights(parent.path), users, items)
         lr, epochs, state = cfg.learning_rate * cfg.warm_lr_factor, cfg.warm_epochs, grown.state
-        info = describe(parent.version, lr, epochs, grown, None)
+        patience = cfg.warm_early_stopping_patience
+        info = describe(parent.version, lr, epochs, grown, None, patience)
     else:
         lr, epochs, state = cfg.learning_rate, cfg.epochs, None
+        patience = cfg.early_stopping_patience
         why = skipped or ("no parent" if parent is None else None)
-        info = describe(parent.version if parent else None, lr, epochs, None, why)
+        info = describe(parent.version if parent else None, lr, epochs, None, why, patience)
     settings = LoopSettings(
         learning_rate=lr,
         epochs=epochs,
@@ -313,7 +315,7 @@ def _start_point(
         chunk_batches=cfg.chunk_batches,
         embedding_l2=cfg.embedding_l2,
         keep_best=cfg.keep_best,
-        early_stopping_patience=cfg.early_stopping_patience,
+        early_stopping_patience=patience,
         threads=max(1, int(cfg.cpus_per_worker)),
     )
     return _StartPoint(

@@ -85,9 +85,14 @@ def _grow(state: dict[str, np.ndarray], side: str, old: Vocabulary, new: Vocabul
 
 
 def describe(
-    parent_version: str | None, lr: float, epochs: int, warm: WarmStart | None, skipped: str | None
+    parent_version: str | None,
+    lr: float,
+    epochs: int,
+    warm: WarmStart | None,
+    skipped: str | None,
+    patience: int | None = None,
 ) -> dict[str, Any]:
-    """The manifest's ``warm_start`` entry."""
+    """The manifest's ``warm_start`` entry (``patience``: the early-stopping patience used)."""
     if warm is None:
         return {
             "warm": False,
@@ -95,12 +100,14 @@ def describe(
             "skipped": skipped,
             "learning_rate": lr,
             "epochs": epochs,
+            "early_stopping_patience": patience,
         }
     return {
         "warm": True,
         "parent": parent_version,
         "learning_rate": lr,
         "epochs": epochs,
+        "early_stopping_patience": patience,
         "new_user_rows": warm.new_user_rows,
         "new_item_rows": warm.new_item_rows,
     }

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +19,21 @@ from base_model.ray_cluster import apply_loopback_environment
 
 # Before anything imports ray: Ray reads the loopback switch at import time.
 apply_loopback_environment()
+
+# Feast's metrics module makes a prometheus multiprocess directory per importing process
+# (feast_metrics_* in /tmp) and removes it at exit; Ray workers leave by os._exit and never
+# do. One directory for the whole session, every process it starts inheriting it, removed
+# at the end.
+_METRICS_DIR: str | None = None
+if "PROMETHEUS_MULTIPROCESS_DIR" not in os.environ:
+    _METRICS_DIR = tempfile.mkdtemp(prefix="freshrank-test-metrics-")
+    os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = _METRICS_DIR
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _METRICS_DIR is not None:
+        shutil.rmtree(_METRICS_DIR, ignore_errors=True)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = pathlib.Path(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -24,6 +25,9 @@ __all__ = [
     "compute_ratio",
     "PairedDelta",
     "paired_delta",
+    "critical_value",
+    "familywise_level",
+    "days_worse",
 ]
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS]: one confident miss costs ~16 nats
@@ -161,15 +165,19 @@ def paired_delta(
     probs_a: np.ndarray,
     probs_b: np.ndarray,
     clusters: np.ndarray | None = None,
+    level: float = 0.95,
 ) -> PairedDelta:
-    """Per-event log-loss of ``a`` minus ``b`` on the same events: mean and 95% interval.
+    """Per-event log-loss of ``a`` minus ``b`` on the same events: mean and an interval
+    (two-sided, at ``level``).
 
     Pairing removes the events' own difficulty from the noise, so a small but consistent
     difference is resolved. Events are not independent, though: one user's session of
     ratings, or one slate, moves together. ``clusters`` (one key per event, e.g. the user
     id) gives the cluster-robust interval: the variance of the mean from per-cluster sums,
-    ``G / (G - 1) * sum_g (S_g - n_g * mean)^2 / n^2`` with ``G`` clusters, so a day whose
-    events are one user's session cannot be judged beyond noise on its own. Without
+    ``G / (G - 1) * sum_g (S_g - n_g * mean)^2 / n^2`` with ``G`` clusters, and Student's
+    t with ``G - 1`` degrees of freedom for its width (with few clusters the variance is
+    itself a noisy estimate: 36 ratings from 5 users are 5 observations, not 36), so a day
+    whose events are one user's session cannot be judged beyond noise on its own. Without
     ``clusters`` every event is its own cluster (the optimistic per-event interval).
     Fewer than 2 clusters (or events): an infinite interval.
 
@@ -186,7 +194,9 @@ def paired_delta(
         return PairedDelta(math.nan, math.nan, math.nan, 0)
     mean = float(diff.mean())
     if clusters is None:
-        half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+        if n < 2:
+            return PairedDelta(mean, -math.inf, math.inf, n, n)
+        half = critical_value(level, n - 1) * float(diff.std(ddof=1)) / math.sqrt(n)
         return PairedDelta(mean, mean - half, mean + half, n, n)
     keys = np.asarray(clusters).ravel()
     if keys.size != n:
@@ -197,5 +207,89 @@ def paired_delta(
         return PairedDelta(mean, -math.inf, math.inf, n, g)
     resid = np.bincount(group, weights=diff - mean, minlength=g)  # (G,) S_g - n_g * mean
     var = g / (g - 1) * float((resid**2).sum()) / n**2
-    half = 1.96 * math.sqrt(var)
+    half = critical_value(level, g - 1) * math.sqrt(var)
     return PairedDelta(mean, mean - half, mean + half, n, g)
+
+
+def _t_cdf_from_zero(x: float, df: int) -> float:
+    """P(0 <= T <= x) for Student's t with ``df`` degrees of freedom (Simpson's rule on its
+    density: NumPy and the standard library have no t distribution)."""
+    xs = np.linspace(0.0, x, 4001)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(xs**2 / df))
+    h = x / 4000
+    return float(h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum()))
+
+
+def critical_value(level: float, df: int | None = None) -> float:
+    """The half-width multiplier of a two-sided interval at ``level``: Student's t quantile
+    with ``df`` degrees of freedom, or the normal one (``df`` None or beyond 10,000).
+
+    Examples
+    --------
+    >>> round(critical_value(0.95), 3), round(critical_value(0.95, 4), 3), round(critical_value(0.95, 1), 2)
+    (1.96, 2.776, 12.71)
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    if df is None or df > 10_000:
+        return z
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    half_mass = level / 2  # P(0 <= T <= t) at the quantile
+    lo, hi = 0.0, z
+    while _t_cdf_from_zero(hi, df) < half_mass:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf_from_zero(mid, df) < half_mass else (lo, mid)
+    return (lo + hi) / 2
+
+
+def familywise_level(tests: int, level: float = 0.95) -> float:
+    """Each interval's level so that ``tests`` of them hold jointly at ``level`` (Bonferroni):
+    "worse on no day" is one claim about every day at once.
+
+    With each day's own 95% interval, 26 days of two identical policies would show at least
+    one day "worse beyond noise" with probability 1 - 0.975**26 = 48% (one side); the
+    family-wise intervals hold that chance at 2.5% whatever the number of days.
+
+    Examples
+    --------
+    >>> familywise_level(1), round(familywise_level(20), 4)
+    (0.95, 0.9975)
+    """
+    if tests < 1:
+        raise ValueError(f"tests must be >= 1, got {tests}")
+    return 1 - (1 - level) / tests
+
+
+def days_worse(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    day_index: np.ndarray,
+    n_days: int,
+    clusters: np.ndarray | None = None,
+    familywise: bool = True,
+) -> tuple[int, int]:
+    """``(days on which a is worse than b beyond noise, days compared)``.
+
+    A day is compared when it holds 2 events or more; ``a`` is worse on it when the lower
+    end of its paired interval (clustered by ``clusters``) is above zero. ``familywise``
+    (default): the intervals hold jointly at 95% over the compared days (``familywise_level``);
+    otherwise each day's own 95%.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    index = np.asarray(day_index)
+    days = [d for d in range(n_days) if int((index == d).sum()) >= 2]
+    if not days:
+        return 0, 0
+    level = familywise_level(len(days)) if familywise else 0.95
+    worse = 0
+    for day in days:
+        mask = index == day
+        keys = None if clusters is None else np.asarray(clusters)[mask]
+        worse += int(paired_delta(y[mask], probs_a[mask], probs_b[mask], keys, level).low > 0)
+    return worse, len(days)

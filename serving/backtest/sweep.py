@@ -38,7 +38,7 @@ import numpy as np
 
 from serving.backtest.config import BacktestConfig
 from serving.backtest.errors import BacktestSettingsError
-from serving.backtest.metrics import auc, gap_closed, log_loss, paired_delta
+from serving.backtest.metrics import auc, days_worse, gap_closed, log_loss, paired_delta
 from serving.backtest.policies import Fit, PolicyRun, retrain_times
 
 __all__ = ["parse_grid", "grid_points", "HybridSweep", "main"]
@@ -212,11 +212,7 @@ class HybridSweep:
         """The target's numbers for one hybrid: against the run's base_only and daily_retrain."""
         y, base, ceil = self.labels, self.reference["base_only"], self.reference["daily_retrain"]
         ll, ll_base, ll_ceil = log_loss(y, probs), log_loss(y, base), log_loss(y, ceil)
-        worse = 0
-        for day in range(self.n_days):
-            mask = self.day_index == day
-            if mask.sum() >= 2 and paired_delta(y[mask], probs[mask], base[mask], self.users[mask]).low > 0:
-                worse += 1
+        worse, _ = days_worse(y, probs, base, self.day_index, self.n_days, self.users)
         delta = paired_delta(y, probs, base, self.users)
         return {
             "logloss": ll,

@@ -13,9 +13,12 @@ from serving.backtest.metrics import (
     auc,
     compute_ratio,
     daily_series,
+    critical_value,
+    familywise_level,
     gap_closed,
     log_loss,
     paired_delta,
+    per_event_log_loss,
 )
 
 
@@ -141,3 +144,35 @@ def test_paired_delta_clustered_by_user():
     assert clustered.high - clustered.low > paired_delta(labels, shifted, good).high - paired_delta(labels, shifted, good).low
     with pytest.raises(ValueError, match="clusters has 3 values"):
         paired_delta(labels, worse, good, clusters=np.arange(3))
+
+
+def test_critical_values_are_students_t_and_widen_with_the_number_of_days():
+    # Published t quantiles (two-sided 95%) and the normal limit.
+    assert critical_value(0.95, 1) == pytest.approx(12.7062, abs=1e-3)
+    assert critical_value(0.95, 4) == pytest.approx(2.7764, abs=1e-3)
+    assert critical_value(0.95, 30) == pytest.approx(2.0423, abs=1e-3)
+    assert critical_value(0.99, 10) == pytest.approx(3.1693, abs=1e-3)
+    assert critical_value(0.95) == pytest.approx(1.95996, abs=1e-5)
+    assert critical_value(0.95, 100_000) == critical_value(0.95)
+    assert familywise_level(20) == pytest.approx(0.9975)
+    assert critical_value(familywise_level(26), 50) > critical_value(familywise_level(20), 50)
+    with pytest.raises(ValueError):
+        familywise_level(0)
+    with pytest.raises(ValueError):
+        critical_value(1.0)
+
+
+def test_few_clusters_give_a_wide_interval():
+    """36 events from 5 users are 5 observations: the half-width is Student's t on 4 degrees
+    of freedom (2.78) times the cluster-robust standard error, not 1.96 times it."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 36).astype(float)
+    a, b = rng.uniform(0.2, 0.8, 36), rng.uniform(0.2, 0.8, 36)
+    users = np.array([f"u{i % 5}" for i in range(36)])
+    diff = per_event_log_loss(y, a) - per_event_log_loss(y, b)
+    sums = np.array([(diff[users == u] - diff.mean()).sum() for u in sorted(set(users))])
+    se = math.sqrt(5 / 4 * (sums**2).sum()) / 36
+    d = paired_delta(y, a, b, users)
+    assert d.clusters == 5
+    assert d.high - d.mean == pytest.approx(2.7764 * se, rel=1e-4)
+    assert d.mean - d.low == pytest.approx(2.7764 * se, rel=1e-4)

@@ -248,3 +248,35 @@ def test_the_shared_warm_up_fit_does_not_count_against_the_compute_clause():
     assert c["compute_ratio_span"] == pytest.approx(0.95 / 10.0)
     assert c["target"]["tenth_of_the_compute"] is True
     assert "0.095×** the training compute" in render_markdown(rep)
+
+
+def test_never_worse_holds_the_days_jointly_not_one_by_one():
+    """20 days; on 19 the policies agree exactly, on day 0 hybrid is worse by a margin that
+    is 2.5 standard errors: beyond each day's own 95% (1.96) but not beyond the family-wise
+    95% over 20 days (3.02). "Worse on no day" is one claim about all 20."""
+    n_days, per_day = 20, 100
+    labels = np.ones(n_days * per_day)
+    base = np.full(labels.size, 0.5)
+    hybrid = base.copy()
+    signs = np.where(np.arange(per_day) % 2 == 0, 1.0, -1.0)
+    hybrid[:per_day] = 0.5 * np.exp(-(0.025 + 0.1 * signs))  # per-event log-loss diff 0.025 +- 0.1
+    runs = _runs(labels)
+    runs["base_only"].probs, runs["hybrid"].probs = base, hybrid
+    users = np.array([f"u{i}" for i in range(labels.size)], dtype=object)
+    rep = build_report(
+        labels=labels, day_index=np.repeat(np.arange(n_days), per_day),
+        days=[DAY0 + timedelta(days=i) for i in range(n_days)], runs=runs, events_file="x",
+        settings={}, span={}, wall_seconds=0.0, user_ids=users,
+    )
+    d = rep["comparison"]["hybrid_vs_base_only"]
+    assert d["days_compared"] == 20
+    assert (d["days_worse_per_day_95"], d["days_worse_per_event"]) == (1, 1)
+    assert d["days_worse_beyond_noise"] == 0
+    # A margin of 4 standard errors is beyond noise however many days there are.
+    hybrid[:per_day] = 0.5 * np.exp(-(0.04 + 0.1 * signs))
+    again = build_report(
+        labels=labels, day_index=np.repeat(np.arange(n_days), per_day),
+        days=[DAY0 + timedelta(days=i) for i in range(n_days)], runs=runs, events_file="x",
+        settings={}, span={}, wall_seconds=0.0, user_ids=users,
+    )
+    assert again["comparison"]["hybrid_vs_base_only"]["days_worse_beyond_noise"] == 1

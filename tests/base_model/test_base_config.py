@@ -17,6 +17,8 @@ def test_defaults_are_valid_and_round_trip_through_a_plain_dict() -> None:
     # Measured defaults (bench/RESULTS.train.md): early stopping on the validation day and
     # the best point exported; L2 on the id rows a batch uses; categories hashed.
     assert cfg.keep_best and cfg.early_stopping_patience == 2 and cfg.epochs == 50
+    # A warm start trains fewer epochs: a lower cap and one epoch of patience.
+    assert cfg.warm_epochs < cfg.epochs and cfg.warm_early_stopping_patience == 1
     assert cfg.embedding_l2 > 0 and cfg.category_buckets > 0 and cfg.min_valid_rows == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 9  # type: ignore[misc]
@@ -50,6 +52,7 @@ def test_toml_values_are_accepted() -> None:
         ({"keep_best": 1}, "keep_best must be true or false"),
         ({"category_buckets": -1}, "category_buckets must be >= 0, got -1"),
         ({"early_stopping_patience": -1}, "early_stopping_patience must be >= 0"),
+        ({"warm_early_stopping_patience": -1}, "warm_early_stopping_patience must be >= 0"),
         ({"min_valid_rows": -1}, "min_valid_rows must be >= 0, got -1"),
         ({"embedding_l2": -0.1}, "embedding_l2 must be >= 0.0"),
     ],

@@ -81,6 +81,7 @@ def test_warm_start_reaches_the_cold_start_validation_loss_in_fewer_steps(traine
     assert ws["warm"] is True and ws["parent"] == trained.v1.version
     assert ws["learning_rate"] == pytest.approx(TRAIN_CFG.learning_rate * TRAIN_CFG.warm_lr_factor)
     assert ws["epochs"] == TRAIN_CFG.warm_epochs < TRAIN_CFG.epochs
+    assert ws["early_stopping_patience"] == TRAIN_CFG.warm_early_stopping_patience
     assert ws["new_user_rows"] + ws["new_item_rows"] > 0  # ids that appeared on the new day
     manifest = BaseScorer.load(warm.path).manifest
     assert manifest["warm_start"] == ws
