@@ -43,14 +43,34 @@ SHARED_DATA = pathlib.Path(
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """A local loopback Ray cluster shared by every test that needs one."""
+    """A local loopback Ray cluster shared by every test that needs one.
+
+    At the end the cluster is shut down, then any of its worker processes that outlived it
+    is stopped by PID: a Ray Train controller caught mid-teardown was once seen surviving
+    ``ray.shutdown`` as an orphan. Only processes below this cluster's own raylet are touched.
+    """
+    import psutil
     import ray
 
     from base_model.ray_cluster import init_local_ray
 
     init_local_ray(num_cpus=4)
     yield
+    workers: list[psutil.Process] = []
+    node = ray._private.worker._global_node
+    for infos in (node.all_processes.values() if node is not None else []):
+        for info in infos:
+            try:
+                workers += psutil.Process(info.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
     ray.shutdown()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ def test_defaults_are_valid_and_round_trip_through_a_plain_dict() -> None:
     cfg = BaseModelConfig()
     assert BaseModelConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.use_gpu == "auto" and cfg.warm_start and cfg.train_days == 7
-    # Measured defaults (bench/RESULTS.train.md): early stopping on the validation day and
+    # Measured defaults (bench/RESULTS.md, "Base ranker training"): early stopping on the validation day and
     # the best point exported; L2 on the id rows a batch uses; categories hashed.
     assert cfg.keep_best and cfg.early_stopping_patience == 2 and cfg.epochs == 50
     # A warm start trains fewer epochs: a lower cap and one epoch of patience.
