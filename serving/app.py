@@ -33,12 +33,16 @@ def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Any:
     from serving.deployments import Learner, Ranker
 
     enabled = settings.serving.online_enabled if online_enabled is None else online_enabled
-    learner = Learner.options(ray_actor_options={"num_cpus": 0}).bind(settings)
+    logging_config = {"enable_access_log": settings.serving.access_log}
+    learner = Learner.options(
+        ray_actor_options={"num_cpus": 0}, logging_config=logging_config
+    ).bind(settings)
     return Ranker.options(
         num_replicas=settings.serving.ranker_replicas,
         max_ongoing_requests=settings.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
         user_config={"online_enabled": enabled},
+        logging_config=logging_config,
     ).bind(settings, learner)
 
 
@@ -80,6 +84,7 @@ def start(settings: Settings) -> RunningServer:
     serve.start(
         http_options={"host": cfg.host, "port": http_port},
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER]),
+        logging_config={"enable_access_log": cfg.access_log},
     )
     serve.run(build_app(settings), name=cfg.app_name, blocking=False)
     running = RunningServer(f"{cfg.host}:{grpc_port}", f"{cfg.host}:{http_port}", cfg.app_name)

@@ -25,3 +25,22 @@ def test_it_names_the_servicer_the_builder_and_the_app_the_code_uses() -> None:
     module, _, attribute = application["import_path"].partition(":")
     assert (module, attribute) == (app.__name__, app.app_builder.__name__)
     assert set(application["args"]) <= {"config", "workspace"}
+
+
+def test_access_logs_are_off_as_in_the_serving_defaults() -> None:
+    document = yaml.safe_load(CONFIG.read_text())
+    assert document["logging_config"]["enable_access_log"] is ServingConfig().access_log is False
+
+
+def test_the_app_sets_its_deployments_access_log_from_the_settings(tmp_path: pathlib.Path) -> None:
+    import dataclasses
+
+    from serving.settings import load_settings
+
+    settings = load_settings(None, workspace=str(tmp_path))
+    for wanted in (False, True):
+        chosen = settings.replace(serving=dataclasses.replace(settings.serving, access_log=wanted))
+        ranker = app.build_app(chosen)._bound_deployment
+        learner = ranker.init_args[1]._bound_deployment
+        assert ranker.logging_config["enable_access_log"] is wanted
+        assert learner.logging_config["enable_access_log"] is wanted
