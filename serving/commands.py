@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo_cmd.add_argument("--simulate-days", type=float, default=16.0, help="days simulated")
     demo_cmd.add_argument("--seed", type=int, default=7)
     demo_cmd.add_argument("--max-requests", type=int, help="stop the replay after N requests")
+    demo_cmd.add_argument(
+        "--worker-logs", action="store_true", help="echo Ray workers' logs (training, replicas) to the console"
+    )
     demo_cmd.set_defaults(func=cmd_demo)
 
 
@@ -92,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         simulate_days=args.simulate_days,
         seed=args.seed,
         max_requests=args.max_requests,
+        worker_logs=args.worker_logs,
     )
 
     def progress(message: str) -> None:

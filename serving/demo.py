@@ -49,6 +49,7 @@ class DemoOptions:
     simulate_days: float = 16.0
     seed: int = 7
     max_requests: int | None = None
+    worker_logs: bool = False  # echo Ray workers' output (training, replicas) to the console
 
     def __post_init__(self) -> None:
         if self.replay_days <= 0:
@@ -207,6 +208,14 @@ def run_demo(
     )
     started_ray = not ray.is_initialized()
     try:
+        if started_ray:
+            from base_model.ray_cluster import init_local_ray
+
+            # Ray Train and Serve replicas are chatty; their output stays in Ray's session
+            # logs unless asked for, so the console shows the demo's progress and report.
+            init_local_ray(address=settings.ray_address, log_to_driver=options.worker_logs)
+            if not options.worker_logs:
+                progress("Ray workers' logs: /tmp/ray/session_latest/logs (--worker-logs echoes them here)")
         base = prepare_base(settings, events, replay_start, progress=progress)
         progress(f"base {base.version} promoted; starting Serve (gRPC on localhost)")
         running = app.start(settings)
