@@ -45,6 +45,18 @@ def _runs(labels: np.ndarray) -> dict[str, PolicyRun]:
     }
 
 
+def _weekly_vs_daily_report(labels: np.ndarray, runs: dict[str, PolicyRun], span_days: int) -> dict:
+    """A report of 200 events on one day, a weekly base against a daily ceiling, whose
+    evaluated span starts at DAY0 (fits cut off there are the shared warm-up)."""
+    return build_report(
+        labels=labels, day_index=np.zeros(200, int), days=[DAY0], runs=runs, events_file="x",
+        settings={"warmup": "2d", "base_every": "7d", "daily_every": "1d", "online_batch": 64, "seed": 0},
+        span={"eval_start": DAY0, "eval_end": DAY0 + timedelta(days=span_days), "events_evaluated": 200,
+              "events_train_only": 10},
+        wall_seconds=1.0,
+    )
+
+
 @pytest.fixture
 def report(tmp_path):
     rng = np.random.default_rng(1)
@@ -177,13 +189,7 @@ def test_compute_clause_is_judged_on_training_compute_and_shows_wall(tmp_path):
     runs["static"].fits = [shared]
     runs["hybrid"].online_seconds = 0.1
     runs["daily_retrain"].fits = [shared] + [_fit(f"d{i}", 15.0, i, 2.0, 1000) for i in range(1, 10)]
-    rep = build_report(
-        labels=labels, day_index=np.zeros(200, int), days=[DAY0], runs=runs,
-        events_file="x", settings={"warmup": "2d", "base_every": "7d", "daily_every": "1d",
-                                   "online_batch": 64, "seed": 0}, span={
-            "eval_start": DAY0, "eval_end": DAY0 + timedelta(days=1), "events_evaluated": 200,
-            "events_train_only": 10}, wall_seconds=1.0,
-    )
+    rep = _weekly_vs_daily_report(labels, runs, span_days=1)
     c = rep["comparison"]
     assert c["compute_ratio_training"] == pytest.approx(0.6 / 18.5)
     assert c["compute_ratio_span"] == pytest.approx(0.1 / 18.0)
@@ -236,13 +242,7 @@ def test_the_shared_warm_up_fit_does_not_count_against_the_compute_clause():
     runs["base_only"].fits = runs["hybrid"].fits = [shared, warm]
     runs["hybrid"].online_seconds = 0.05
     runs["daily_retrain"].fits = [shared] + [_fit(f"d{i}", 15.0, i, 1.0) for i in range(1, 11)]
-    rep = build_report(
-        labels=labels, day_index=np.zeros(200, int), days=[DAY0], runs=runs,
-        events_file="x", settings={"warmup": "2d", "base_every": "7d", "daily_every": "1d",
-                                   "online_batch": 64, "seed": 0}, span={
-            "eval_start": DAY0, "eval_end": DAY0 + timedelta(days=11), "events_evaluated": 200,
-            "events_train_only": 10}, wall_seconds=1.0,
-    )
+    rep = _weekly_vs_daily_report(labels, runs, span_days=11)
     c = rep["comparison"]
     assert c["compute_ratio_training"] == pytest.approx(10.95 / 20.0)
     assert c["compute_ratio_span"] == pytest.approx(0.95 / 10.0)
