@@ -1,0 +1,61 @@
+"""Building a package's frozen config dataclass from one TOML section, refusing unknown keys.
+
+Why one function: every package's config is a frozen dataclass built from its section of the
+one ``freshrank.toml``; a typo must fail loudly (never fall back to a default silently), and
+the message must name the section and the key the same way everywhere.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class Demo:
+...     size: int = 1
+>>> from_section(Demo, {"size": 3}, "demo")
+Demo(size=3)
+>>> from_section(Demo, {"sise": 3}, "demo")
+Traceback (most recent call last):
+...
+protos.settings_io.SettingsError: unknown [demo] key(s): sise; known: size
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from protos.errors import InvalidInput
+
+__all__ = ["SettingsError", "check_known_keys", "from_section"]
+
+T = TypeVar("T")
+
+
+class SettingsError(InvalidInput):
+    """A configuration section has an unknown key, a wrong type or a value out of range."""
+
+
+def check_known_keys(cls: type, values: Mapping[str, Any], section: str) -> None:
+    """Raise ``SettingsError`` if ``values`` is not a mapping or has keys ``cls`` lacks."""
+    if not isinstance(values, Mapping):
+        raise SettingsError(f"[{section}] must be a table, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SettingsError(
+            f"unknown [{section}] key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
+def from_section(cls: type[T], values: Mapping[str, Any], section: str) -> T:
+    """Build ``cls(**values)`` after refusing unknown keys; lists become tuples.
+
+    A ``TypeError`` or ``ValueError`` from the dataclass's own checks is re-raised as a
+    ``SettingsError`` naming the section, so the CLI can print it as one line.
+    """
+    check_known_keys(cls, values, section)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except SettingsError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"[{section}] {error}") from error
