@@ -10,10 +10,11 @@ the message must name the section and the key the same way everywhere.
 ...     size: int = 1
 >>> from_section(Demo, {"size": 3}, "demo")
 Demo(size=3)
->>> from_section(Demo, {"sise": 3}, "demo")
-Traceback (most recent call last):
-...
-protos.settings_io.SettingsError: unknown [demo] key(s): sise; known: size
+>>> try:
+...     from_section(Demo, {"sise": 3}, "demo")
+... except SettingsError as error:
+...     print(error)
+unknown [demo] key(s): sise; known: size
 """
 
 from __future__ import annotations
