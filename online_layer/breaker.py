@@ -1,0 +1,259 @@
+"""The circuit breaker: judges the online layer against the base alone on the same events.
+
+Why: the layer learns from the outside world while it serves, so it is the part that can
+hurt users fastest. Every learned mini-batch is first scored by the hybrid and by the base
+alone (test-then-train); the breaker keeps a rolling window of the per-example log-loss
+difference ``hybrid - base`` and opens when the layer has been worse by more than
+``trip_margin`` nats for ``sustained_judgements`` judgements in a row. While it is open,
+serving runs the base alone (``FALLBACK_REASON_BREAKER_OPEN``) and the learner rolls back to
+its last good snapshot. After ``cooldown_seconds`` it goes half-open: the (rolled-back)
+layer is judged again on ``half_open_events`` fresh events, still without serving, and the
+breaker closes if it is no longer worse, or opens for another cool-down.
+
+Data an attacker cannot dominate: the window is judged per user, not per event. Each
+example's difference is clipped to ``loss_clip`` nats, each user's differences are averaged,
+and the judgement is the mean over users after dropping the ``trim_share`` highest and
+lowest users; it needs ``min_users`` distinct users. A flood from a few accounts (up to
+``trim_share`` of the users) can neither trip the breaker on an honest layer nor hide a
+poisoned one. The price: a loss confined to fewer users than that share does not trip it
+(the manipulation defences bound what such a group can do to the layer).
+
+States and transitions are values, counted in ``transitions``, and logged; time comes from
+the caller (event or wall clock), so the breaker is deterministic under test.
+
+>>> b = CircuitBreaker(BreakerConfig(window_events=100, min_events=50, min_users=5,
+...                                  sustained_judgements=1, cooldown_seconds=10,
+...                                  half_open_events=50))
+>>> users = [f"u{i % 10}" for i in range(100)]
+>>> b.observe(users, hybrid_loss=[0.5] * 100, base_loss=[0.3] * 100, now=0.0).state
+'open'
+>>> b.observe(users, [0.3] * 100, [0.3] * 100, now=5.0).state   # still cooling down
+'open'
+>>> b.observe(users, [0.3] * 100, [0.3] * 100, now=11.0).state  # cool-down over: judged again
+'closed'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+__all__ = ["BreakerConfig", "BreakerState", "BreakerStatus", "CircuitBreaker"]
+
+logger = logging.getLogger(__name__)
+
+
+class BreakerState(str, Enum):
+    """``closed``: the layer serves. ``open``: base alone. ``half_open``: judged, not served."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """When the breaker judges, trips and recovers.
+
+    Attributes:
+        window_events: Paired losses kept in the rolling window.
+        min_events: No judgement on fewer events (a few examples say nothing).
+        min_users: No judgement on fewer distinct users (a few accounts must not decide).
+        trim_share: Share of users dropped at each end before averaging over users.
+        loss_clip: Largest |hybrid - base| one example may count, in nats.
+        trip_margin: Nats per example by which the layer must be worse to count as losing.
+        sustained_judgements: Consecutive losing judgements before the breaker opens.
+        cooldown_seconds: Time open before the half-open test starts.
+        half_open_events: Fresh events the half-open test judges on.
+    """
+
+    window_events: int = 4000
+    min_events: int = 1000
+    min_users: int = 50
+    trim_share: float = 0.1
+    loss_clip: float = 1.0
+    trip_margin: float = 0.002
+    sustained_judgements: int = 3
+    cooldown_seconds: float = 30.0
+    half_open_events: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.window_events < 1 or self.min_events < 1 or self.half_open_events < 1:
+            raise ValueError("breaker window_events, min_events and half_open_events must be >= 1")
+        if self.min_events > self.window_events or self.half_open_events > self.window_events:
+            raise ValueError("breaker min_events and half_open_events must be <= window_events")
+        if not 0.0 <= self.trim_share < 0.5:
+            raise ValueError(f"breaker trim_share must be in [0, 0.5), got {self.trim_share}")
+        if self.loss_clip <= 0:
+            raise ValueError(f"breaker loss_clip must be > 0, got {self.loss_clip}")
+        if self.min_users < 1 or self.sustained_judgements < 1:
+            raise ValueError("breaker min_users and sustained_judgements must be >= 1")
+        if self.trip_margin < 0 or self.cooldown_seconds < 0:
+            raise ValueError("breaker trip_margin and cooldown_seconds must be >= 0")
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """What operators see: the state, why, and the last judgement."""
+
+    state: str
+    reason: str
+    excess_loss: float | None  # trimmed per-user mean of hybrid - base (nats/example)
+    events: int
+    users: int
+    opened_at: float | None
+    transitions: dict[str, int] = field(default_factory=dict)
+
+
+def trimmed_user_mean(users: Sequence[str], excess: np.ndarray, trim_share: float) -> float:
+    """Mean over users of each user's mean ``excess``, the ``trim_share`` highest and lowest
+    users dropped (at least one user is kept).
+
+    >>> users = ["a", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+    >>> excess = np.array([9.0, 9.0, 0, 0, 0, 0, 0, 0, 0, 0, -1.0])
+    >>> trimmed_user_mean(users, excess, trim_share=0.1)
+    0.0
+    """
+    codes, inverse = np.unique(np.asarray(users, dtype=object), return_inverse=True)
+    sums = np.bincount(inverse, weights=excess, minlength=len(codes))
+    counts = np.bincount(inverse, minlength=len(codes))
+    per_user = np.sort(sums / counts)
+    cut = int(len(per_user) * trim_share)
+    kept = per_user[cut : len(per_user) - cut] if len(per_user) - 2 * cut >= 1 else per_user
+    return float(kept.mean())
+
+
+class CircuitBreaker:
+    """Closed / open / half-open over the layer's paired progressive losses (module doc)."""
+
+    def __init__(self, config: BreakerConfig | None = None) -> None:
+        self.config = config or BreakerConfig()
+        self._users: deque[str] = deque(maxlen=self.config.window_events)
+        self._excess: deque[float] = deque(maxlen=self.config.window_events)
+        self._state = BreakerState.CLOSED
+        self._losing = 0
+        self._opened_at: float | None = None
+        self._half_open_seen = 0
+        self._reason = "no judgement yet"
+        self._last_excess: float | None = None
+        self.transitions: Counter[str] = Counter()
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    @property
+    def allows_online(self) -> bool:
+        """True when serving may apply the online correction."""
+        return self._state is BreakerState.CLOSED
+
+    def observe(
+        self,
+        users: Sequence[str],
+        hybrid_loss: Sequence[float] | np.ndarray,
+        base_loss: Sequence[float] | np.ndarray,
+        now: float,
+    ) -> BreakerStatus:
+        """Add one scored mini-batch (per-example losses, same events) and judge.
+
+        Non-finite losses are ignored (a NaN must not trip or hide anything).
+        """
+        hybrid = np.asarray(hybrid_loss, dtype=np.float64)
+        base = np.asarray(base_loss, dtype=np.float64)
+        if hybrid.shape != base.shape or hybrid.shape != (len(users),):
+            raise ValueError(
+                f"breaker: users, hybrid_loss and base_loss must have one length, got "
+                f"{len(users)}, {hybrid.shape}, {base.shape}"
+            )
+        finite = np.isfinite(hybrid) & np.isfinite(base)
+        if self._state is BreakerState.OPEN:
+            if self._opened_at is not None and now - self._opened_at >= self.config.cooldown_seconds:
+                self._move(BreakerState.HALF_OPEN, "cool-down over: judging again", now)
+                self._users.clear()
+                self._excess.clear()
+                self._half_open_seen = 0
+            else:
+                return self.status()
+        for user, h, b, ok in zip(users, hybrid, base, finite, strict=True):
+            if ok:
+                self._users.append(str(user))
+                self._excess.append(float(h - b))
+        if self._state is BreakerState.HALF_OPEN:
+            self._half_open_seen += int(finite.sum())
+            if self._half_open_seen < self.config.half_open_events:
+                return self.status()
+        self._judge(now)
+        return self.status()
+
+    def _judge(self, now: float) -> None:
+        cfg = self.config
+        n = len(self._excess)
+        distinct = len(set(self._users))
+        if n < cfg.min_events or distinct < cfg.min_users:
+            self._reason = f"not enough data to judge ({n} events, {distinct} users)"
+            return
+        clipped = np.clip(np.fromiter(self._excess, dtype=np.float64, count=n),
+                          -cfg.loss_clip, cfg.loss_clip)
+        excess = trimmed_user_mean(list(self._users), clipped, cfg.trim_share)
+        self._last_excess = excess
+        losing = excess > cfg.trip_margin
+        if self._state is BreakerState.HALF_OPEN:
+            if losing:
+                self._open(f"half-open test: still worse than the base by {excess:.4f} nats", now)
+            else:
+                self._losing = 0
+                self._move(BreakerState.CLOSED, f"half-open test passed ({excess:+.4f} nats)", now)
+            return
+        self._losing = self._losing + 1 if losing else 0
+        if self._losing >= cfg.sustained_judgements:
+            self._open(
+                f"worse than the base by {excess:.4f} nats/example for {self._losing} "
+                f"judgements in a row",
+                now,
+            )
+        else:
+            self._reason = f"layer vs base {excess:+.4f} nats/example"
+
+    def _open(self, reason: str, now: float) -> None:
+        self._opened_at = now
+        self._losing = 0
+        self._move(BreakerState.OPEN, reason, now)
+
+    def _move(self, state: BreakerState, reason: str, now: float) -> None:
+        previous = self._state
+        self._state = state
+        self._reason = reason
+        self.transitions[f"{previous.value}->{state.value}"] += 1
+        log = logger.warning if state is BreakerState.OPEN else logger.info
+        log("online breaker %s -> %s at %.1f: %s", previous.value, state.value, now, reason)
+
+    def force_open(self, reason: str, now: float) -> None:
+        """Open by operator decision (the same path as a trip: base alone, then cool-down)."""
+        self._open(f"opened by operator: {reason}", now)
+
+    def reset(self) -> None:
+        """Forget the window and close (a new layer for a new base starts unjudged)."""
+        self._users.clear()
+        self._excess.clear()
+        self._losing = 0
+        self._opened_at = None
+        self._last_excess = None
+        if self._state is not BreakerState.CLOSED:
+            self._move(BreakerState.CLOSED, "reset for a new layer", 0.0)
+        self._reason = "no judgement yet"
+
+    def status(self) -> BreakerStatus:
+        return BreakerStatus(
+            state=self._state.value,
+            reason=self._reason,
+            excess_loss=self._last_excess,
+            events=len(self._excess),
+            users=len(set(self._users)),
+            opened_at=self._opened_at,
+            transitions=dict(self.transitions),
+        )
