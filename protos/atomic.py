@@ -87,7 +87,7 @@ def atomic_path(
     fsync_dir(target.parent)
 
 
-def _write_with(path: str | os.PathLike[str], write: Callable[[Path], None], **kw: Any) -> None:
+def _write_with(path: str | os.PathLike[str], write: Callable[[Path], object], **kw: Any) -> None:
     with atomic_path(path, **kw) as tmp:
         write(tmp)
 
