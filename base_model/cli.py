@@ -256,7 +256,7 @@ def _from_workspace(workspace: Path, as_of: str, cfg: Any) -> Any:
 
     try:
         from feature_store.config import FeatureStoreConfig
-        from feature_store.events_io import list_event_hours, read_event_log
+        from feature_store.event_log import list_event_hours, read_event_log
         from feature_store.training_set import build_training_set
     except ImportError as exc:
         raise TrainingDataError(

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from feature_store import repo  # noqa: E402
 from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES  # noqa: E402
-from feature_store.compute import compute_features, source_dir  # noqa: E402
+from feature_store.compute import compute_features  # noqa: E402
+from feature_store.sources import source_dir  # noqa: E402
 from feature_store.config import FeatureStoreConfig  # noqa: E402
-from feature_store.events_io import read_event_log, write_event_log  # noqa: E402
+from feature_store.event_log import read_event_log, write_event_log  # noqa: E402
 from feature_store.online import OnlineFeatureReader  # noqa: E402
 from feature_store.simulate import SimulatorConfig, iter_simulation  # noqa: E402
 from feature_store.training_set import FEATURE_COLUMNS, build_training_set, feast_training_set  # noqa: E402

@@ -75,7 +75,7 @@ def training_set(events: pa.Table) -> tuple[pa.Table, datetime, float]:
     """Point-in-time training set of ``events`` and the training time (data end)."""
     from feature_store.compute import compute_features
     from feature_store.config import FeatureStoreConfig
-    from feature_store.events_io import write_event_log
+    from feature_store.event_log import write_event_log
     from feature_store.training_set import build_training_set
 
     t0 = time.perf_counter()

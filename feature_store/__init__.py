@@ -2,9 +2,12 @@
 
 Light on import (no Feast, DuckDB or NumPy here): import the module you need.
 
-* ``events_io``    -- load/validate a user's events file; the hour-partitioned event log
+* ``events_file``  -- load/validate/normalise a user's events file (Parquet or CSV)
+* ``event_log``    -- the workspace's event log: Parquet partitioned by hour, append/read
 * ``simulate``     -- the drifting news-feed simulator; ``importers`` -- public datasets
-* ``compute``      -- the hourly, idempotent, strictly-before feature job
+* ``compute``      -- the hourly, idempotent, strictly-before feature job (state, writes)
+* ``windows``      -- its window maths: hourly aggregates, counters, smoothed CTRs
+* ``sources``      -- the Parquet sources behind Feast's views: folders and schemas
 * ``declarations`` / ``definitions.py`` -- the Feast objects; ``repo`` -- apply, materialize
 * ``training_set`` -- point-in-time correct training sets (DuckDB ASOF, equal to Feast's)
 * ``online``       -- ``OnlineFeatureReader``: 1 user + N items -> arrays, in < 1 ms

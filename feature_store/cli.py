@@ -132,7 +132,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         rows = write_simulation(cfg, args.out)
         print(f"wrote {rows:,} events to {args.out}")
     if args.into_workspace:
-        from feature_store.events_io import write_event_log
+        from feature_store.event_log import write_event_log
 
         store_cfg = _config(args)
         rows = 0
@@ -165,7 +165,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
-    from feature_store.events_io import load_events, write_event_log
+    from feature_store.event_log import write_event_log
+    from feature_store.events_file import load_events
 
     cfg = _config(args)
     try:

@@ -86,7 +86,7 @@ class FeatureStoreConfig:
     # -- layout --------------------------------------------------------------------------
     @property
     def events_dir(self) -> Path:
-        """The event log: Parquet partitioned by hour (``feature_store.events_io``)."""
+        """The event log: Parquet partitioned by hour (``feature_store.event_log``)."""
         return self.workspace / "events"
 
     @property

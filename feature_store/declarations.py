@@ -13,12 +13,24 @@ any workspace. Sources point at absolute paths, so neither depends on the caller
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Union
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    LabelView,
+    PushSource,
+    RequestSource,
+    ValueType,
+)
+from feast.feast_object import FeastObject
 from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
 from feast.types import Array, Float32, Float64, String
 
@@ -28,6 +40,7 @@ from feature_store.catalog import (
     ITEM_FEATURES,
     USER_FEATURES,
 )
+from feature_store.sources import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from feature_store.views import (
     AGE_FEATURE,
     CATEGORY_FEATURE,
@@ -42,21 +55,23 @@ from feature_store.views import (
 
 __all__ = ["Declarations", "declare"]
 
-EVENT_TIMESTAMP = "event_timestamp"
-CREATED_TIMESTAMP = "created_timestamp"
+#: A data source of a view: Parquet files, or the push source in front of them.
+Source = Union[FileSource, PushSource]
 
 
-def _item_age(inputs: dict[str, Any]) -> dict[str, Any]:
+def _item_age(inputs: dict[str, list[float | None]]) -> dict[str, list[float | None]]:
     """Hours since the item was first seen, at request time (None when never seen)."""
     # Kept free of module globals: Feast serialises this function by value.
-    out = []
+    out: list[float | None] = []
     for request_s, first_s in zip(inputs["request_unix_s"], inputs["item_first_seen_s"]):
         out.append(None if first_s is None or request_s is None else (request_s - first_s) / 3600.0)
     return {"item_age_hours": out}
 
 
-def _fresh_copy(fn: Any) -> Any:
+def _fresh_copy(fn: Callable[..., object]) -> types.FunctionType:
     """A copy of ``fn``: Feast's decorator rewrites ``__module__`` of what it is given."""
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"expected a plain function, got {type(fn).__name__}")
     copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__annotations__ = dict(fn.__annotations__)
     copy.__doc__ = fn.__doc__
@@ -69,12 +84,12 @@ class Declarations:
     """Every Feast object of one workspace, by role."""
 
     entities: tuple[Entity, ...]
-    sources: tuple[Any, ...]
+    sources: tuple[Source, ...]
     feature_views: tuple[FeatureView, ...]
     on_demand_views: tuple[OnDemandFeatureView, ...]
     feature_services: tuple[FeatureService, ...]
 
-    def objects(self) -> list[Any]:
+    def objects(self) -> list[FeastObject]:
         """All objects, in apply order."""
         return [
             *self.entities,
@@ -90,7 +105,7 @@ class Declarations:
                 return fv
         raise KeyError(name)
 
-    def source(self, name: str) -> Any:
+    def source(self, name: str) -> Source:
         for src in self.sources:
             if src.name == name:
                 return src
@@ -117,7 +132,7 @@ def declare(features_dir: str | Path) -> Declarations:
     )
     entities = {"user": user, "item": item}
 
-    sources: list[Any] = []
+    sources: list[Source] = []
     views: dict[str, FeatureView] = {}
     for spec in WINDOW_VIEWS:
         batch = FileSource(
@@ -128,7 +143,7 @@ def declare(features_dir: str | Path) -> Declarations:
             description=f"Hourly batch output of feature_store.compute for {spec.name}.",
         )
         sources.append(batch)
-        source: Any = batch
+        source: Source = batch
         if spec.push_source:
             source = PushSource(name=spec.push_source, batch_source=batch,
                                 description="Live counters pushed by feature_store.push.")
@@ -187,7 +202,7 @@ def declare(features_dir: str | Path) -> Declarations:
     # keys of the first view plus the time, and (item, time) is unique in an impressions
     # log where (user, time) is not (a slate).
     wanted = (*USER_FEATURES, *ITEM_FEATURES)
-    projections: list[Any] = []
+    projections: list[FeatureView | OnDemandFeatureView | LabelView | str] = []  # Feast's type
     ordered = sorted(views.items(), key=lambda kv: kv[1].entities != ["item"])
     for name, fv in ordered:
         names = [f for f in wanted if view_of(f) == name]

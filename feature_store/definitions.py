@@ -22,7 +22,7 @@ if not _workspace:  # checked before the heavy imports, so the hint comes at onc
         "from the repository root) before running feast from feature_store/"
     )
 
-from feature_store.compute import ensure_sources  # noqa: E402
+from feature_store.sources import ensure_sources  # noqa: E402
 from feature_store.declarations import declare  # noqa: E402
 _cfg = FeatureStoreConfig(workspace=Path(_workspace))
 # Feast creates registry.db but not its folder; sources get their empty schema files.

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from feature_store.errors import UnknownDatasetError
-from feature_store.events_io import normalize_events
+from feature_store.events_file import normalize_events
 
 __all__ = ["DATASETS", "POSITIVE_RATING", "import_dataset"]
 
@@ -82,7 +82,14 @@ def _need(path: Path, dataset: str) -> Path:
     return path
 
 
-def _ratings_frame(user, item, rating, ts_seconds, category=None) -> pd.DataFrame:
+def _ratings_frame(
+    user: pd.Series,
+    item: pd.Series,
+    rating: pd.Series,
+    ts_seconds: pd.Series,
+    category: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """A ratings table as events: every rating an impression, label = rating >= 4."""
     frame = pd.DataFrame(
         {
             "user_id": pd.Series(user).astype(str).to_numpy(),

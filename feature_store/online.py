@@ -20,7 +20,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -137,7 +137,7 @@ def _decode_double(blob: bytes | None) -> float | None:
     if blob is None:
         return None
     if len(blob) == 9 and blob[0] == 0x29:  # field 5 (double_val), fixed64
-        return struct.unpack("<d", blob[1:])[0]
+        return float(struct.unpack("<d", blob[1:])[0])
     from feast.protos.feast.types.Value_pb2 import Value
 
     value = Value.FromString(blob)
@@ -168,7 +168,7 @@ class OnlineFeatureReader:
         Returns "now" as unix seconds, for item ages when ``get`` is not given ``now``.
     """
 
-    def __init__(self, cfg: FeatureStoreConfig, *, clock=time.time) -> None:
+    def __init__(self, cfg: FeatureStoreConfig, *, clock: Callable[[], float] = time.time) -> None:
         self._cfg = cfg
         self._clock = clock
         self._lock = threading.Lock()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ import pyarrow as pa
 from feature_store.config import FeatureStoreConfig
 from feature_store.errors import EventsFormatError
 from feature_store.views import ITEM_FRESH
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 __all__ = ["FreshCounterPusher"]
 
@@ -46,7 +50,7 @@ class FreshCounterPusher:
         A ``feast.FeatureStore`` to push through (default: one opened on ``cfg``).
     """
 
-    def __init__(self, cfg: FeatureStoreConfig, *, store=None) -> None:
+    def __init__(self, cfg: FeatureStoreConfig, *, store: FeatureStore | None = None) -> None:
         from feature_store.repo import open_store
 
         self._cfg = cfg

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feature_store.compute import EVENT_TIMESTAMP, ensure_sources, source_dir
+from feature_store.sources import EVENT_TIMESTAMP, ensure_sources, source_dir
 from feature_store.config import FeatureStoreConfig
 from feature_store.errors import WorkspaceError
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES
-from feature_store.compute import CREATED_TIMESTAMP, EVENT_TIMESTAMP, source_dir
+from feature_store.sources import CREATED_TIMESTAMP, EVENT_TIMESTAMP, source_dir
 from feature_store.config import FeatureStoreConfig
 from feature_store.errors import WorkspaceError
 from feature_store.views import (

@@ -3,7 +3,7 @@
 Every package reads and writes events through these names, so the simulator, the dataset
 importers, the Feast feature jobs, base-model training, the online learner and the serving
 log cannot disagree on a column. A user's own file (Parquet or CSV) needs only the REQUIRED
-columns; ``feature_store.events_io.load_events`` validates and normalises it to
+columns; ``feature_store.events_file.load_events`` validates and normalises it to
 ``EVENTS_SCHEMA``.
 
 Columns
@@ -70,7 +70,7 @@ def conform(table: pa.Table) -> pa.Table:
     """Return ``table`` with exactly ``EVENTS_SCHEMA``'s columns, in order.
 
     Optional columns that are absent become all-null; present columns are cast to their
-    declared type. This does not validate values: ``feature_store.events_io`` does that
+    declared type. This does not validate values: ``feature_store.events_file`` does that
     for untrusted files before calling it.
 
     Raises:

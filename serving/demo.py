@@ -146,7 +146,7 @@ def prepare_workspace(path: Path) -> Path:
 
 def load_demo_events(options: DemoOptions, progress: Callable[[str], None]) -> pa.Table:
     if options.events is not None:
-        from feature_store.events_io import load_events
+        from feature_store.events_file import load_events
 
         progress(f"loading events from {options.events}")
         return load_events(options.events)

@@ -65,7 +65,7 @@ def refresh_features(
     overwrite a fresher one.
     """
     from feature_store.compute import compute_features
-    from feature_store.events_io import write_event_log
+    from feature_store.event_log import write_event_log
     from feature_store.repo import materialize
     from feature_store.views import ITEM_FRESH, ITEM_PROFILE, WINDOW_VIEWS
 

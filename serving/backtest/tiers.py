@@ -2,7 +2,7 @@
 
 Everything here calls the real tiers through their public APIs (no copies of their logic):
 
-- events: ``feature_store.events_io.load_events`` / ``normalize_events``;
+- events: ``feature_store.events_file.load_events`` / ``normalize_events``;
 - features: ``feature_store.training_set.build_training_set`` once over the whole log (each
   row gets the features of events strictly before it);
 - bases: ``base_model.train`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
@@ -45,14 +45,14 @@ logger = logging.getLogger(__name__)
 
 def load_events(path: Path) -> pa.Table:
     """A user's events file, validated and sorted by the feature store's loader."""
-    from feature_store.events_io import load_events as _load
+    from feature_store.events_file import load_events as _load
 
     return _load(path)
 
 
 def conform_events(table: pa.Table) -> pa.Table:
     """An in-memory events table, validated and sorted like a file would be."""
-    from feature_store.events_io import normalize_events
+    from feature_store.events_file import normalize_events
 
     return normalize_events(table, source="events table")
 
@@ -85,7 +85,7 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 def prepare(events: pa.Table, workspace: Path, cfg: BacktestConfig) -> ReplayData:
     """Point-in-time features for every event, computed once, and the arrays replay reads."""
     from feature_store.compute import compute_features
-    from feature_store.events_io import write_event_log
+    from feature_store.event_log import write_event_log
     from feature_store.training_set import build_training_set
 
     settings = tier_settings(workspace, cfg)

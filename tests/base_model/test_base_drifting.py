@@ -26,7 +26,7 @@ from base_model.train import TrainResult, train_base_model
 from feature_store.catalog import ITEM_FEATURES, USER_FEATURES
 from feature_store.compute import compute_features
 from feature_store.config import FeatureStoreConfig
-from feature_store.events_io import write_event_log
+from feature_store.event_log import write_event_log
 from feature_store.simulate import SimulatorConfig, simulate
 from feature_store.training_set import build_training_set
 

@@ -41,7 +41,7 @@ def build_workspace(root: Path, *, apply: bool, **sim_overrides) -> Workspace:
     """Simulate a small log into ``root`` and compute features (and apply + materialize)."""
     from feature_store import repo
     from feature_store.compute import compute_features
-    from feature_store.events_io import write_event_log
+    from feature_store.event_log import write_event_log
     from feature_store.simulate import SimulatorConfig, simulate
 
     cfg = FeatureStoreConfig(workspace=root)
@@ -107,10 +107,6 @@ def brute_force_features(events: pa.Table, rows: pa.Table, cfg: FeatureStoreConf
                 else default_value("item_age_hours", cfg.ctr_prior)
             )
     return out
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
 
 
 def events_table(rows: list[tuple]) -> pa.Table:

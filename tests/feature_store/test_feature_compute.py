@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from fs_testkit import events_table
 
-from feature_store.compute import compute_features, source_dir
+from feature_store.compute import compute_features
+from feature_store.sources import source_dir
 from feature_store.config import FeatureStoreConfig
 from feature_store.errors import WorkspaceError
-from feature_store.events_io import write_event_log
+from feature_store.event_log import write_event_log
 
 DAY = "2026-01-05"
 LOG = [

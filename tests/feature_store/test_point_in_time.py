@@ -16,8 +16,9 @@ from fs_testkit import SMALL_SIM, Workspace, brute_force_features, build_workspa
 
 from feature_store import repo
 from feature_store.catalog import ITEM_FEATURES, USER_FEATURES
-from feature_store.compute import compute_features, source_dir
-from feature_store.events_io import write_event_log
+from feature_store.compute import compute_features
+from feature_store.sources import source_dir
+from feature_store.event_log import write_event_log
 from feature_store.training_set import FEATURE_COLUMNS, build_training_set, feast_training_set
 
 
@@ -136,7 +137,7 @@ def test_events_at_or_after_a_rows_time_never_change_it_not_even_a_late_backfill
         ours_after.column(n).to_numpy()[~before_cut], ours_before.column(n).to_numpy()[~before_cut])]
     assert {"item_imp_24h", "item_clk_24h", "user_clk_30d"} <= set(changed)  # the backfill did count
 
-    from feature_store.events_io import read_event_log
+    from feature_store.event_log import read_event_log
 
     reference = brute_force_features(read_event_log(cfg.events_dir), rows, cfg)
     for name in FEATURE_COLUMNS:

@@ -1,7 +1,8 @@
-"""A user's events file is validated, converted and sorted; the event log is idempotent per hour."""
+"""A user's events file is validated, converted and sorted by time."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,13 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from feature_store.errors import EventsFormatError
-from feature_store.events_io import (
-    list_event_hours,
-    load_events,
-    normalize_events,
-    read_event_log,
-    write_event_log,
-)
+from feature_store.events_file import load_events
 from protos.events import EVENTS_SCHEMA
 
 GOOD_CSV = """user_id,item_id,ts,label,position,item_category,extra
@@ -117,48 +112,50 @@ def test_a_fractional_position_and_an_unknown_suffix_are_rejected(tmp_path: Path
         load_events(write(tmp_path, "events.json", "{}"))
 
 
-def hour(h: int, minute: int = 0) -> pd.Timestamp:
-    return pd.Timestamp(2026, 1, 5, h, minute, tz="UTC")
+NS_TIMES = [
+    "2026-01-05T08:00:00.123456789",  # sub-microsecond digits: truncated, not rounded
+    "2026-01-05T07:00:00.000000999",
+    "2026-01-05T09:00:00.000001000",  # a whole microsecond: kept as is
+]
 
 
-def log_batch(*specs: tuple[str, pd.Timestamp]) -> pa.Table:
-    return normalize_events(
-        pa.table(
-            {
-                "user_id": ["u"] * len(specs),
-                "item_id": [item for item, _ in specs],
-                "ts": pa.array([ts for _, ts in specs], pa.timestamp("us", tz="UTC")),
-                "label": pa.array([0.0] * len(specs), pa.float32()),
-            }
-        )
-    )
-
-
-def test_the_event_log_is_partitioned_by_hour_and_appending_the_same_batch_twice_stores_it_once(
-    tmp_path: Path,
+@pytest.mark.parametrize("tz", ["UTC", None], ids=["utc", "naive"])
+def test_a_pandas_parquet_file_with_nanosecond_times_is_truncated_to_microseconds_with_one_warning(
+    tmp_path: Path, tz: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    batch = log_batch(("a", hour(1, 5)), ("b", hour(1, 50)), ("c", hour(3, 0)))
-    first = write_event_log(batch, tmp_path)
-    again = write_event_log(batch, tmp_path)  # a retried write
+    path = tmp_path / "events.parquet"
+    ts = pd.to_datetime(pd.Series(NS_TIMES))
+    if tz is not None:
+        ts = ts.dt.tz_localize(tz)
+    frame = pd.DataFrame({"user_id": ["a", "b", "c"], "item_id": ["x", "y", "z"], "ts": ts, "label": [1, 0, 1]})
+    frame.to_parquet(path, index=False)  # pandas' default unit: ns
+    assert pq.read_schema(path).field("ts").type.unit == "ns"
 
-    assert first == again
-    assert [h.hour for h in list_event_hours(tmp_path)] == [1, 3]
-    assert sorted(p.parent.name for p in first) == ["hour=2026-01-05T01", "hour=2026-01-05T03"]
-    assert read_event_log(tmp_path).column("item_id").to_pylist() == ["a", "b", "c"]
+    with caplog.at_level(logging.WARNING, logger="feature_store.events_file"):
+        table = load_events(path)
 
-    write_event_log(log_batch(("d", hour(1, 30))), tmp_path)  # a different batch appends
-    assert read_event_log(tmp_path).column("item_id").to_pylist() == ["a", "d", "b", "c"]
+    assert table.schema == EVENTS_SCHEMA
+    micros = table.column("ts").cast(pa.int64()).to_pylist()
+    second = 1_767_600_000 * 1_000_000  # 2026-01-05T08:00Z in microseconds
+    assert micros == [second - 3_600_000_000, second + 123_456, second + 3_600_000_001]
+    assert table.column("item_id").to_pylist() == ["y", "x", "z"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert str(path) in message and "2 time(s)" in message and "truncated to microseconds" in message
 
 
-def test_replace_mode_replaces_only_the_hours_it_touches_and_reads_filter_by_time(tmp_path: Path) -> None:
-    write_event_log(log_batch(("a", hour(1, 5)), ("b", hour(2, 5))), tmp_path)
-    write_event_log(log_batch(("z", hour(1, 45))), tmp_path, mode="replace")
+def test_nanosecond_times_without_finer_digits_load_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.parquet"
+    frame = pd.DataFrame(
+        {"user_id": ["a"], "item_id": ["x"], "ts": pd.to_datetime(["2026-01-05T08:00:00.5"], utc=True), "label": [1]}
+    )
+    frame.to_parquet(path, index=False)
 
-    assert read_event_log(tmp_path).column("item_id").to_pylist() == ["z", "b"]
-    window = read_event_log(tmp_path, start=hour(1, 50).to_pydatetime(), end=hour(2, 5).to_pydatetime())
-    assert window.num_rows == 0
-    window = read_event_log(tmp_path, start=hour(1, 45).to_pydatetime(), end=hour(3).to_pydatetime())
-    assert window.column("item_id").to_pylist() == ["z", "b"]
-    assert np.all(np.diff(window.column("ts").cast(pa.int64()).to_numpy()) >= 0)
-    with pytest.raises(ValueError, match="mode"):
-        write_event_log(log_batch(("a", hour(1))), tmp_path, mode="merge")
+    with caplog.at_level(logging.WARNING, logger="feature_store.events_file"):
+        table = load_events(path)
+
+    assert table.column("ts").to_pylist() == [datetime(2026, 1, 5, 8, 0, 0, 500_000, tzinfo=timezone.utc)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
