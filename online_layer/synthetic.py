@@ -20,7 +20,7 @@ import numpy as np
 
 from online_layer.features import OnlineFeaturizer, OnlineInputs
 from online_layer.hashing import mix64, to_index
-from online_layer.join import ServedRecord
+from online_layer.served import ServedRecord
 
 
 def benchmark_batch(

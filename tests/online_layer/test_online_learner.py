@@ -290,7 +290,8 @@ def test_rollback_restores_the_last_ready_snapshot(make_learner) -> None:
     assert good is not None
     feed(learner, world, 40, start=START + timedelta(hours=2))
     assert learner.model.snapshot() != load_snapshot(good.blob, "base-1").snapshot()
-    last_ready = learner._ready_history[-1]
+    last_ready = learner._layer.publishing.last_ready()
+    assert last_ready is not None
     assert learner.rollback() == last_ready.version
     assert np.array_equal(learner.model.weights(), load_snapshot(last_ready.blob, "base-1").weights())
     assert not learner.readiness().ready  # readiness must be earned again
