@@ -76,7 +76,7 @@ class LearnerReport:
     rollbacks: int
     nonzero_weights: int
     watermark: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # closed_early, label_rate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
