@@ -49,16 +49,16 @@ _WHERE = {
     "FTRLProximal": "ftrl",
     "FTRLReference": "reference",
     "OnlineModel": "model",
-    "load_snapshot": "model",
+    "load_snapshot": "factory",
     "read_snapshot_header": "snapshot",
     "RejectReason": "validation",
-    "ServedRecord": "join",
-    "FeedbackResult": "learner",
-    "LearnerReport": "learner",
+    "ServedRecord": "served",
+    "FeedbackResult": "reports",
+    "LearnerReport": "reports",
     "OnlineLearner": "learner",
-    "PublishedSnapshot": "learner",
-    "Readiness": "learner",
-    "ReplayBatch": "learner",
+    "PublishedSnapshot": "publishing",
+    "Readiness": "readiness",
+    "ReplayBatch": "warm_start",
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 
@@ -42,6 +42,10 @@ SLOTS: tuple[str, ...] = (
 )
 POSITION_SLOT = SLOTS.index("position")
 TRANSFORM_VERSION = 1
+
+# What ``OnlineFeaturizer.layout()`` returns (JSON-able; stored in every snapshot header).
+FeatureLayout: TypeAlias = dict[str, int | str | list[str]]
+
 _COUNT_SCALE = math.log1p(1000.0)
 
 
@@ -177,7 +181,7 @@ class OnlineFeaturizer:
         self._position_index = to_index(np.array(position_hashes, dtype=np.uint64), hash_bits)
         self.rank_position_index = int(self._position_index[-1])
 
-    def layout(self) -> dict[str, Any]:
+    def layout(self) -> FeatureLayout:
         """Everything that fixes what a weight means; stored in every snapshot."""
         return {
             "transform_version": TRANSFORM_VERSION,

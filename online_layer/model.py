@@ -21,6 +21,9 @@ index repeated within a row is one coordinate whose value is its count. The verb
 ``FTRLProximal`` and the NumPy ``FTRLReference``) implement ``_predict``/``_learn`` and
 share validation, counters and the snapshot format, so a snapshot of one restores into the
 other.
+
+This module is the contract only: it imports no implementation. Picking one by name
+(``"cython"``, ``"numpy"``) and ``load_snapshot`` live in ``online_layer.factory``.
 """
 
 from __future__ import annotations
@@ -268,26 +271,3 @@ class OnlineModel(ABC):
             f"l2={p.l2}, updates={self.n_updates})"
         )
 
-
-def load_snapshot(
-    blob: bytes,
-    expected_base_version: str,
-    expected_layout: Mapping[str, Any] | None = None,
-    implementation: str = "cython",
-) -> OnlineModel:
-    """A model restored from a snapshot, for serving: the Cython ``FTRLProximal`` by default.
-
-    Raises
-    ------
-    BaseVersionMismatch
-        The snapshot corrects another base than ``expected_base_version``.
-    SnapshotError
-        Corrupt, or (when ``expected_layout`` is given) built on another feature layout.
-    """
-    from online_layer.ftrl import FTRLProximal
-    from online_layer.reference import FTRLReference
-
-    classes: dict[str, type[OnlineModel]] = {"cython": FTRLProximal, "numpy": FTRLReference}
-    if implementation not in classes:
-        raise InputError(f"implementation must be 'cython' or 'numpy', got {implementation!r}")
-    return classes[implementation].from_snapshot(blob, expected_base_version, expected_layout)

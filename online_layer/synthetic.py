@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 
 from online_layer.features import OnlineFeaturizer, OnlineInputs
 from online_layer.hashing import mix64, to_index
-from online_layer.join import ServedRecord
+from online_layer.served import ServedRecord
+
+# One feedback event in the events schema, as a dict (``add_feedback`` takes a list of them).
+Event: TypeAlias = dict[str, str | datetime | float | int]
 
 
 def benchmark_batch(
@@ -124,7 +127,7 @@ class SyntheticWorld:
             inputs=inputs,
         )
 
-    def feedback(self, record: ServedRecord, when: datetime) -> list[dict[str, Any]]:
+    def feedback(self, record: ServedRecord, when: datetime) -> list[Event]:
         """One event per shown item, label drawn from the true click probability."""
         user = self._user_index[record.user_id]
         items = np.array([self._item_index[i] for i in record.item_ids])
@@ -146,7 +149,7 @@ class SyntheticWorld:
     def stream(
         self, n_requests: int, start: datetime, step: timedelta = timedelta(seconds=1),
         k: int = 8,
-    ) -> Iterator[tuple[ServedRecord, list[dict[str, Any]]]]:
+    ) -> Iterator[tuple[ServedRecord, list[Event]]]:
         """``(served record, its feedback events)`` for consecutive requests."""
         when = start
         for _ in range(n_requests):

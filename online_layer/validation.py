@@ -29,13 +29,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 
 from online_layer.errors import OnlineLayerError
 from protos.events import EVENTS_SCHEMA
+
+if TYPE_CHECKING:
+    from online_layer.features import OnlineFeaturizer, OnlineInputs
+
+# One feedback batch as callers hand it over: an events-schema Arrow table (or record
+# batch), or a list of event dicts (``{"request_id": ..., "ts": datetime, ...}``).
+FeedbackEvents: TypeAlias = "pa.Table | pa.RecordBatch | Sequence[Mapping[str, Any]]"
 
 MAX_ID_LENGTH = 512
 # Columns the learner cannot join without (request_id is optional in the events contract,
@@ -102,7 +109,7 @@ def _type_ok(name: str, t: pa.DataType) -> bool:
     return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)
 
 
-def to_table(events: Any) -> pa.Table:
+def to_table(events: FeedbackEvents | object) -> pa.Table:
     """An Arrow table from a table, record batch, or list of dicts in the events format.
 
     Raises
@@ -166,7 +173,7 @@ def check_feedback(table: pa.Table, max_position: int) -> FeedbackColumns:
                 n,
             )
 
-    ids: dict[str, list[Any]] = {}
+    ids: dict[str, list[str]] = {}
     for name in ("request_id", "user_id", "item_id"):
         values = table.column(name).to_pylist()
         for row, value in enumerate(values):
@@ -226,6 +233,30 @@ def check_feedback(table: pa.Table, max_position: int) -> FeedbackColumns:
         position=np.ascontiguousarray(position, dtype=np.int64),
         base_version=base_version,
     )
+
+
+def check_served_inputs(
+    inputs: OnlineInputs, featurizer: OnlineFeaturizer
+) -> tuple[RejectReason, str] | None:
+    """Why rows as served cannot be learned by a layer with this featurizer, or None.
+
+    Used on ``record_served`` (the problem is kept with the record and rejects its
+    feedback batches) and on replay batches.
+    """
+    f = featurizer
+    if inputs.n_dense != f.n_dense or inputs.n_sparse != f.n_sparse:
+        return (
+            RejectReason.SCHEMA_SKEW,
+            f"served inputs have {inputs.n_dense} dense / {inputs.n_sparse} sparse "
+            f"columns; the layer has {f.n_dense} / {f.n_sparse}",
+        )
+    if not inputs.all_finite():
+        return RejectReason.NON_FINITE, "served inputs hold NaN or inf"
+    if inputs.sparse.size and (
+        inputs.sparse.min() < 0 or inputs.sparse.max() >= (1 << f.hash_bits)
+    ):
+        return RejectReason.OUT_OF_RANGE, "served inputs hold a hashed index outside the table"
+    return None
 
 
 class LabelRateGuard:

@@ -234,7 +234,7 @@ class Ranker:
 
     def _install(self, version: str, blob: bytes, published_at: float) -> None:
         base_version = self._ranker.base_version
-        from online_layer.model import load_snapshot
+        from online_layer.factory import load_snapshot
 
         model = load_snapshot(blob, base_version, expected_layout=self._featurizer.layout())
         self._ranker.install_online(OnlineSlot(model, version, base_version, published_at))

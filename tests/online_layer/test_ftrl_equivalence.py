@@ -48,3 +48,4 @@ def test_a_snapshot_moves_between_implementations() -> None:
     np.testing.assert_allclose(fast.predict_many(probe), slow.predict_many(probe), rtol=0, atol=1e-12)
     back = FTRLProximal.from_snapshot(slow.snapshot(), "base-1")
     assert np.array_equal(back.weights(), fast.weights())
+    assert fast.nnz() > 0  # not an agreement on zero weights

@@ -7,7 +7,12 @@ import importlib
 
 import pytest
 
-MODULES = ["online_layer.features", "online_layer.ftrl"]
+MODULES = [
+    "online_layer.factory",
+    "online_layer.features",
+    "online_layer.ftrl",
+    "online_layer.lineage",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,7 +131,7 @@ def test_one_user_id_or_one_per_row_give_the_same_rows(featurizer: OnlineFeaturi
     ],
 )
 def test_bad_arguments_are_named(featurizer: OnlineFeaturizer, change: dict, message: str) -> None:
-    args = {
+    args: dict[str, Any] = {
         "base_logits": np.zeros(3),
         "user_embeddings": np.ones((3, D)),
         "item_embeddings": np.ones((3, D)),
@@ -146,12 +147,15 @@ def test_bad_arguments_are_named(featurizer: OnlineFeaturizer, change: dict, mes
 
 
 def test_online_inputs_coerce_and_check() -> None:
-    x = OnlineInputs([1, 2], [[1, 2], [3, 4]], np.array([[1], [2]], dtype=np.int32))
+    # Lists are coerced (the annotation says arrays; callers may pass array-likes).
+    x = OnlineInputs(
+        [1, 2], [[1, 2], [3, 4]], np.array([[1], [2]], dtype=np.int32)  # type: ignore[arg-type]
+    )
     assert x.base_logit.dtype == np.float64 and x.sparse.dtype == np.int64 and len(x) == 2
     with pytest.raises(InputError, match="integers"):
-        OnlineInputs([1.0], [[1.0]], [[0.5]])
+        OnlineInputs([1.0], [[1.0]], [[0.5]])  # type: ignore[arg-type]
     with pytest.raises(InputError, match="dense"):
-        OnlineInputs([1.0, 2.0], [[1.0]], [[1], [2]])
+        OnlineInputs([1.0, 2.0], [[1.0]], [[1], [2]])  # type: ignore[arg-type]
 
 
 def test_layout_names_everything_that_fixes_a_weights_meaning(featurizer: OnlineFeaturizer) -> None:

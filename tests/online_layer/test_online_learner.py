@@ -57,6 +57,8 @@ def test_each_batch_is_scored_before_it_is_learned(make_learner) -> None:
     # The first examples met zero weights: hybrid == base exactly.
     assert first.examples == 64
     assert first.logloss_hybrid == pytest.approx(first.logloss_base, abs=0)
+    # ... and were then learned: the weights moved off zero.
+    assert learner.model.nnz() > 0 and learner.model.n_examples == 64
 
 
 def test_batches_by_size(make_learner) -> None:
@@ -65,6 +67,7 @@ def test_batches_by_size(make_learner) -> None:
     feed(learner, world, 25)  # 200 examples
     assert learner.report().batches_learned == 4
     assert learner.report().pending_examples == 0
+    assert learner.model.n_updates == 4 and learner.model.n_examples == 200  # reached the model
 
 
 def test_batches_by_time(make_learner, clock: FakeClock) -> None:
@@ -77,6 +80,7 @@ def test_batches_by_time(make_learner, clock: FakeClock) -> None:
     clock.now += 1.5
     assert learner.tick() == 1
     assert learner.report().examples_learned == 24
+    assert learner.model.n_examples == 24 and learner.model.nnz() > 0
 
 
 def test_an_impression_waits_for_its_click_within_the_window(make_learner) -> None:
@@ -90,6 +94,7 @@ def test_an_impression_waits_for_its_click_within_the_window(make_learner) -> No
     learner.flush()
     report = learner.report()
     assert report.examples_learned == 2 and report.progressive.positives == 1
+    assert learner.model.n_examples == 2  # they reached the model
     # A click after the window closed is dropped, not learned and not rejected.
     result = learner.add_feedback([event(record, 0, 1.0, START + timedelta(seconds=70))])
     assert result.dropped == 1 and learner.report().dropped_rows == {"late": 1}
@@ -102,6 +107,7 @@ def test_on_arrival_learns_feedback_at_once_and_a_repeat_is_a_duplicate(make_lea
     learner.record_served(record)
     result = learner.add_feedback([event(record, 2, 1.0, START), event(record, 3, 0.0, START)])
     assert result.batches_learned == 1 and learner.report().progressive.positives == 1
+    assert learner.model.n_examples == 2
     # The label of item 3 was final: a later click for it is a duplicate, not learned.
     late_click = learner.add_feedback([event(record, 3, 1.0, START + timedelta(seconds=9))])
     assert late_click.dropped == 1 and learner.report().dropped_rows == {"duplicate": 1}
@@ -114,7 +120,9 @@ def test_window_close_learns_nothing_before_the_window_closes(make_learner) -> N
     learner.record_served(record)
     assert learner.add_feedback([event(record, 2, 1.0, START)]).batches_learned == 0
     assert learner.tick(event_time=START + timedelta(seconds=299)) == 0
+    assert learner.model.n_examples == 0
     assert learner.tick(event_time=START + timedelta(seconds=300)) == 1
+    assert learner.model.n_examples == 1
 
 
 def test_implicit_negatives_learn_shown_items_without_feedback(make_learner) -> None:
@@ -127,6 +135,7 @@ def test_implicit_negatives_learn_shown_items_without_feedback(make_learner) -> 
     report = learner.report()
     assert report.examples_learned == len(record.item_ids)
     assert report.progressive.positives == 1
+    assert learner.model.n_examples == len(record.item_ids)
 
 
 def test_the_logged_position_is_learned_and_the_rank_token_is_served(make_learner) -> None:
@@ -153,6 +162,8 @@ def test_a_replay_buffer_mixes_older_examples_into_each_batch(make_learner) -> N
     report = a.report()
     assert report.replay_buffer_examples > 0
     assert report.examples_learned == 40 * 8  # replayed rows are extra, not counted twice
+    assert a.model.n_examples == 40 * 8 + report.replay_buffer_examples  # ... but learned
+    assert a.model.nnz() > 0
     assert a.model.snapshot() == b.model.snapshot()  # seeded: deterministic
 
 
@@ -162,6 +173,10 @@ def test_the_numpy_and_cython_learners_agree(make_learner) -> None:
         feed(learner, world_for(learner, seed=5), 60)
         learner.flush(close_pending=True)
     np.testing.assert_allclose(cython.model.weights(), numpy.model.weights(), rtol=0, atol=1e-9)
+    # Agreement on zero weights would prove nothing: both learned, and scores moved.
+    assert cython.model.nnz() == numpy.model.nnz() > 0
+    probe = world_for(cython, seed=6).request(START).inputs
+    assert not np.allclose(cython.model.predict_many(probe), probe.base_logit)
 
 
 # -- publishing ------------------------------------------------------------------------------
@@ -182,6 +197,7 @@ def test_snapshots_are_published_to_the_sink_every_n_batches(make_learner) -> No
     assert lineage["data_window"] == {"first_day": "2026-03-01", "last_day": "2026-03-01"}
     restored = load_snapshot(blob, "base-1", expected_layout=learner.featurizer.layout())
     assert np.array_equal(restored.weights(), learner.model.weights())
+    assert restored.nnz() > 0 and restored.n_examples == 384
 
 
 def test_snapshots_are_published_every_t_seconds(make_learner, clock: FakeClock) -> None:
@@ -204,6 +220,7 @@ def test_serving_gets_nothing_until_the_layer_is_ready(make_learner) -> None:
     feed(learner, world, 400, start=START + timedelta(hours=1))
     snapshot = learner.latest_snapshot()
     assert snapshot is not None and snapshot.ready and learner.latest_version() == snapshot.version
+    assert load_snapshot(snapshot.blob, "base-1").nnz() > 0  # what serving gets was learned
 
 
 def test_publish_latency_is_measured_from_feedback_arrival(make_learner, clock: FakeClock) -> None:
@@ -227,6 +244,7 @@ def test_a_failing_sink_never_stops_learning(make_learner) -> None:
     feed(learner, world_for(learner), 24)
     report = learner.report()
     assert report.batches_learned == 3 and report.sink_failures == 3
+    assert learner.model.n_examples == 24 * 8 and learner.model.nnz() > 0
 
 
 # -- a new base version ------------------------------------------------------------------------
@@ -238,6 +256,7 @@ def test_rebase_retires_the_old_layer_and_serves_the_base_alone(make_learner) ->
     feed(learner, old_world, 200)
     assert learner.latest_snapshot() is not None
     old_blob = learner.latest_snapshot().blob
+    assert load_snapshot(old_blob, "base-1").nnz() > 0  # the old layer had learned
     pending = old_world.request(START + timedelta(seconds=200))
     learner.record_served(pending)
     late = old_world.feedback(pending, START + timedelta(seconds=201))
@@ -279,6 +298,8 @@ def test_a_new_layer_is_warm_started_by_replay_and_earns_readiness(make_learner)
     assert report.readiness.ready, report.readiness.reason
     snapshot = learner.latest_snapshot()
     assert snapshot is not None and snapshot.base_version == "base-2"
+    warm = load_snapshot(snapshot.blob, "base-2")
+    assert warm.nnz() > 0 and warm.n_examples == 300 * 8  # the replay was learned
     assert snapshot.version.startswith("ol-base-2-g1-")
 
 
@@ -290,7 +311,8 @@ def test_rollback_restores_the_last_ready_snapshot(make_learner) -> None:
     assert good is not None
     feed(learner, world, 40, start=START + timedelta(hours=2))
     assert learner.model.snapshot() != load_snapshot(good.blob, "base-1").snapshot()
-    last_ready = learner._ready_history[-1]
+    last_ready = learner._layer.publishing.last_ready()
+    assert last_ready is not None
     assert learner.rollback() == last_ready.version
     assert np.array_equal(learner.model.weights(), load_snapshot(last_ready.blob, "base-1").weights())
     assert not learner.readiness().ready  # readiness must be earned again
@@ -305,7 +327,12 @@ def test_two_learners_fed_the_same_stream_publish_identical_bytes(make_learner) 
     for learner in (a, b):
         feed(learner, world_for(learner, seed=9), 80)
         learner.flush(close_pending=True)
-    assert a.publish().blob == b.publish().blob
+    blob = a.publish().blob
+    assert blob == b.publish().blob
+    # Identical zero weights would prove nothing: the bytes hold what was learned.
+    published = load_snapshot(blob, "base-1")
+    assert published.nnz() > 0 and published.n_examples == 80 * 8
+    assert np.array_equal(published.weights(), a.model.weights())
 
 
 def test_record_served_refuses_what_is_not_a_served_record(make_learner) -> None:
@@ -339,6 +366,7 @@ def test_the_ticker_learns_a_waiting_batch_without_any_call(make_learner) -> Non
     finally:
         learner.stop_ticker()
     assert learner.report().batches_learned == 1
+    assert learner.model.n_examples == 2 * 8
 
 
 def test_beyond_max_pending_requests_the_oldest_windows_close_early(make_learner) -> None:

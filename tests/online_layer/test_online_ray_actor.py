@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def test_the_learner_as_a_ray_actor(ray_cluster: None, tmp_path: pathlib.Path) -
     def sink(version: str, blob: bytes, lineage: dict) -> None:  # runs inside the actor
         (out / f"{version}.snapshot").write_bytes(blob)
 
-    actor = ray.remote(OnlineLearner).options(num_cpus=0).remote(
+    actor: Any = ray.remote(OnlineLearner).options(num_cpus=0).remote(
         config, "base-1", EMBEDDING_DIM, snapshot_sink=sink
     )
     local = OnlineLearner(config, "base-1", EMBEDDING_DIM)
@@ -47,4 +48,5 @@ def test_the_learner_as_a_ray_actor(ray_cluster: None, tmp_path: pathlib.Path) -
     assert f"{remote_snapshot.version}.snapshot" in written
     model = load_snapshot((out / written[-1]).read_bytes(), "base-1")
     assert np.array_equal(model.weights(), local.model.weights())
+    assert model.nnz() > 0  # equal bytes of zero weights would prove nothing
     ray.kill(actor)

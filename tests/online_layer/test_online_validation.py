@@ -16,7 +16,7 @@ from ol_helpers import START, feed, world_for
 from online_layer.features import OnlineInputs
 from online_layer.join import ServedRecord
 from online_layer.learner import OnlineLearner, ReplayBatch
-from online_layer.synthetic import SyntheticWorld
+from online_layer.synthetic import Event, SyntheticWorld
 from online_layer.validation import LabelRateGuard, RejectReason
 
 LATER = START + timedelta(hours=1)
@@ -202,7 +202,7 @@ def test_the_same_feedback_without_poison_is_learned(warmed) -> None:
 def test_a_click_flood_is_rejected_before_learning(warmed) -> None:
     learner, world = warmed
     before = fingerprint(learner)
-    flood = []
+    flood: list[Event] = []
     for _ in range(16):  # 128 clicks: two full mini-batches of nothing but clicks
         _, events = served(learner, world)
         flood.extend({**e, "label": 1.0} for e in events)
@@ -263,4 +263,5 @@ class TestLabelRateGuard:
             for _ in range(10):
                 guard.observe(np.r_[np.ones(30), np.zeros(70)])
         assert one.verdict(np.zeros(500)) is None
-        assert "below" in two.verdict(np.zeros(500))
+        drought = two.verdict(np.zeros(500))
+        assert drought is not None and "below" in drought
