@@ -21,7 +21,7 @@ from base_model.config import BaseModelConfig
 from base_model.data import TimeWindows, encode, feature_names, split_by_time
 from base_model.drift import psi
 from base_model.gates import log_loss
-from base_model.registry import ModelRegistry
+from protos.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
