@@ -10,7 +10,7 @@ Everything here calls the real tiers through their public APIs (no copies of the
 - online layer: ``online_layer.features.OnlineFeaturizer`` + ``online_layer.ftrl.FTRLProximal``
   learning test-then-train per mini-batch; the hybrid logit is ``model.predict_many``
   (``base_logit + w . x``), the same call ``serving.ranking.HybridRanker.rank`` makes, turned
-  into a probability by ``serving.ranking.sigmoid``.
+  into a probability by ``protos.metrics.sigmoid``.
 """
 
 from __future__ import annotations
@@ -420,7 +420,7 @@ class OnlineSession:
         whatever their size: FTRL runs per example). Rows whose feedback is not due by
         ``hi`` are learned at the end (they change no score of this session).
         """
-        from serving.ranking import sigmoid
+        from protos.metrics import sigmoid
 
         inputs = self._inputs(data, lo, hi, scores)
         labels = data.labels[lo:hi]
