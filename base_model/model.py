@@ -30,10 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from protos.settings_io import from_section
 
 __all__ = [
     "DENSE_CLIP",
@@ -124,11 +127,9 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping) -> ModelSpec:
-        v = dict(values)
-        v["hidden_layers"] = tuple(v["hidden_layers"])
-        v["dense_kinds"] = tuple(v["dense_kinds"])
-        return cls(**v)
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelSpec:
+        """Rebuild from ``to_dict`` (an artifact's manifest ``spec``); unknown keys are errors."""
+        return from_section(cls, values, "spec")
 
 
 class Ranker(nn.Module):
