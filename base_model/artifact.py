@@ -66,7 +66,7 @@ def write_artifact(
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items() if k != "dense_kind"}
     arrays["dense_kind"] = np.asarray(weights["dense_kind"], dtype=np.int64)
-    np.savez(out / WEIGHTS, **arrays)
+    np.savez(out / WEIGHTS, allow_pickle=False, **arrays)
     np.savez(
         out / VOCAB,
         user_ids=np.asarray(list(user_ids), dtype=str),

@@ -139,7 +139,7 @@ def _daily_gate(
     cfg: BaseModelConfig,
 ) -> GateResult:
     days = int((end - start) // np.timedelta64(1, "D"))
-    offsets = ((end - ts) // np.timedelta64(1, "D")).astype(np.int64)  # 0 = the last day
+    offsets = np.floor_divide(end - ts, np.timedelta64(1, "D")).astype(np.int64)  # 0: last day
     counts = np.bincount(offsets, minlength=days)[:days][::-1]  # oldest day first
     day_start = [end - np.timedelta64(days - i, "D") for i in range(days)]
     # Share of each day after the log's first event: 0 before it, partial on its day.
@@ -206,7 +206,11 @@ def _hourly_gate(
         expected[:] = np.median(counts[live])
     judged = live & (expected >= MIN_EXPECTED_PER_HOUR)
     bad = np.flatnonzero(judged & (counts < cfg.min_hour_fraction * expected))
-    details = {"hours": hours, "judged_hours": int(judged.sum()), "thin_hours": len(bad)}
+    details: dict[str, Any] = {
+        "hours": hours,
+        "judged_hours": int(judged.sum()),
+        "thin_hours": len(bad),
+    }
     if bad.size == 0:
         return GateResult(
             "hourly_completeness",
@@ -215,7 +219,7 @@ def _hourly_gate(
             f"({int(judged.sum())} of {hours} hours judged)",
             details,
         )
-    first = ", ".join(
+    thin = ", ".join(
         f"{_iso(start + np.timedelta64(int(h), 'h'))} had {int(counts[h])} events, "
         f"usually {expected[h]:.0f}"
         for h in bad[:3]
@@ -225,7 +229,7 @@ def _hourly_gate(
     return GateResult(
         "hourly_completeness",
         False,
-        f"thin hour(s): {first}{more} (need >= {cfg.min_hour_fraction:.0%} of usual)",
+        f"thin hour(s): {thin}{more} (need >= {cfg.min_hour_fraction:.0%} of usual)",
         details,
     )
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -135,6 +135,11 @@ class ModelSpec:
 class Ranker(nn.Module):
     """Scores (user, item, category, features) rows; see the module docstring for the picture."""
 
+    # Buffers (registered in ``__init__``), declared for the type checker.
+    dense_kind: torch.Tensor
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if len(spec.dense_kinds) != spec.n_dense:
@@ -234,7 +239,7 @@ class Ranker(nn.Module):
         does not start a factor of 100 off)."""
         p = min(max(float(label_rate), 1e-6), 1.0 - 1e-6)
         with torch.no_grad():
-            self.mlp[-1].bias.fill_(math.log(p) - math.log1p(-p))
+            cast(nn.Linear, self.mlp[-1]).bias.fill_(math.log(p) - math.log1p(-p))
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
