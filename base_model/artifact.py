@@ -31,6 +31,7 @@ import numpy as np
 
 from base_model.errors import ArtifactError
 from base_model.vocab import Vocabulary, category_rows
+from protos.metrics import sigmoid
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def write_artifact(
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items() if k != "dense_kind"}
     arrays["dense_kind"] = np.asarray(weights["dense_kind"], dtype=np.int64)
-    np.savez(out / WEIGHTS, **arrays)
+    np.savez(out / WEIGHTS, allow_pickle=False, **arrays)
     np.savez(
         out / VOCAB,
         user_ids=np.asarray(list(user_ids), dtype=str),
@@ -279,7 +280,7 @@ class BaseScorer:
             s = slice(start, start + chunk)
             cats = None if category_rows is None else category_rows[s]
             logits = self.score_rows(user_rows[s], item_rows[s], dense[s], cats).logits
-            out[s] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+            out[s] = sigmoid(logits.astype(np.float64))
         return out
 
     def _check_shapes(self) -> None:

@@ -127,7 +127,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Run ``freshrank train`` (or ``python -m base_model.train``); one JSON line per training."""
     from base_model.errors import BaseModelError, DataGateError
-    from base_model.registry import ModelRegistry
+    from protos.registry import ModelRegistry
 
     try:
         cfg = _config(args)

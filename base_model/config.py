@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from base_model.errors import ConfigError
+from protos.settings_io import check_known_keys, from_section
 
 __all__ = ["BaseModelConfig", "UseGpu"]
 
@@ -229,25 +230,15 @@ class BaseModelConfig:
         """Build from a mapping (a TOML section, or ``asdict`` of another config).
 
         Unknown keys are an error (a typo must not silently fall back to a default); lists
-        become tuples; ``use_gpu`` also accepts the strings ``"true"``/``"false"``.
+        become tuples (``protos.settings_io.from_section``); ``use_gpu`` also accepts the
+        strings ``"true"``/``"false"``. Raises ``ConfigError`` naming the key.
         """
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"[base_model] must be a table/mapping, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown [base_model] key(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
+        check_known_keys(cls, values, "base_model", error=ConfigError)
         kwargs = dict(values)
-        for key in ("hidden_layers", "drift_exclude"):
-            if isinstance(kwargs.get(key), list):
-                kwargs[key] = tuple(kwargs[key])
         gpu = kwargs.get("use_gpu")
         if isinstance(gpu, str) and gpu.lower() in {"true", "false"}:
             kwargs["use_gpu"] = gpu.lower() == "true"
-        return cls(**kwargs)
+        return from_section(cls, kwargs, "base_model", error=ConfigError)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON- and Ray-friendly dict that ``from_dict`` accepts back."""

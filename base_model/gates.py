@@ -26,15 +26,15 @@ import numpy as np
 
 from base_model.config import BaseModelConfig
 from base_model.data import TimeWindows
+from protos.metrics import EPS, auc, log_losses, nan_to_none
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GateResult", "check_data", "evaluation_gate", "log_loss", "roc_auc", "summarize"]
+__all__ = ["GateResult", "check_data", "evaluation_gate", "summarize"]
 
 # An hour is judged only when it usually holds at least this many events: on sparse data a
 # thin hour is noise, not a loading failure.
 MIN_EXPECTED_PER_HOUR = 10.0
-_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _daily_gate(
     cfg: BaseModelConfig,
 ) -> GateResult:
     days = int((end - start) // np.timedelta64(1, "D"))
-    offsets = ((end - ts) // np.timedelta64(1, "D")).astype(np.int64)  # 0 = the last day
+    offsets = np.floor_divide(end - ts, np.timedelta64(1, "D")).astype(np.int64)  # 0: last day
     counts = np.bincount(offsets, minlength=days)[:days][::-1]  # oldest day first
     day_start = [end - np.timedelta64(days - i, "D") for i in range(days)]
     # Share of each day after the log's first event: 0 before it, partial on its day.
@@ -206,7 +206,11 @@ def _hourly_gate(
         expected[:] = np.median(counts[live])
     judged = live & (expected >= MIN_EXPECTED_PER_HOUR)
     bad = np.flatnonzero(judged & (counts < cfg.min_hour_fraction * expected))
-    details = {"hours": hours, "judged_hours": int(judged.sum()), "thin_hours": len(bad)}
+    details: dict[str, Any] = {
+        "hours": hours,
+        "judged_hours": int(judged.sum()),
+        "thin_hours": len(bad),
+    }
     if bad.size == 0:
         return GateResult(
             "hourly_completeness",
@@ -215,7 +219,7 @@ def _hourly_gate(
             f"({int(judged.sum())} of {hours} hours judged)",
             details,
         )
-    first = ", ".join(
+    thin = ", ".join(
         f"{_iso(start + np.timedelta64(int(h), 'h'))} had {int(counts[h])} events, "
         f"usually {expected[h]:.0f}"
         for h in bad[:3]
@@ -225,31 +229,9 @@ def _hourly_gate(
     return GateResult(
         "hourly_completeness",
         False,
-        f"thin hour(s): {first}{more} (need >= {cfg.min_hour_fraction:.0%} of usual)",
+        f"thin hour(s): {thin}{more} (need >= {cfg.min_hour_fraction:.0%} of usual)",
         details,
     )
-
-
-def log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-row log loss of probabilities ``p`` for labels ``y`` in [0, 1]."""
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
-
-
-def roc_auc(scores: np.ndarray, y: np.ndarray) -> float | None:
-    """AUC with labels >= 0.5 as positives (ties count half); None if one class is absent."""
-    pos = y >= 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluation_gate(
@@ -267,13 +249,13 @@ def evaluation_gate(
     ``clusters`` (user ids) with replacement ``cfg.bootstrap_samples`` times. Passes when the
     interval's lower bound >= ``min_gain``.
     """
-    cand = log_loss(candidate_p, labels)
-    ref = log_loss(reference_p, labels)
+    cand = log_losses(labels, candidate_p)
+    ref = log_losses(labels, reference_p)
     _, cluster_idx = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
     k = int(cluster_idx.max()) + 1 if cluster_idx.size else 0
     sum_c = np.bincount(cluster_idx, weights=cand, minlength=k)
     sum_r = np.bincount(cluster_idx, weights=ref, minlength=k)
-    point = float((sum_r.sum() - sum_c.sum()) / max(sum_r.sum(), _EPS))
+    point = float((sum_r.sum() - sum_c.sum()) / max(sum_r.sum(), EPS))
     rng = np.random.default_rng(cfg.seed + 104729)
     gains = np.empty(cfg.bootstrap_samples)
     chunk = max(1, 4_000_000 // max(k, 1))
@@ -281,7 +263,7 @@ def evaluation_gate(
         b = min(chunk, cfg.bootstrap_samples - s)
         pick = rng.integers(0, k, size=(b, k))
         r, c = sum_r[pick].sum(axis=1), sum_c[pick].sum(axis=1)
-        gains[s : s + b] = (r - c) / np.maximum(r, _EPS)
+        gains[s : s + b] = (r - c) / np.maximum(r, EPS)
     alpha = (1 - cfg.confidence) / 2
     low, high = (float(q) for q in np.quantile(gains, [alpha, 1 - alpha]))
     passed = low >= min_gain
@@ -298,8 +280,8 @@ def evaluation_gate(
         "rows": int(labels.size),
         "candidate_logloss": round(float(cand.mean()), 6) if cand.size else None,
         "reference_logloss": round(float(ref.mean()), 6) if ref.size else None,
-        "candidate_auc": _round(roc_auc(candidate_p, labels)),
-        "reference_auc": _round(roc_auc(reference_p, labels)),
+        "candidate_auc": _round(nan_to_none(auc(labels, candidate_p))),
+        "reference_auc": _round(nan_to_none(auc(labels, reference_p))),
     }
     verdict = "clears" if passed else "does not clear"
     reason = (

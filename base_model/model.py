@@ -30,10 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
+
+from protos.settings_io import from_section
 
 __all__ = [
     "DENSE_CLIP",
@@ -124,15 +127,18 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping) -> ModelSpec:
-        v = dict(values)
-        v["hidden_layers"] = tuple(v["hidden_layers"])
-        v["dense_kinds"] = tuple(v["dense_kinds"])
-        return cls(**v)
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelSpec:
+        """Rebuild from ``to_dict`` (an artifact's manifest ``spec``); unknown keys are errors."""
+        return from_section(cls, values, "spec")
 
 
 class Ranker(nn.Module):
     """Scores (user, item, category, features) rows; see the module docstring for the picture."""
+
+    # Buffers (registered in ``__init__``), declared for the type checker.
+    dense_kind: torch.Tensor
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -233,7 +239,7 @@ class Ranker(nn.Module):
         does not start a factor of 100 off)."""
         p = min(max(float(label_rate), 1e-6), 1.0 - 1e-6)
         with torch.no_grad():
-            self.mlp[-1].bias.fill_(math.log(p) - math.log1p(-p))
+            cast(nn.Linear, self.mlp[-1]).bias.fill_(math.log(p) - math.log1p(-p))
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ from base_model.data import (
 )
 from base_model.drift import reference_histograms
 from base_model.errors import DataGateError
-from base_model.registry import ModelRegistry, ModelVersion
+from protos.registry import ModelRegistry, ModelVersion
 from base_model.triggers import TriggerDecision, manual_trigger
 from base_model.vocab import Vocabulary, build_vocabulary
 from base_model.warm import describe, incompatibility, warm_state

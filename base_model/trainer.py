@@ -23,7 +23,7 @@ from base_model.config import BaseModelConfig
 from base_model.data import Encoded
 from base_model.loop import FitOutcome, LoopSettings, load_checkpoint, ray_train_loop
 from base_model.model import ModelSpec
-from base_model.ray_cluster import init_local_ray
+from protos.ray_local import init_local_ray
 
 logger = logging.getLogger(__name__)
 

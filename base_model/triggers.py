@@ -20,8 +20,8 @@ from base_model.artifact import BaseScorer
 from base_model.config import BaseModelConfig
 from base_model.data import TimeWindows, encode, feature_names, split_by_time
 from base_model.drift import psi
-from base_model.gates import log_loss
-from base_model.registry import ModelRegistry
+from protos.metrics import log_loss
+from protos.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _performance(
         return TriggerCheck("performance_drop", False, "no labelled rows in the last day to judge")
     enc = encode(rows, scorer.users, scorer.items, category_buckets=scorer.category_buckets)
     p = scorer.predict_proba_rows(enc.user, enc.item, enc.dense, enc.category)
-    recent = float(log_loss(p, enc.label).mean())
+    recent = log_loss(enc.label, p)
     rise = (recent - base) / max(base, 1e-9)
     return TriggerCheck(
         "performance_drop",

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank-calls", type=int, default=500)
     args = parser.parse_args(argv)
 
-    from base_model.ray_cluster import init_local_ray
+    from protos.ray_local import init_local_ray
 
     init_local_ray(num_cpus=4, log_to_driver=False)
     from feature_store.simulate import SimulatorConfig, simulate

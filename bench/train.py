@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from base_model.ray_cluster import apply_loopback_environment  # noqa: E402
+from protos.ray_local import apply_loopback_environment  # noqa: E402
 
 apply_loopback_environment()  # before anything imports ray
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     if ray_modes:
         import ray
 
-        from base_model.ray_cluster import init_local_ray
+        from protos.ray_local import init_local_ray
         from base_model.trainer import fit_with_ray
 
         init_local_ray(num_cpus=cpus)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "score" in modes:
         import ray
 
-        from base_model.ray_cluster import init_local_ray
+        from protos.ray_local import init_local_ray
 
         init_local_ray(num_cpus=cpus)
         remote = ray.remote(num_cpus=1)(score_latency)

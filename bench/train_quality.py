@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             overrides[key] = raw
     if args.backend == "ray":
-        from base_model.ray_cluster import init_local_ray
+        from protos.ray_local import init_local_ray
 
         init_local_ray()
     rows = []

@@ -6,7 +6,6 @@ module-level state, so tests, the demo and Ray workers can each point at their o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -14,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from protos.settings_io import from_section
 
 #: Environment variable naming the workspace for the plain ``feast`` CLI
 #: (``feature_store/feature_store.yaml`` and ``definitions.py`` read it).
@@ -70,11 +71,7 @@ class FeatureStoreConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FeatureStoreConfig:
         """Build from a mapping (the ``[feature_store]`` TOML section); unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown [feature_store] setting(s): {', '.join(unknown)}")
-        return cls(**dict(values))
+        return from_section(cls, values, "feature_store")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> FeatureStoreConfig:

@@ -1,10 +1,13 @@
-"""The feature store's errors: one base, and ValueError subclasses for bad input.
+"""The feature store's errors: one root under ``protos.errors.FreshrankError``.
 
-Serving maps ``ValueError`` subclasses to ``INVALID_ARGUMENT`` and the rest to
-``FAILED_PRECONDITION``/``INTERNAL`` at its ingress; nothing here knows about gRPC.
+Bad input is also a ``protos.errors.InvalidInput`` (a ``ValueError``, ``INVALID_ARGUMENT``);
+a workspace that lacks a step's prerequisite is a ``FailedPrecondition``. Each class
+carries its gRPC status (``grpc_status``); only serving's ingress translates it.
 """
 
 from __future__ import annotations
+
+from protos.errors import FailedPrecondition, FreshrankError, InvalidInput
 
 __all__ = [
     "EventsFormatError",
@@ -14,11 +17,11 @@ __all__ = [
 ]
 
 
-class FeatureStoreError(Exception):
+class FeatureStoreError(FreshrankError):
     """Base of every error raised on purpose by ``feature_store``."""
 
 
-class EventsFormatError(FeatureStoreError, ValueError):
+class EventsFormatError(FeatureStoreError, InvalidInput):
     """An events file or table breaks the events format.
 
     Attributes
@@ -36,9 +39,9 @@ class EventsFormatError(FeatureStoreError, ValueError):
         self.row = row
 
 
-class UnknownDatasetError(FeatureStoreError, ValueError):
+class UnknownDatasetError(FeatureStoreError, InvalidInput):
     """``import_dataset`` was given a name it has no importer for, or a folder it can't read."""
 
 
-class WorkspaceError(FeatureStoreError, RuntimeError):
+class WorkspaceError(FeatureStoreError, FailedPrecondition):
     """The workspace lacks something a step needs (no events, not applied, not computed)."""

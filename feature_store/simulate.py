@@ -23,14 +23,12 @@ so the output depends only on the config (not on chunking or the machine).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from protos.atomic import atomic_path
 from protos.events import EVENTS_SCHEMA
+from protos.settings_io import from_section
 
 __all__ = ["SimulatorConfig", "iter_simulation", "simulate", "write_simulation"]
 
@@ -173,12 +173,8 @@ class SimulatorConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SimulatorConfig:
-        """Build from a mapping; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown simulate setting(s): {', '.join(unknown)}")
-        return cls(**dict(values))
+        """Build from a mapping (a ``[simulate]`` section); unknown keys are an error."""
+        return from_section(cls, values, "simulate")
 
     @property
     def end(self) -> datetime:
@@ -386,15 +382,17 @@ def simulate(cfg: SimulatorConfig | None = None) -> pa.Table:
 
 
 def write_simulation(cfg: SimulatorConfig, path: str | os.PathLike[str]) -> int:
-    """Stream the log into one Parquet file a day at a time; returns the number of rows."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Stream the log into one Parquet file a day at a time; returns the number of rows.
+
+    Atomic (``protos.atomic.atomic_path``): a reader sees the old file or the whole new one.
+    """
     rows = 0
-    with pq.ParquetWriter(tmp, EVENTS_SCHEMA, compression="zstd") as writer:
+    with (
+        atomic_path(path) as tmp,
+        pq.ParquetWriter(tmp, EVENTS_SCHEMA, compression="zstd") as writer,
+    ):
         for chunk in iter_simulation(cfg):
             writer.write_table(chunk)
             rows += chunk.num_rows
             logger.info("simulated %s events", rows)
-    os.replace(tmp, path)
     return rows

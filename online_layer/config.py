@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from protos.settings_io import from_section
 
 IMPLEMENTATIONS = ("cython", "numpy")
 EMIT_POLICIES = ("window_close", "on_arrival")
@@ -187,17 +189,11 @@ class OnlineLayerConfig:
 
         Raises
         ------
-        ValueError
-            A key that is not a setting (a typo must not be silently ignored).
+        protos.settings_io.SettingsError
+            A key that is not a setting (a typo must not be silently ignored), or a bad
+            value; a ``ValueError``.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown online_layer setting(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**dict(mapping))
+        return from_section(cls, mapping, "online_layer")
 
     def ftrl_params(self) -> dict[str, float]:
         """The four FTRL hyper-parameters, as keyword arguments for a model."""

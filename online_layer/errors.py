@@ -1,26 +1,39 @@
-"""The online layer's errors: all are ``ValueError``s, so callers that only know the
-convention (bad input raises ValueError) still catch them, and serving can map the whole
-family to one gRPC status at its ingress.
+"""The online layer's errors: one root under ``protos.errors.FreshrankError``.
+
+Bad input (arrays, snapshot blobs, served records) is also a ``protos.errors.InvalidInput``,
+so callers that only know the convention (bad input raises ValueError) still catch it and
+serving's ingress maps it to ``INVALID_ARGUMENT``; a snapshot trained against another base
+is a ``FailedPrecondition``.
 """
 
 from __future__ import annotations
 
+from protos.errors import FailedPrecondition, FreshrankError, InvalidInput
 
-class OnlineLayerError(ValueError):
-    """Base of every error this package raises for bad input or state."""
+__all__ = [
+    "BaseVersionMismatch",
+    "InputError",
+    "OnlineLayerError",
+    "ServedRecordError",
+    "SnapshotError",
+]
 
 
-class InputError(OnlineLayerError):
+class OnlineLayerError(FreshrankError):
+    """Root of every error this package raises on purpose."""
+
+
+class InputError(OnlineLayerError, InvalidInput):
     """Arrays handed to a featurizer or model have the wrong shape, type or values."""
 
 
-class SnapshotError(OnlineLayerError):
+class SnapshotError(OnlineLayerError, InvalidInput):
     """A snapshot blob is corrupt, of an unknown format, or does not fit the model."""
 
 
-class BaseVersionMismatch(SnapshotError):
+class BaseVersionMismatch(FailedPrecondition, SnapshotError):
     """A snapshot (or batch) was trained against another base version than expected."""
 
 
-class ServedRecordError(OnlineLayerError):
+class ServedRecordError(OnlineLayerError, InvalidInput):
     """A served record handed to the learner is malformed (a programming error in serving)."""

@@ -5,7 +5,9 @@ For each learned mini-batch the learner records, on the same examples, the hybri
 exact; AUC comes from fixed logit histograms (``BINS`` bins over [-12, 12], ties within a
 bin counted half), so memory stays constant however long the run: the error is below
 1e-3 for scores spread over more than a few bins. Graded labels count as positive for AUC
-when >= 0.5; log loss uses them as they are.
+when >= 0.5; log loss uses them as they are. The exact definitions (log loss from logits,
+the rolling window's exact AUC) are ``protos.metrics``'s, the same as the gates' and the
+backtest's; only the constant-memory histogram AUC is this module's own.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from protos.metrics import auc, log_loss_from_logits, log_losses_from_logits, nan_to_none
 
 BINS = 4096
 LOW, HIGH = -12.0, 12.0
@@ -42,11 +46,6 @@ class ProgressiveSummary:
         return 1.0 - self.logloss_hybrid / self.logloss_base
 
 
-def log_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-example log loss of ``sigmoid(logits)`` against (possibly graded) labels."""
-    return np.logaddexp(0.0, logits) - labels * logits
-
-
 def _bins(logits: np.ndarray) -> np.ndarray:
     scaled = (np.clip(logits, LOW, HIGH) - LOW) * (BINS / (HIGH - LOW))
     return np.minimum(scaled.astype(np.int64), BINS - 1)
@@ -72,8 +71,8 @@ class _Accumulator:
         positive = labels >= 0.5
         self.examples += labels.shape[0]
         self.positives += int(positive.sum())
-        self.loss_hybrid += float(log_loss(hybrid, labels).sum())
-        self.loss_base += float(log_loss(base, labels).sum())
+        self.loss_hybrid += float(log_losses_from_logits(labels, hybrid).sum())
+        self.loss_base += float(log_losses_from_logits(labels, base).sum())
         for row, (logits, mask) in enumerate(
             ((hybrid, positive), (hybrid, ~positive), (base, positive), (base, ~positive))
         ):
@@ -123,19 +122,6 @@ class ProgressiveMetrics:
         return tuple(self._days[day].summary(day) for day in sorted(self._days))
 
 
-def exact_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Mann-Whitney AUC with average ranks for ties; None with a single class."""
-    n_pos = int(positive.sum())
-    n_neg = positive.shape[0] - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    average_rank = ends - (counts - 1) / 2.0  # 1-based rank of each distinct value
-    rank_sum = average_rank[inverse][positive].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 class RollingWindow:
     """The last (about) ``window`` progressively scored examples, by batch.
 
@@ -162,15 +148,14 @@ class RollingWindow:
         if self.examples == 0:
             return None
         labels, hybrid, base = self._stack()
-        return float(log_loss(hybrid, labels).mean()), float(log_loss(base, labels).mean())
+        return log_loss_from_logits(labels, hybrid), log_loss_from_logits(labels, base)
 
     def aucs(self) -> tuple[float | None, float | None]:
         """(hybrid, base) AUC (labels >= 0.5 positive); None where undefined."""
         if self.examples == 0:
             return None, None
         labels, hybrid, base = self._stack()
-        positive = labels >= 0.5
-        return exact_auc(hybrid, positive), exact_auc(base, positive)
+        return nan_to_none(auc(labels, hybrid)), nan_to_none(auc(labels, base))
 
     def clear(self) -> None:
         self._batches.clear()

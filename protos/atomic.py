@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,23 +87,20 @@ def atomic_path(
     fsync_dir(target.parent)
 
 
-def _write_with(path: str | os.PathLike[str], write: Callable[[Path], object], **kw: Any) -> None:
-    with atomic_path(path, **kw) as tmp:
-        write(tmp)
-
-
 def write_bytes_atomic(
     path: str | os.PathLike[str], data: bytes, *, staging: str | os.PathLike[str] | None = None
 ) -> None:
     """Replace ``path`` with ``data`` atomically (see the module docstring)."""
-    _write_with(path, lambda tmp: tmp.write_bytes(data), staging=staging)
+    with atomic_path(path, staging=staging) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text_atomic(
     path: str | os.PathLike[str], text: str, *, staging: str | os.PathLike[str] | None = None
 ) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
-    _write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), staging=staging)
+    with atomic_path(path, staging=staging) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_json_atomic(

@@ -34,29 +34,42 @@ class SettingsError(InvalidInput):
     """A configuration section has an unknown key, a wrong type or a value out of range."""
 
 
-def check_known_keys(cls: type, values: Mapping[str, Any], section: str) -> None:
-    """Raise ``SettingsError`` if ``values`` is not a mapping or has keys ``cls`` lacks."""
+def check_known_keys(
+    cls: type, values: Mapping[str, Any], section: str, *, error: type[SettingsError] = SettingsError
+) -> None:
+    """Raise ``error`` if ``values`` is not a mapping or has keys ``cls`` lacks.
+
+    ``error`` is a package's own subclass of ``SettingsError`` (``base_model``'s
+    ``ConfigError``, the backtest's ``BacktestSettingsError``), so callers can catch either.
+    """
     if not isinstance(values, Mapping):
-        raise SettingsError(f"[{section}] must be a table, got {type(values).__name__}")
+        raise error(f"[{section}] must be a table, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise SettingsError(
+        raise error(
             f"unknown [{section}] key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
 
 
-def from_section(cls: type[T], values: Mapping[str, Any], section: str) -> T:
+def from_section(
+    cls: type[T],
+    values: Mapping[str, Any],
+    section: str,
+    *,
+    error: type[SettingsError] = SettingsError,
+) -> T:
     """Build ``cls(**values)`` after refusing unknown keys; lists become tuples.
 
-    A ``TypeError`` or ``ValueError`` from the dataclass's own checks is re-raised as a
-    ``SettingsError`` naming the section, so the CLI can print it as one line.
+    A ``SettingsError`` from the dataclass's own checks passes through unchanged; any other
+    ``TypeError`` or ``ValueError`` is re-raised as ``error`` (default ``SettingsError``)
+    naming the section, so the CLI can print it as one line.
     """
-    check_known_keys(cls, values, section)
+    check_known_keys(cls, values, section, error=error)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**kwargs)
     except SettingsError:
         raise
-    except (TypeError, ValueError) as error:
-        raise SettingsError(f"[{section}] {error}") from error
+    except (TypeError, ValueError) as exc:
+        raise error(f"[{section}] {exc}") from exc

@@ -72,7 +72,7 @@ def start(settings: Settings) -> RunningServer:
     Ports of 0 are replaced by free ones. Joins ``settings.ray_address`` if set, else
     starts a loopback-only local Ray cluster.
     """
-    from base_model.ray_cluster import init_local_ray
+    from protos.ray_local import init_local_ray
 
     init_local_ray(address=settings.ray_address)
     from ray import serve

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from protos.settings_io import from_section
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,4 @@ class ServingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServingConfig:
         """Build from a mapping (a TOML section); unknown keys are an error, not ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown [serving] setting(s): {', '.join(unknown)}")
-        return cls(**dict(values))
+        return from_section(cls, values, "serving")

@@ -209,7 +209,7 @@ def run_demo(
     started_ray = not ray.is_initialized()
     try:
         if started_ray:
-            from base_model.ray_cluster import init_local_ray
+            from protos.ray_local import init_local_ray
 
             # Ray Train and Serve replicas are chatty; their output stays in Ray's session
             # logs unless asked for, so the console shows the demo's progress and report.

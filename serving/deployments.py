@@ -38,7 +38,7 @@ SERVED_FLUSH_RECORDS = 256
 
 
 def _champion_base(settings: Settings) -> Any:
-    from base_model.registry import ModelRegistry
+    from protos.registry import ModelRegistry
 
     champion = ModelRegistry(settings.registry_dir).champion("base")
     if champion is None:
@@ -55,7 +55,7 @@ class Learner:
 
     def __init__(self, settings: Settings) -> None:
         from base_model.artifact import BaseScorer
-        from base_model.registry import ModelRegistry
+        from protos.registry import ModelRegistry
         from base_model.train import code_version
         from feature_store.push import FreshCounterPusher
         from online_layer.learner import OnlineLearner
@@ -165,7 +165,7 @@ class Ranker:
 
     def __init__(self, settings: Settings, learner: Any) -> None:
         from base_model.artifact import BaseScorer
-        from base_model.registry import ModelRegistry
+        from protos.registry import ModelRegistry
         from feature_store.online import OnlineFeatureReader
         from online_layer.features import OnlineFeaturizer
         from serving.snapshots import champion_snapshot

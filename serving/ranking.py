@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from protos.freshrank.v1 import ranking_pb2
+from protos.metrics import sigmoid
 from serving.requests import RankQuery
 
 logger = logging.getLogger(__name__)
@@ -75,10 +76,6 @@ def choose_fallback(
             f"online {slot.version} is {age:.0f}s old (ttl {ttl_seconds:.0f}s)",
         )
     return None
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ class RegistrySnapshotSink:
     """``snapshot_sink(version, blob, lineage)`` for ``OnlineLearner``, writing to a registry.
 
     Args:
-        registry: ``base_model.registry.ModelRegistry``.
+        registry: ``protos.registry.ModelRegistry``.
         code_version: Recorded in every online version's lineage.
         min_interval_s: Persist at most one snapshot per this many seconds.
         clock: Monotonic seconds (injectable for tests).

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from base_model.ray_cluster import apply_loopback_environment
+from protos.ray_local import apply_loopback_environment
 
 # Before anything imports ray: Ray reads the loopback switch at import time.
 apply_loopback_environment()
@@ -52,7 +52,7 @@ def ray_cluster() -> Iterator[None]:
     import psutil
     import ray
 
-    from base_model.ray_cluster import init_local_ray
+    from protos.ray_local import init_local_ray
 
     init_local_ray(num_cpus=4)
     yield

@@ -1,10 +1,18 @@
-"""Progressive metrics for the backtest: log loss, AUC, per-day series, gap closed.
+"""Progressive metrics for the backtest: per-day series, gap closed, paired intervals.
 
-Written here (NumPy only, no scikit-learn) because the definitions are part of the claim the
-report makes and must be readable: log loss on clipped probabilities, AUC as the rank
+The basic metrics are ``protos.metrics``'s (re-exported here: ``log_loss``, ``auc``,
+``per_event_log_loss`` = ``protos.metrics.log_losses``, ``EPS``), the same definitions the
+gates and the online readiness use: log loss on clipped probabilities, AUC as the rank
 statistic with ties counted half, NaN (never an exception) when a slice has one class.
 Labels may be graded in [0, 1]: log loss uses them as soft targets; AUC counts
-``label >= 0.5`` as a positive.
+``label >= 0.5`` as a positive. This module adds what only the backtest's claim needs.
+
+Examples
+--------
+>>> round(log_loss([1, 0], [0.5, 0.5]), 6) == round(math.log(2), 6)
+True
+>>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+0.75
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+
+from protos.metrics import EPS, as_arrays, auc, log_loss
+from protos.metrics import log_losses as per_event_log_loss
 
 __all__ = [
     "EPS",
@@ -30,74 +41,13 @@ __all__ = [
     "days_worse",
 ]
 
-EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS]: one confident miss costs ~16 nats
-
-
-def _check(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    p = np.asarray(probs, dtype=np.float64).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"labels has {y.size} values but scores has {p.size}")
-    return y, p
-
-
-def per_event_log_loss(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Cross-entropy of each event, in nats, with probabilities clipped to ``[EPS, 1-EPS]``."""
-    y, p = _check(labels, probs)
-    p = np.clip(p, EPS, 1.0 - EPS)
-    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean cross-entropy in nats; NaN for no events.
-
-    Examples
-    --------
-    >>> round(log_loss([1, 0], [0.5, 0.5]), 6) == round(math.log(2), 6)
-    True
-    """
-    losses = per_event_log_loss(labels, probs)
-    return float(losses.mean()) if losses.size else math.nan
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties = 1/2.
-
-    Computed from average ranks (Mann-Whitney U), O(n log n). NaN when the slice has no
-    positive or no negative, or a NaN score.
-
-    Examples
-    --------
-    >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    0.75
-    >>> auc([0, 1], [0.5, 0.5])
-    0.5
-    """
-    y, s = _check(labels, scores)
-    positive = y >= 0.5
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0 or np.isnan(s).any():
-        return math.nan
-    order = np.argsort(s, kind="mergesort")
-    sorted_scores = s[order]
-    ranks = np.empty(s.size, dtype=np.float64)
-    # Average rank (1-based) over each run of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [s.size]))
-    average = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
 
 def daily_series(
     day_index: np.ndarray, labels: np.ndarray, probs: np.ndarray, n_days: int
 ) -> tuple[list[float], list[float], list[int]]:
     """Log loss, AUC and event count for each day ``0 .. n_days - 1`` (NaN for empty days)."""
     days = np.asarray(day_index)
-    y, p = _check(labels, probs)
+    y, p = as_arrays(labels, probs)
     if days.shape != y.shape:
         raise ValueError(f"day_index has {days.size} values but labels has {y.size}")
     lls, aucs, counts = [], [], []

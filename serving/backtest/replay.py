@@ -304,9 +304,9 @@ def _score_into(
 ) -> None:
     """Base-alone probabilities: ``chain[i]`` scores rows ``spans[i]``.
 
-    ``serving.ranking.sigmoid`` turns logits into the probabilities serving reports.
+    ``protos.metrics.sigmoid`` turns logits into the probabilities serving reports.
     """
-    from serving.ranking import sigmoid
+    from protos.metrics import sigmoid
 
     versions = np.full(run.probs.size, "", dtype=object)
     for (fit_i, scorer), (lo, hi) in zip(chain, spans):

@@ -120,7 +120,7 @@ class HybridSweep:
         import pyarrow.parquet as pq
 
         from base_model.artifact import BaseScorer
-        from base_model.registry import ModelRegistry
+        from protos.registry import ModelRegistry
         from online_layer.config import OnlineLayerConfig
         from serving.backtest import tiers
         from serving.backtest.replay import make_timeline, select_window

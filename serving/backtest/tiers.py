@@ -6,11 +6,11 @@ Everything here calls the real tiers through their public APIs (no copies of the
 - features: ``feature_store.training_set.build_training_set`` once over the whole log (each
   row gets the features of events strictly before it);
 - bases: ``base_model.train`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
-  ``base_model.ray_cluster.init_local_ray``), scored with ``base_model.artifact.BaseScorer``;
+  ``protos.ray_local.init_local_ray``), scored with ``base_model.artifact.BaseScorer``;
 - online layer: ``online_layer.features.OnlineFeaturizer`` + ``online_layer.ftrl.FTRLProximal``
   learning test-then-train per mini-batch; the hybrid logit is ``model.predict_many``
   (``base_logit + w . x``), the same call ``serving.ranking.HybridRanker.rank`` makes, turned
-  into a probability by ``serving.ranking.sigmoid``.
+  into a probability by ``protos.metrics.sigmoid``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def start_ray(address: str | None) -> None:
     process: they would bury the progress lines. Failures still surface as exceptions, and
     the workers' logs stay in Ray's session directory.
     """
-    from base_model.ray_cluster import init_local_ray
+    from protos.ray_local import init_local_ray
 
     init_local_ray(address=address, log_to_driver=False)
 
@@ -154,7 +154,7 @@ class TierContext:
     """
 
     def __init__(self, workspace: Path, cfg: BacktestConfig, ray_address: str | None = None) -> None:
-        from base_model.registry import ModelRegistry
+        from protos.registry import ModelRegistry
 
         self.cfg = cfg
         self.settings = tier_settings(workspace, cfg)
@@ -420,7 +420,7 @@ class OnlineSession:
         whatever their size: FTRL runs per example). Rows whose feedback is not due by
         ``hi`` are learned at the end (they change no score of this session).
         """
-        from serving.ranking import sigmoid
+        from protos.metrics import sigmoid
 
         inputs = self._inputs(data, lo, hi, scores)
         labels = data.labels[lo:hi]

@@ -1,16 +1,16 @@
-"""The metrics the backtest's claim rests on, against hand computation and brute force."""
+"""The metrics the backtest's claim rests on, against hand computation and brute force.
+
+The basic ones (log loss, AUC) are ``protos.metrics``'s: their tests are in tests/test_metrics.py.
+"""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pytest
 
 from serving.backtest.metrics import (
-    EPS,
-    auc,
     compute_ratio,
     daily_series,
     critical_value,
@@ -20,64 +20,6 @@ from serving.backtest.metrics import (
     paired_delta,
     per_event_log_loss,
 )
-
-
-def brute_force_auc(labels, scores) -> float:
-    """Every (positive, negative) pair: 1 if the positive scores higher, 1/2 on a tie."""
-    pos = [s for y, s in zip(labels, scores) if y >= 0.5]
-    neg = [s for y, s in zip(labels, scores) if y < 0.5]
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
-    return wins / (len(pos) * len(neg))
-
-
-def test_log_loss_by_hand():
-    # -(ln 0.8 + ln(1 - 0.3) + ln 0.5) / 3
-    expected = -(math.log(0.8) + math.log(0.7) + math.log(0.5)) / 3
-    assert log_loss([1, 0, 1], [0.8, 0.3, 0.5]) == pytest.approx(expected, rel=1e-12)
-
-
-def test_log_loss_soft_labels_are_cross_entropy():
-    expected = -(0.25 * math.log(0.4) + 0.75 * math.log(0.6))
-    assert log_loss([0.25], [0.4]) == pytest.approx(expected, rel=1e-12)
-
-
-def test_log_loss_clips_certain_mistakes():
-    assert log_loss([1, 0], [0.0, 1.0]) == pytest.approx(-math.log(EPS), rel=1e-6)
-    assert math.isfinite(log_loss([1], [0.0]))
-
-
-def test_log_loss_empty_is_nan_and_shape_mismatch_is_an_error():
-    assert math.isnan(log_loss([], []))
-    with pytest.raises(ValueError, match="labels has 2 values"):
-        log_loss([1, 0], [0.5])
-
-
-def test_auc_by_hand():
-    # positives 0.35, 0.8; negatives 0.1, 0.4: pairs won 1 + 0 + 1 + 1 = 3 of 4
-    assert auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    assert auc([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
-    assert auc([0, 0, 1], [0.9, 0.8, 0.1]) == 0.0
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_auc_matches_brute_force_with_many_ties(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, size=60)
-    scores = rng.integers(0, 5, size=60) / 4.0  # five distinct values: ties everywhere
-    labels[0], labels[1] = 0, 1
-    assert auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
-
-
-def test_auc_all_ties_is_half_and_one_class_is_nan():
-    assert auc([0, 1, 0, 1], [0.3] * 4) == 0.5
-    assert math.isnan(auc([1, 1, 1], [0.1, 0.2, 0.3]))
-    assert math.isnan(auc([0, 0], [0.1, 0.2]))
-    assert math.isnan(auc([], []))
-    assert math.isnan(auc([0, 1], [0.1, float("nan")]))
-
-
-def test_auc_graded_labels_split_at_one_half():
-    assert auc([0.2, 0.9, 0.5], [0.1, 0.8, 0.7]) == 1.0
 
 
 def test_daily_series_aligns_days_and_marks_empty_and_one_class_days():

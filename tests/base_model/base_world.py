@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from base_model.config import BaseModelConfig
-from base_model.registry import ModelRegistry
+from protos.registry import ModelRegistry
 from base_model.synthetic import SyntheticSpec, day_end
 from base_model.train import TrainResult
 

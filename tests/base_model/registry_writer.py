@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from base_model.registry import ModelRegistry
+from protos.registry import ModelRegistry
 
 CALLS = 0
 

@@ -19,7 +19,7 @@ from base_model.config import BaseModelConfig
 from base_model.data import validate_training_set, windows_for
 from base_model.errors import DataGateError
 from base_model.gates import check_data, evaluation_gate
-from base_model.registry import ModelRegistry, PromotionRefused
+from protos.registry import ModelRegistry, PromotionRefused
 from base_model.train import train_base_model
 from base_world import TRAIN_CFG, as_of_day
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from base_model.artifact import BaseScorer
-from base_model.registry import ModelRegistry
+from protos.registry import ModelRegistry
 from base_model.train import train_base_model
 from base_world import TRAIN_CFG, as_of_day
 

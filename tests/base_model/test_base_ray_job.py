@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 from base_model.artifact import read_weights
-from base_model.ray_cluster import loopback_environment
-from base_model.registry import ModelRegistry
+from protos.ray_local import loopback_environment
+from protos.registry import ModelRegistry
 from base_model.train import TrainResult
 from base_world import TRAIN_CFG, as_of_day, free_port
 

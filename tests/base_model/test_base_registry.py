@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from base_model.registry import (
+from protos.registry import (
     LINEAGE_KEYS,
     ModelRegistry,
     PromotionRefused,
@@ -160,7 +160,7 @@ def test_lineage_keys_are_what_the_issue_asks_for() -> None:
 
 
 def test_the_registry_imports_no_torch() -> None:
-    code = "import sys, base_model.registry; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, protos.registry; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from base_model.registry import ModelRegistry
+from protos.registry import ModelRegistry
 
 WRITER = pathlib.Path(__file__).with_name("registry_writer.py")
 

@@ -13,7 +13,7 @@ import pytest
 
 from base_model import cli
 from base_model.data import validate_training_set
-from base_model.registry import ModelRegistry
+from protos.registry import ModelRegistry
 from base_model.train import TrainResult
 from base_model.triggers import check_triggers
 from base_world import TRAIN_CFG, as_of_day

@@ -25,7 +25,7 @@ def test_paths_are_absolute_and_laid_out_under_the_workspace(tmp_path: Path, mon
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"colour": "red"}, "unknown \\[feature_store\\] setting"),
+        ({"colour": "red"}, "unknown \\[feature_store\\] key\\(s\\): colour"),
         ({"project": "has space"}, "project"),
         ({"ctr_prior": 0.0}, "ctr_prior"),
         ({"ctr_prior_strength": -1}, "ctr_prior_strength"),

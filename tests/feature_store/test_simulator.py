@@ -90,5 +90,5 @@ def test_bad_settings_are_rejected_with_the_setting_named() -> None:
         SimulatorConfig(days=0)
     with pytest.raises(ValueError, match="base_ctr"):
         SimulatorConfig(base_ctr=1.5)
-    with pytest.raises(ValueError, match="unknown simulate setting"):
+    with pytest.raises(ValueError, match=r"unknown \[simulate\] key\(s\): dayz"):
         SimulatorConfig.from_dict({"dayz": 3})

@@ -26,7 +26,9 @@ Layout::
             ...                    the artifact files, copied from ``source_dir``
         champion.json              {"version", "reason", "at", "history": [...]} (replaced)
 
-Stdlib only: the online tier and on-call tools use it without importing torch.
+Why in ``protos/``: both tiers' artifacts live here, and serving, the online learner and
+on-call tools read it; so it imports only the stdlib and ``protos`` (atomic writes via
+``protos.atomic``, errors from ``protos.errors``), never a tier, torch or Ray.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from protos.atomic import fsync_dir, fsync_tree, write_json_atomic
+from protos.errors import FailedPrecondition, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +82,16 @@ RESERVED_FILES = (VERSION_FILE, STATUS_FILE)
 _VERSION_RE = re.compile(r"^(?P<tier>[a-z]+)-(?P<seq>\d{4,})$")
 
 
-class RegistryError(ValueError):
+class RegistryError(InvalidInput):
     """A registry call was given something it cannot accept (unknown tier, bad lineage...)."""
 
 
-class UnknownVersionError(RegistryError, LookupError):
-    """The tier has no version of that name."""
+class UnknownVersionError(NotFound, RegistryError):
+    """The tier has no version of that name (``NOT_FOUND``; still a ``RegistryError``)."""
 
 
-class PromotionRefused(RegistryError):
-    """Promotion of a version that its gates rejected."""
+class PromotionRefused(FailedPrecondition, RegistryError):
+    """Promotion of a version that its gates rejected (``FAILED_PRECONDITION``)."""
 
 
 @dataclass(frozen=True)
@@ -193,11 +198,11 @@ class ModelRegistry:
             staging_root.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, staging)
             os.chmod(staging, 0o755)  # a tempfile.mkdtemp source is 0700; readers may be others
-            _write_json(
+            write_json_atomic(
                 staging / VERSION_FILE,
                 {"tier": tier, "version": version, "created_at": now, "lineage": dict(lineage)},
             )
-            _write_json(
+            write_json_atomic(
                 staging / STATUS_FILE,
                 {
                     "status": "registered",
@@ -205,10 +210,10 @@ class ModelRegistry:
                     "history": [{"status": "registered", "at": now, "reason": ""}],
                 },
             )
-            _fsync_tree(staging)
-            _fsync_dir(staging_root)
+            fsync_tree(staging)
+            fsync_dir(staging_root)
             os.rename(staging, versions_dir / version)  # the one step that makes it visible
-            _fsync_dir(versions_dir)
+            fsync_dir(versions_dir)
         logger.info("registered %s (parent %s)", version, lineage.get("parent"))
         return version
 
@@ -231,10 +236,10 @@ class ModelRegistry:
                 {"status": status, "at": self._now(), "reason": reason},
             ]
             results = dict(current.gate_results if gate_results is None else gate_results)
-            _replace_json(
+            write_json_atomic(
                 current.path / STATUS_FILE,
                 {"status": status, "gate_results": results, "history": history},
-                self._staging(tier),
+                staging=self._staging(tier),
             )
         logger.info("%s status -> %s %s", version, status, reason)
         return self.get(tier, version)
@@ -262,7 +267,7 @@ class ModelRegistry:
                 "at": now,
                 "previous": record.get("version"),
             }
-            _replace_json(
+            write_json_atomic(
                 tier_dir / CHAMPION_FILE,
                 {
                     "version": version,
@@ -270,20 +275,20 @@ class ModelRegistry:
                     "at": now,
                     "history": [*record["history"], entry],
                 },
-                self._staging(tier),
+                staging=self._staging(tier),
             )
             history = [
                 *candidate.status_history,
                 {"status": "promoted", "at": now, "reason": reason},
             ]
-            _replace_json(
+            write_json_atomic(
                 candidate.path / STATUS_FILE,
                 {
                     "status": "promoted",
                     "gate_results": dict(candidate.gate_results),
                     "history": history,
                 },
-                self._staging(tier),
+                staging=self._staging(tier),
             )
         logger.info("%s champion -> %s (%s)", tier, version, reason)
 
@@ -375,43 +380,6 @@ def _check_json(what: str, value: Any) -> None:
 def _read_json(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_json(path: Path, value: Any, staging: Path) -> None:
-    """Write ``value`` into ``staging`` (same filesystem), fsync, then swap it in with one
-    ``os.replace``: readers of ``path`` see the old or the new file, and a writer killed
-    before the swap leaves its temporary file in ``staging``, never beside ``path``."""
-    tmp = staging / f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    _write_json(tmp, value)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
 
 
 def _clean_leftovers(tier_dir: Path) -> None:

@@ -7,6 +7,10 @@ address (169.254.169.254) which cloud it is on; a proxy pointing at a dead loopb
 (with loopback exempted) keeps that probe on the machine. Every place that starts a local
 cluster (tests, demo, ``freshrank`` commands, ``base_model.train`` when no cluster is given)
 goes through ``loopback_environment``/``init_local_ray``.
+
+Why in ``protos/``: every tier and the tests start Ray the same way, so the rule lives on the
+ground floor, not inside one tier. It imports ``ray`` only inside ``init_local_ray``, so the
+ground floor stays importable without Ray.
 """
 
 from __future__ import annotations
