@@ -7,7 +7,8 @@ test-then-train per mini-batch) and ``daily_retrain`` (base retrained from scrat
 
 One module per job: ``config`` (settings, durations), ``metrics`` (log loss, AUC, gap closed),
 ``policies`` (names and retrain schedules), ``replay`` (the engine that drives the real
-tiers), ``report`` (``report.json`` / ``report.md``), ``plots`` (PNGs), ``cli``
+tiers), ``summary`` (every number of ``report.json`` and the target's clauses, computed once),
+``render`` (writes ``report.json`` / ``report.md``), ``plots`` (PNGs), ``cli``
 (``freshrank backtest``). Importing this package imports nothing heavy.
 """
 
