@@ -6,7 +6,9 @@ it on a Ray cluster: the one at ``settings.ray_address``, or a loopback-only loc
 
     serve run serving.app:app_builder config=freshrank.toml workspace=.freshrank
 
-(with Serve's gRPC options from ``infra/serve/config.yaml``, which names the servicer).
+(with Serve's gRPC options from ``infra/serve/config.yaml``, which names the servicer:
+``serving.ingress.add_ranker_to_server``, which hands the ingress raw request bytes so that
+its door can refuse a malformed protobuf with ``INVALID_ARGUMENT``).
 """
 
 from __future__ import annotations
@@ -14,30 +16,37 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from serving.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from ray.serve.deployment import Application
+
 logger = logging.getLogger(__name__)
 
-SERVICER = "protos.freshrank.v1.ranking_pb2_grpc.add_RankerServicer_to_server"
+SERVICER = "serving.ingress.add_ranker_to_server"
 
 
-def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Any:
+def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Application:
     """The Serve application graph: Learner <- Ranker (ingress).
 
     ``online_enabled`` overrides ``settings.serving.online_enabled`` through the Ranker's
     ``user_config``: re-running the app with another value reconfigures the running
     replicas in place (no restart, the learner untouched).
     """
+    from ray.serve.deployment import Deployment
+
     from serving.deployments import Learner, Ranker
 
+    # mypy keeps a decorated class's own type; ``@serve.deployment`` made each a Deployment.
+    learner_deployment, ranker_deployment = cast(Deployment, Learner), cast(Deployment, Ranker)
     enabled = settings.serving.online_enabled if online_enabled is None else online_enabled
     logging_config = {"enable_access_log": settings.serving.access_log}
-    learner = Learner.options(
+    learner = learner_deployment.options(
         ray_actor_options={"num_cpus": 0}, logging_config=logging_config
     ).bind(settings)
-    return Ranker.options(
+    return ranker_deployment.options(
         num_replicas=settings.serving.ranker_replicas,
         max_ongoing_requests=settings.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
@@ -46,7 +55,7 @@ def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Any:
     ).bind(settings, learner)
 
 
-def app_builder(args: dict[str, str]) -> Any:
+def app_builder(args: dict[str, str]) -> Application:
     """Serve CLI entry (``serve run serving.app:app_builder config=... workspace=...``)."""
     return build_app(load_settings(args.get("config"), workspace=args.get("workspace")))
 

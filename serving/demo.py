@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,10 @@ import pyarrow.compute as pc
 
 from serving.pipeline import PreparedBase, prepare_base, refresh_features, slice_events
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from online_layer.learner import LearnerReport
+    from serving.client import RankerClient
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +72,14 @@ class DemoReport:
     base: PreparedBase
     requests: int
     latencies_ms: np.ndarray
-    fallbacks: Counter
-    learner: Any  # online_layer.learner.LearnerReport
+    fallbacks: Counter[str]
+    learner: LearnerReport
+    # Responses scored with published online weights (not a fallback), the distinct
+    # versions they carried, and the first such request's index: the proof that what the
+    # learner published reached the ranker while the replay ran.
+    served_online: int = 0
+    online_versions: frozenset[str] = frozenset()
+    first_online_request: int | None = None
     feature_refresh_seconds: list[float] = field(default_factory=list)
     replay_seconds: float = 0.0
     grpc_address: str = ""
@@ -108,6 +118,13 @@ class DemoReport:
             f"{self.learner.examples_per_s:,.0f} examples/s while learning; "
             f"{self.learner.published} snapshots published "
             f"(feedback->publish p95 {_seconds(self.learner.publish_latency_p95_s)})",
+            f"online weights served: {self.served_online:,} of {self.requests:,} responses, "
+            f"{len(self.online_versions)} version(s)"
+            + (
+                f", from request {self.first_online_request:,} on"
+                if self.first_online_request is not None
+                else ""
+            ),
             f"fallbacks: {sum(self.fallbacks.values()):,} of {self.requests:,} responses"
             + (
                 " (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.fallbacks.items())) + ")"
@@ -244,7 +261,7 @@ def _replay(
     events: pa.Table,
     replay_start: datetime,
     last: datetime,
-    client: Any,
+    client: RankerClient,
     progress: Callable[[str], None],
 ) -> DemoReport:
     from ray import serve
@@ -258,7 +275,10 @@ def _replay(
     users = replay.column("user_id").to_pylist()
     items = replay.column("item_id").to_pylist()
     latencies = np.empty(len(groups))
-    fallbacks: Counter = Counter()
+    fallbacks: Counter[str] = Counter()
+    served_online = 0
+    online_versions: set[str] = set()
+    first_online: int | None = None
     refreshes: list[float] = []
     day_end = replay_start + timedelta(days=1)
     day_rows: list[np.ndarray] = []
@@ -276,6 +296,10 @@ def _replay(
         latencies[n] = (time.perf_counter() - t0) * 1e3
         if response.fallback:
             fallbacks[ranking_pb2.FallbackReason.Name(response.fallback_reason)] += 1
+        elif response.online_version:
+            served_online += 1
+            online_versions.add(response.online_version)
+            first_online = n if first_online is None else first_online
         feedback = replay.take(pa.array(rows)).set_column(
             replay.schema.get_field_index("request_id"),
             "request_id",
@@ -303,6 +327,9 @@ def _replay(
         latencies_ms=latencies,
         fallbacks=fallbacks,
         learner=report,
+        served_online=served_online,
+        online_versions=frozenset(online_versions),
+        first_online_request=first_online,
         feature_refresh_seconds=refreshes,
         replay_seconds=replay_seconds,
     )

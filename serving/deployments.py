@@ -8,6 +8,9 @@ Ranker (ingress, ``freshrank.v1.Ranker``; method names equal the rpc names)
     What was shown is buffered and sent to the learner in batches; Feedback flushes that
     buffer first, so the learner always knows an impression before its click.
     A background task polls the learner for newer online weights and swaps them in.
+    Every rpc goes through one door (``serving.ingress.rpc``): bad input is
+    ``INVALID_ARGUMENT`` naming the field, a ``FreshrankError`` its own status, anything
+    else ``INTERNAL`` with a short message (logged here with the request id).
 Learner
     Wraps ``online_layer.learner.OnlineLearner`` for the champion base; takes feedback,
     pushes fresh item counters to the feature store, persists ready snapshots.
@@ -19,17 +22,26 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+import pyarrow as pa
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from protos.freshrank.v1 import ranking_pb2
-from serving.errors import NotReady, ServingError
+from protos.freshrank.v1 import ranking_pb2 as pb
+from serving.errors import NotReady
+from serving.ingress import rpc
 from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
-from serving.requests import parse_feedback_request, parse_rank_request
+from serving.requests import RankQuery, parse_feedback_request, parse_rank_request
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from protos.registry import ModelVersion
+    from feature_store.push import FreshCounterPusher
+    from online_layer.join import ServedRecord
+    from online_layer.learner import LearnerReport, PublishedSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +49,7 @@ SERVED_FLUSH_SECONDS = 0.2
 SERVED_FLUSH_RECORDS = 256
 
 
-def _champion_base(settings: Settings) -> Any:
+def _champion_base(settings: Settings) -> ModelVersion:
     from protos.registry import ModelRegistry
 
     champion = ModelRegistry(settings.registry_dir).champion("base")
@@ -79,10 +91,10 @@ class Learner:
         )
         self._learner.start_ticker()
 
-    def record_served(self, records: list) -> int:
+    def record_served(self, records: list[ServedRecord]) -> int:
         return self._learner.record_served(records)
 
-    def feedback(self, events: Any) -> dict[str, Any]:
+    def feedback(self, events: pa.Table) -> dict[str, Any]:
         result = self._learner.add_feedback(events)
         if result.rejected is None:
             # Poisoned batches teach nothing: not the layer, not the fresh counters.
@@ -94,14 +106,14 @@ class Learner:
             "detail": result.detail,
         }
 
-    def latest_snapshot(self, known_version: str | None) -> Any:
+    def latest_snapshot(self, known_version: str | None) -> PublishedSnapshot | None:
         """The newest ready snapshot, or None when the caller already has it (or none)."""
         snapshot = self._learner.latest_snapshot()
         if snapshot is None or snapshot.version == known_version:
             return None
         return snapshot
 
-    def report(self) -> Any:
+    def report(self) -> LearnerReport:
         return self._learner.report()
 
     def flush(self) -> int:
@@ -125,16 +137,16 @@ class _CounterPushLoop:
     about that interval.
     """
 
-    def __init__(self, pusher: Any, interval_s: float) -> None:
+    def __init__(self, pusher: FreshCounterPusher, interval_s: float) -> None:
         self._pusher = pusher
         self._interval = interval_s
-        self._queue: list[Any] = []
+        self._queue: list[pa.Table] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fresh-counters", daemon=True)
         self._thread.start()
 
-    def add(self, events: Any) -> None:
+    def add(self, events: pa.Table) -> None:
         with self._lock:
             self._queue.append(events)
 
@@ -147,8 +159,6 @@ class _CounterPushLoop:
             batch, self._queue = self._queue, []
         if not batch:
             return 0
-        import pyarrow as pa
-
         try:
             return int(self._pusher.observe(pa.concat_tables(batch)))
         except Exception:
@@ -159,11 +169,19 @@ class _CounterPushLoop:
         self._stop.set()
 
 
+def _rank_query(ranker: Ranker, request: pb.RankRequest) -> RankQuery:
+    return parse_rank_request(request, ranker._settings.serving.max_candidates)
+
+
+def _feedback_events(ranker: Ranker, request: pb.FeedbackRequest) -> pa.Table:
+    return parse_feedback_request(request, ranker._settings.serving.max_feedback_events)
+
+
 @serve.deployment(name="Ranker")
 class Ranker:
-    """gRPC ingress implementing ``freshrank.v1.Ranker``."""
+    """gRPC ingress implementing ``freshrank.v1.Ranker`` (every rpc through ``ingress.rpc``)."""
 
-    def __init__(self, settings: Settings, learner: Any) -> None:
+    def __init__(self, settings: Settings, learner: DeploymentHandle) -> None:
         from base_model.artifact import BaseScorer
         from protos.registry import ModelRegistry
         from feature_store.online import OnlineFeatureReader
@@ -184,10 +202,11 @@ class Ranker:
         resumed = champion_snapshot(ModelRegistry(settings.registry_dir), base.version)
         if resumed is not None:
             self._install(*resumed)
-        self._served: list[Any] = []
+        self._served: list[ServedRecord] = []
         self._served_since = time.monotonic()
         self._served_lock = asyncio.Lock()
-        self._background: asyncio.Task | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._last_poll = 0.0
         self._requests = 0
         self._fallbacks = 0
 
@@ -223,7 +242,7 @@ class Ranker:
     async def _poll_weights(self) -> None:
         slot = self._ranker.online
         now = time.monotonic()
-        if now - getattr(self, "_last_poll", 0.0) < self._settings.serving.weight_poll_seconds:
+        if now - self._last_poll < self._settings.serving.weight_poll_seconds:
             return
         self._last_poll = now
         snapshot = await self._learner.latest_snapshot.remote(
@@ -268,19 +287,13 @@ class Ranker:
         )
 
     # ----------------------------------------------------------------------- the rpcs
+    # Each goes through the door (``serving.ingress.rpc``): it decodes the request, maps bad
+    # input to INVALID_ARGUMENT, a ``FreshrankError`` to its status, anything else to INTERNAL.
 
-    async def Rank(
-        self, request: ranking_pb2.RankRequest, grpc_context: RayServegRPCContext
-    ) -> ranking_pb2.RankResponse:
+    @rpc(parse=_rank_query)
+    async def Rank(self, query: RankQuery, grpc_context: RayServegRPCContext) -> pb.RankResponse:
         self._ensure_background()
-        try:
-            query = parse_rank_request(request, self._settings.serving.max_candidates)
-            outcome = self._ranker.rank(query)
-        except ServingError as error:
-            return _refuse(grpc_context, error, ranking_pb2.RankResponse())
-        except Exception as error:  # never a Ray traceback to the client
-            logger.exception("Rank %s failed", request.request_id)
-            return _refuse(grpc_context, ServingError(f"rank failed: {error}"), ranking_pb2.RankResponse())
+        outcome = self._ranker.rank(query)
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
         self._remember(outcome)
@@ -288,31 +301,29 @@ class Ranker:
             await self._flush_served()
         return outcome.to_response()
 
+    @rpc(parse=_feedback_events)
     async def Feedback(
-        self, request: ranking_pb2.FeedbackRequest, grpc_context: RayServegRPCContext
-    ) -> ranking_pb2.FeedbackReply:
+        self, events: pa.Table, grpc_context: RayServegRPCContext
+    ) -> pb.FeedbackReply:
         self._ensure_background()
-        try:
-            events = parse_feedback_request(request, self._settings.serving.max_feedback_events)
-        except ServingError as error:
-            return _refuse(grpc_context, error, ranking_pb2.FeedbackReply())
         await self._flush_served()  # impressions reach the learner before their clicks
         result = await self._learner.feedback.remote(events)
-        return ranking_pb2.FeedbackReply(
+        return pb.FeedbackReply(
             accepted=result["accepted"],
             dropped=result["dropped"],
             rejected_reason=result["rejected"],
             rejected_detail=result["detail"],
         )
 
+    @rpc()
     async def Status(
-        self, request: ranking_pb2.StatusRequest, grpc_context: RayServegRPCContext
-    ) -> ranking_pb2.StatusReply:
+        self, request: pb.StatusRequest, grpc_context: RayServegRPCContext
+    ) -> pb.StatusReply:
         self._ensure_background()
         report = await self._learner.report.remote()
         slot = self._ranker.online
         fallback = self._ranker.current_fallback()
-        reply = ranking_pb2.StatusReply(
+        reply = pb.StatusReply(
             base_version=self._ranker.base_version,
             online_version=slot.version if slot else "",
             online_base_version=slot.base_version if slot else "",
@@ -329,11 +340,3 @@ class Ranker:
         for reason, count in report.rejected_batches.items():
             reply.rejected_batches[reason] = count
         return reply
-
-
-def _refuse(context: RayServegRPCContext, error: ServingError, empty: Any) -> Any:
-    """Set the error's gRPC status and message on the call; return an empty reply."""
-    code = error.status if isinstance(error.status, grpc.StatusCode) else grpc.StatusCode.INTERNAL
-    context.set_code(code)
-    context.set_details(str(error))
-    return empty

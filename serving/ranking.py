@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protos.freshrank.v1 import ranking_pb2
 from protos.metrics import sigmoid
 from serving.requests import RankQuery
+
+if TYPE_CHECKING:
+    from base_model.artifact import BaseScorer
+    from feature_store.online import OnlineFeatureReader
+    from online_layer.features import OnlineFeaturizer, OnlineInputs
+    from online_layer.model import OnlineModel
+    from serving.config import ServingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +37,13 @@ class OnlineSlot:
     """Online weights as installed in one replica.
 
     Attributes:
-        model: An online model with ``predict_many(inputs) -> logits``.
+        model: The online model (``predict_many(inputs) -> logits``).
         version: The snapshot's version.
         base_version: The base version the weights were trained against.
         published_at: Unix time the learner published them (for the TTL).
     """
 
-    model: Any
+    model: OnlineModel
     version: str
     base_version: str
     published_at: float
@@ -43,7 +51,7 @@ class OnlineSlot:
 
 @dataclass(frozen=True)
 class Fallback:
-    reason: int  # ranking_pb2.FallbackReason value
+    reason: ranking_pb2.FallbackReason
     detail: str
 
 
@@ -98,7 +106,7 @@ class RankOutcome:
     base_version: str
     online_version: str
     fallback: Fallback | None
-    inputs: Any  # online_layer.features.OnlineInputs
+    inputs: OnlineInputs
 
     def to_response(self) -> ranking_pb2.RankResponse:
         final = sigmoid(self.final_logits)
@@ -123,21 +131,20 @@ class HybridRanker:
     """Scores candidates with the base model and, when safe, the online correction.
 
     Args:
-        features: ``feature_store.online.OnlineFeatureReader`` (Feast online store).
-        base: ``base_model.artifact.BaseScorer`` of the serving base version.
-        featurizer: ``online_layer.features.OnlineFeaturizer`` matching the base's
-            embedding size.
+        features: The Feast online store reader.
+        base: The scorer of the serving base version.
+        featurizer: The online layer's featurizer matching the base's embedding size.
         config: Serving settings (TTL, operator switch).
         clock: Unix time source (tests pass a fake one).
     """
 
     def __init__(
         self,
-        features: Any,
-        base: Any,
-        featurizer: Any,
-        config: Any,
-        clock: Any = time.time,
+        features: OnlineFeatureReader,
+        base: BaseScorer,
+        featurizer: OnlineFeaturizer,
+        config: ServingConfig,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         from feature_store.catalog import FRESH_ITEM_FEATURES, ITEM_FEATURES
 

@@ -1,7 +1,7 @@
 """Turn gRPC messages into validated domain values (and say exactly what is wrong if not).
 
-Validation lives here, not in the deployment, so it is tested without Ray and the ingress
-only translates ``InvalidRequest`` into ``INVALID_ARGUMENT``.
+Validation lives here, not in the deployment, so it is tested without Ray; the ingress's
+door (``serving.ingress``) turns ``InvalidRequest`` into ``INVALID_ARGUMENT``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,15 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from protos.events import EVENTS_SCHEMA, conform
 from protos.freshrank.v1 import ranking_pb2
 from serving.errors import InvalidRequest
+
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,27 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def check_timestamp(value: Timestamp, field: str) -> None:
+    """Refuse a ``Timestamp`` outside the range the type defines (naming ``field``).
+
+    >>> check_timestamp(Timestamp(seconds=0, nanos=0), "context.request_time")
+    >>> try:
+    ...     check_timestamp(Timestamp(seconds=1, nanos=-1), "events[3].event_time")
+    ... except ValueError as error:
+    ...     print(str(error).split(":")[0])
+    events[3].event_time is out of range (seconds=1, nanos=-1)
+    """
+    if not (
+        TIMESTAMP_MIN_SECONDS <= value.seconds <= TIMESTAMP_MAX_SECONDS
+        and 0 <= value.nanos <= 999_999_999
+    ):
+        raise InvalidRequest(
+            f"{field} is out of range (seconds={value.seconds}, nanos={value.nanos}): a "
+            "Timestamp lies in 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z, "
+            "nanos in [0, 999999999]"
+        )
+
+
 def parse_rank_request(
     request: ranking_pb2.RankRequest,
     max_candidates: int,
@@ -45,7 +72,8 @@ def parse_rank_request(
 
     Raises:
         InvalidRequest: empty request or user id, no candidates, more than ``max_candidates``,
-            an empty or duplicate candidate id, or ``top_k`` above ``max_candidates``.
+            an empty or duplicate candidate id, ``top_k`` above ``max_candidates``, or a
+            ``context.request_time`` outside the ``Timestamp`` range.
     """
     if not request.request_id:
         raise InvalidRequest("request_id is empty: set a caller-chosen id to join feedback")
@@ -73,6 +101,7 @@ def parse_rank_request(
             raise InvalidRequest(f"candidate_item_ids[{index}] is empty")
     top_k = len(items) if request.top_k == 0 else min(int(request.top_k), len(items))
     if request.HasField("context") and request.context.HasField("request_time"):
+        check_timestamp(request.context.request_time, "context.request_time")
         request_time = request.context.request_time.ToDatetime(tzinfo=UTC)
     else:
         request_time = now()
@@ -85,9 +114,9 @@ def parse_feedback_request(
     """Validate a ``FeedbackRequest`` and return its events as an events-schema table.
 
     Raises:
-        InvalidRequest: no events, too many, or an event with an empty id, no event time, a
-            label that is NaN or outside [0, 1], or a negative position; the message names
-            the event's index and the field.
+        InvalidRequest: no events, too many, or an event with an empty id, no event time or
+            one outside the ``Timestamp`` range, a label that is NaN or outside [0, 1], or a
+            negative position; the message names the event's index and the field.
     """
     events = request.events
     if not events:
@@ -105,6 +134,7 @@ def parse_feedback_request(
                 raise InvalidRequest(f"events[{i}].{field} is empty")
         if not event.HasField("event_time"):
             raise InvalidRequest(f"events[{i}].event_time is not set")
+        check_timestamp(event.event_time, f"events[{i}].event_time")
         if not (math.isfinite(event.label) and 0.0 <= event.label <= 1.0):
             raise InvalidRequest(f"events[{i}].label is {event.label}; it must be in [0, 1]")
         if event.position < 0:

@@ -14,7 +14,10 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from protos.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ class RegistrySnapshotSink:
     """``snapshot_sink(version, blob, lineage)`` for ``OnlineLearner``, writing to a registry.
 
     Args:
-        registry: ``protos.registry.ModelRegistry``.
+        registry: Where both tiers' versions live.
         code_version: Recorded in every online version's lineage.
         min_interval_s: Persist at most one snapshot per this many seconds.
         clock: Monotonic seconds (injectable for tests).
@@ -33,7 +36,7 @@ class RegistrySnapshotSink:
 
     def __init__(
         self,
-        registry: Any,
+        registry: ModelRegistry,
         code_version: str,
         min_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -70,7 +73,7 @@ class RegistrySnapshotSink:
         logger.info("persisted online snapshot %s as %s", version, registered)
 
 
-def champion_snapshot(registry: Any, base_version: str) -> tuple[str, bytes, float] | None:
+def champion_snapshot(registry: ModelRegistry, base_version: str) -> tuple[str, bytes, float] | None:
     """The online champion's (learner version, blob, published_at) if it belongs to
     ``base_version``; None otherwise (a layer for another base is never served)."""
     champion = registry.champion("online")

@@ -6,8 +6,11 @@ Four policies are scored on exactly the same events, each before it learns from 
 test-then-train per mini-batch) and ``daily_retrain`` (base retrained from scratch every day).
 
 One module per job: ``config`` (settings, durations), ``metrics`` (log loss, AUC, gap closed),
-``policies`` (names and retrain schedules), ``replay`` (the engine that drives the real
-tiers), ``report`` (``report.json`` / ``report.md``), ``plots`` (PNGs), ``cli``
+``policies`` (names and retrain schedules), ``timeline`` (warm-up and evaluation steps),
+``replay`` (the engine: the schedule and the bookkeeping), ``data`` / ``tiers`` / ``online``
+(the only modules that call the other packages: events and features, base fits and scoring,
+the online layer), ``summary`` (every number of ``report.json`` and the target's clauses, computed once),
+``render`` (writes ``report.json`` / ``report.md``), ``plots`` (PNGs), ``cli``
 (``freshrank backtest``). Importing this package imports nothing heavy.
 """
 

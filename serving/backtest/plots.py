@@ -10,13 +10,14 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["plot_metric", "write_plots", "PLOTTED_METRICS"]
 
 logger = logging.getLogger(__name__)
 
 PLOTTED_METRICS: dict[str, str] = {"logloss": "log loss (lower is better)", "auc": "AUC (higher is better)"}
-_STYLES = {
+_STYLES: dict[str, dict[str, Any]] = {
     "static": {"color": "#7f7f7f", "linestyle": ":"},
     "base_only": {"color": "#1f77b4", "linestyle": "--"},
     "hybrid": {"color": "#d62728", "linestyle": "-", "linewidth": 2.2},

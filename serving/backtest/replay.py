@@ -15,8 +15,9 @@ Why it is built this way:
   ``static``, ``base_only`` and ``daily_retrain``: it is trained once and its compute counted
   for each of them. ``hybrid`` shares ``base_only``'s bases and their compute.
 
-Everything that calls another package lives in ``serving.backtest.tiers``; this module is
-the schedule and the bookkeeping.
+Everything that calls another package lives in ``serving.backtest.data`` (events and
+features), ``tiers`` (base fits and scoring) and ``online`` (the online layer); the calendar
+is ``timeline``; this module is the schedule and the bookkeeping.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -37,11 +38,16 @@ from serving.backtest.config import BacktestConfig, format_duration
 from serving.backtest.errors import BacktestDataError
 from serving.backtest.policies import Fit, PolicyRun, retrain_times
 from serving.backtest.progress import LogProgress, ProgressSink
+from serving.backtest.timeline import Timeline, make_timeline, select_window
+
+if TYPE_CHECKING:
+    from base_model.artifact import BaseScorer, BaseScores
+    from online_layer.config import OnlineLayerConfig
+    from serving.backtest.data import ReplayData
+    from serving.backtest.online import OnlineSession
+    from serving.backtest.tiers import TierContext
 
 __all__ = [
-    "Timeline",
-    "make_timeline",
-    "select_window",
     "run_backtest",
     "replay",
     "replay_hybrid",
@@ -50,7 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DAY = timedelta(days=1)
 _US = 1_000_000
 
 
@@ -60,63 +65,6 @@ def _to_us(t: datetime) -> int:
 
 def _from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us / _US, tz=UTC)
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Where training-only ends and the evaluation days lie.
-
-    ``origin`` is the UTC midnight of the first event; evaluation starts ``warmup`` later and
-    runs in whole steps (``step``, a day by default) up to the one holding the last event.
-    """
-
-    origin: datetime
-    eval_start: datetime
-    eval_end: datetime
-    days: tuple[datetime, ...]
-    step: timedelta = DAY
-
-
-def make_timeline(
-    first_ts: datetime, last_ts: datetime, warmup: timedelta, step: timedelta = DAY
-) -> Timeline:
-    """Evaluation steps (days by default) for a log spanning ``[first_ts, last_ts]``.
-
-    Raises:
-        BacktestDataError: the warm-up leaves no event to evaluate.
-    """
-    origin = datetime(first_ts.year, first_ts.month, first_ts.day, tzinfo=UTC)
-    eval_start = origin + warmup
-    if last_ts < eval_start:
-        raise BacktestDataError(
-            f"the events span {first_ts:%Y-%m-%d %H:%M} .. {last_ts:%Y-%m-%d %H:%M}, all inside "
-            f"the warm-up (ends {eval_start:%Y-%m-%d %H:%M}): shorten --warmup or pass a longer log"
-        )
-    n_days = int((last_ts - eval_start) // step) + 1
-    days = tuple(eval_start + i * step for i in range(n_days))
-    return Timeline(origin, eval_start, eval_start + n_days * step, days, step)
-
-
-def select_window(table: pa.Table, cfg: BacktestConfig) -> pa.Table:
-    """Apply ``start``/``end``/``max_events`` to a ts-sorted events table.
-
-    Raises:
-        BacktestDataError: nothing is left.
-    """
-    import pyarrow.compute as pc
-
-    n_in = table.num_rows
-    if cfg.start is not None:
-        table = table.filter(pc.greater_equal(table["ts"], pa.scalar(cfg.start, table.schema.field("ts").type)))
-    if cfg.end is not None:
-        table = table.filter(pc.less(table["ts"], pa.scalar(cfg.end, table.schema.field("ts").type)))
-    if cfg.max_events is not None and table.num_rows > cfg.max_events:
-        table = table.slice(0, cfg.max_events)
-    if table.num_rows == 0:
-        raise BacktestDataError(
-            f"no events left of {n_in} after --start {cfg.start} / --end {cfg.end} / --max-events"
-        )
-    return table
 
 
 @dataclass
@@ -132,8 +80,21 @@ class ReplayOutcome:
     blocked_fits: list[dict[str, str]]
 
 
-def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -> ReplayOutcome:
-    """Fit, score and learn: the four policies on ``data`` (a ``tiers.ReplayData``).
+class Scoring(Protocol):
+    """What scoring and the online replay need of the tiers (``tiers.TierContext``, or the
+    sweep's cached one)."""
+
+    def score_base(self, scorer: BaseScorer, data: ReplayData, lo: int, hi: int) -> BaseScores: ...
+
+    def online_session(
+        self, fit: Fit, scorer: BaseScorer, online_cfg: OnlineLayerConfig | None = None
+    ) -> OnlineSession: ...
+
+
+def replay(
+    data: ReplayData, cfg: BacktestConfig, tiers: TierContext, progress: ProgressSink
+) -> ReplayOutcome:
+    """Fit, score and learn: the four policies on ``data``.
 
     ``tiers`` (a ``serving.backtest.tiers.TierContext``) provides
     ``fit_base(data, n_rows, cutoff, parent) -> (Fit, scorer)`` (train on the first
@@ -167,7 +128,9 @@ def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -
 
     blocked: list[dict[str, str]] = []
 
-    def fit(cutoff: datetime, previous: tuple[Fit, Any] | None, warm: bool, policy: str) -> tuple[Fit, Any]:
+    def fit(
+        cutoff: datetime, previous: tuple[Fit, BaseScorer] | None, warm: bool, policy: str
+    ) -> tuple[Fit, BaseScorer]:
         """A new base at ``cutoff``; if the data gates block it, the previous base stays."""
         nonlocal done
         done += 1
@@ -230,17 +193,17 @@ def replay(data: Any, cfg: BacktestConfig, tiers: Any, progress: ProgressSink) -
 
 def replay_hybrid(
     run: PolicyRun,
-    data: Any,
+    data: ReplayData,
     cfg: BacktestConfig,
-    tiers: Any,
-    base_chain: list[tuple[Fit, Any]],
+    tiers: Scoring,
+    base_chain: list[tuple[Fit, BaseScorer]],
     spans: list[tuple[int, int]],
     eval_lo: int,
     progress: ProgressSink,
     *,
     batch: int,
     delay_us: int | None = None,
-    online_cfg: Any = None,
+    online_cfg: OnlineLayerConfig | None = None,
 ) -> None:
     """The online layer on ``base_chain``, test-then-train, into ``run.probs``.
 
@@ -253,7 +216,7 @@ def replay_hybrid(
     many on the same bases). Learning time and counts go into ``run``.
     """
     ts = data.ts_us
-    merged: list[tuple[tuple[Fit, Any], int, int]] = []
+    merged: list[tuple[tuple[Fit, BaseScorer], int, int]] = []
     for entry, (lo, hi) in zip(base_chain, spans):
         if hi <= lo:
             continue
@@ -261,7 +224,7 @@ def replay_hybrid(
             merged[-1] = (merged[-1][0], merged[-1][1], hi)
         else:
             merged.append((entry, lo, hi))
-    session = None
+    session: OnlineSession | None = None
     for (fit_k, scorer), lo, hi in merged:
         scores = tiers.score_base(scorer, data, lo, hi)
         before = (session.learn_seconds, session.batches, session.examples) if session else (0.0, 0, 0)
@@ -291,14 +254,19 @@ def replay_hybrid(
 def _unique(fits: list[Fit]) -> list[Fit]:
     """Fits in order, each once (a blocked retrain repeats the base it kept)."""
     seen: set[str] = set()
-    return [f for f in fits if not (f.version in seen or seen.add(f.version))]
+    unique = []
+    for fit in fits:
+        if fit.version not in seen:
+            seen.add(fit.version)
+            unique.append(fit)
+    return unique
 
 
 def _score_into(
     run: PolicyRun,
-    tiers: Any,
-    data: Any,
-    chain: list[tuple[Fit, Any]],
+    tiers: Scoring,
+    data: ReplayData,
+    chain: list[tuple[Fit, BaseScorer]],
     spans: list[tuple[int, int]],
     eval_lo: int,
 ) -> None:
@@ -318,7 +286,7 @@ def _score_into(
     run.base_version = versions
 
 
-def write_scores(path: Path, data: Any, outcome: ReplayOutcome) -> Path:
+def write_scores(path: Path, data: ReplayData, outcome: ReplayOutcome) -> Path:
     """Every evaluated event with each policy's probability and the base that scored it.
 
     Columns: ``ts``, ``user_id``, ``item_id``, ``label``, ``day`` (index into the report's
@@ -371,9 +339,11 @@ def run_backtest(
     Raises:
         BacktestDataError / BacktestSettingsError: the log or the settings cannot be replayed.
     """
+    from serving.backtest import data as replay_data
     from serving.backtest import tiers
     from serving.backtest.plots import write_plots
-    from serving.backtest.report import build_report, write_report
+    from serving.backtest.render import write_report
+    from serving.backtest.summary import build_report
 
     started = time.monotonic()
     progress = progress or LogProgress()
@@ -381,11 +351,11 @@ def run_backtest(
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(events, pa.Table):
         source = events_name or "<table>"
-        table = tiers.conform_events(events)
+        table = replay_data.conform_events(events)
     else:
         source = str(events)
         progress("load", f"reading {events}")
-        table = tiers.load_events(Path(events))
+        table = replay_data.load_events(Path(events))
     table = select_window(table, cfg)
     workspace = out / "workspace"
     if workspace.exists():  # the previous run's state (event log, features, fits): ours to replace
@@ -393,7 +363,7 @@ def run_backtest(
 
         shutil.rmtree(workspace)
     progress("features", f"point-in-time features for {table.num_rows:,} events")
-    data = tiers.prepare(table, out / "workspace", cfg)
+    data = replay_data.prepare(table, out / "workspace", cfg)
     progress("ray", "starting or joining Ray")
     tiers.start_ray(ray_address)
     context = tiers.TierContext(out / "workspace", cfg, ray_address)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,13 @@ from serving.backtest.config import BacktestConfig
 from serving.backtest.errors import BacktestSettingsError
 from serving.backtest.metrics import auc, days_worse, gap_closed, log_loss, paired_delta
 from serving.backtest.policies import Fit, PolicyRun, retrain_times
+
+if TYPE_CHECKING:
+    from base_model.artifact import BaseScorer, BaseScores
+    from online_layer.config import OnlineLayerConfig
+    from serving.backtest.data import ReplayData
+    from serving.backtest.online import OnlineSession
+    from serving.backtest.tiers import TierContext
 
 __all__ = ["parse_grid", "grid_points", "HybridSweep", "main"]
 
@@ -91,17 +98,19 @@ class _CachedScores:
     """The run's ``TierContext`` with base scores cached per (version, rows): every grid point
     replays the same bases over the same rows."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: TierContext) -> None:
         self._context = context
-        self._cache: dict[tuple[str, int, int], Any] = {}
+        self._cache: dict[tuple[str, int, int], BaseScores] = {}
 
-    def score_base(self, scorer: Any, data: Any, lo: int, hi: int) -> Any:
+    def score_base(self, scorer: BaseScorer, data: ReplayData, lo: int, hi: int) -> BaseScores:
         key = (scorer.version, lo, hi)
         if key not in self._cache:
             self._cache[key] = self._context.score_base(scorer, data, lo, hi)
         return self._cache[key]
 
-    def online_session(self, fit: Fit, scorer: Any, online_cfg: Any = None) -> Any:
+    def online_session(
+        self, fit: Fit, scorer: BaseScorer, online_cfg: OnlineLayerConfig | None = None
+    ) -> OnlineSession:
         return self._context.online_session(fit, scorer, online_cfg)
 
 
@@ -122,8 +131,9 @@ class HybridSweep:
         from base_model.artifact import BaseScorer
         from protos.registry import ModelRegistry
         from online_layer.config import OnlineLayerConfig
+        from serving.backtest import data as replay_data
         from serving.backtest import tiers
-        from serving.backtest.replay import make_timeline, select_window
+        from serving.backtest.timeline import make_timeline, select_window
 
         self.run_dir = Path(run_dir)
         report = json.loads((self.run_dir / "report.json").read_text())
@@ -134,10 +144,10 @@ class HybridSweep:
         self.run_online = OnlineLayerConfig.from_dict(tier_json["online_layer"])
         self.cfg = BacktestConfig.from_dict(settings)
         events_path = Path(events or report["events_file"])
-        table = select_window(tiers.load_events(events_path), self.cfg)
+        table = select_window(replay_data.load_events(events_path), self.cfg)
         self._tmp = tempfile.TemporaryDirectory(prefix="freshrank-sweep-")
         workspace = Path(self._tmp.name)
-        self.data = tiers.prepare(table, workspace, self.cfg)
+        self.data = replay_data.prepare(table, workspace, self.cfg)
         self.context = _CachedScores(tiers.TierContext(workspace, self.cfg))
 
         scores = pq.read_table(self.run_dir / "scores.parquet").to_pandas()
@@ -187,7 +197,7 @@ class HybridSweep:
         """The hybrid under the run's online settings changed by ``point``; (run, seconds)."""
         from serving.backtest.replay import replay_hybrid
 
-        from serving.backtest.tiers import online_delay_us
+        from serving.backtest.online import online_delay_us
 
         point = dict(point)
         warm = point.pop(WARM_START, self.cfg.online_warm_start)
@@ -254,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BacktestSettingsError, json.JSONDecodeError) as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
-    from serving.backtest.tiers import describe_online_learning
+    from serving.backtest.online import describe_online_learning
 
     sweep = HybridSweep(args.run, args.events)
     try:
@@ -270,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"warm_start {sweep.cfg.online_warm_start} (hybrid reproduced)")
         print("| setting | log loss | AUC | vs base_only | AUC delta | gap closed | days worse | s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for point in [{}] + points:
+        empty: dict[str, Any] = {}
+        for point in [empty, *points]:
             run, seconds = sweep.replay(point)
             result = {**sweep.evaluate(run.probs), "seconds": seconds}
             print(_row(point, result), flush=True)

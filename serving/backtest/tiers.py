@@ -1,16 +1,11 @@
-"""The backtest's only door to the other packages: events, features, base fits, online layer.
+"""The backtest's door to the base tier: base fits on the local Ray cluster, and scoring.
 
-Everything here calls the real tiers through their public APIs (no copies of their logic):
-
-- events: ``feature_store.events_file.load_events`` / ``normalize_events``;
-- features: ``feature_store.training_set.build_training_set`` once over the whole log (each
-  row gets the features of events strictly before it);
 - bases: ``base_model.train`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
   ``protos.ray_local.init_local_ray``), scored with ``base_model.artifact.BaseScorer``;
-- online layer: ``online_layer.features.OnlineFeaturizer`` + ``online_layer.ftrl.FTRLProximal``
-  learning test-then-train per mini-batch; the hybrid logit is ``model.predict_many``
-  (``base_logit + w . x``), the same call ``serving.ranking.HybridRanker.rank`` makes, turned
-  into a probability by ``protos.metrics.sigmoid``.
+- the log and its features come from ``serving.backtest.data``, online sessions from
+  ``serving.backtest.online`` (``TierContext.online_session``).
+
+Everything calls the real tiers through their public APIs (no copies of their logic).
 """
 
 from __future__ import annotations
@@ -18,114 +13,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
-from feature_store.catalog import FRESH_ITEM_FEATURES, ITEM_FEATURES, USER_FEATURES
 from serving.backtest.config import BacktestConfig
+from serving.backtest.data import ReplayData, tier_settings
+from serving.backtest.online import OnlineSession, describe_online_learning, online_delay_us
 from serving.backtest.policies import Fit
 
-__all__ = [
-    "ReplayData",
-    "load_events",
-    "conform_events",
-    "prepare",
-    "start_ray",
-    "TierContext",
-    "OnlineSession",
-]
+if TYPE_CHECKING:
+    from base_model.artifact import BaseScorer, BaseScores
+    from online_layer.config import OnlineLayerConfig
+
+__all__ = ["TierContext", "start_ray", "tier_settings"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_events(path: Path) -> pa.Table:
-    """A user's events file, validated and sorted by the feature store's loader."""
-    from feature_store.events_file import load_events as _load
-
-    return _load(path)
-
-
-def conform_events(table: pa.Table) -> pa.Table:
-    """An in-memory events table, validated and sorted like a file would be."""
-    from feature_store.events_file import normalize_events
-
-    return normalize_events(table, source="events table")
-
-
-@dataclass(frozen=True, eq=False)
-class ReplayData:
-    """The log as arrays, aligned row for row, sorted by time.
-
-    ``training_set`` is what base fits are cut from (the events plus the point-in-time
-    feature columns); the arrays are what scoring and the online layer read.
-    """
-
-    training_set: pa.Table
-    ts_us: np.ndarray  # (N,) int64 microseconds since the epoch, non-decreasing
-    labels: np.ndarray  # (N,) float64 in [0, 1]
-    user_ids: np.ndarray  # (N,) object (str)
-    item_ids: np.ndarray  # (N,) object (str)
-    user_features: np.ndarray  # (N, Fu) float32, USER_FEATURES order
-    item_features: np.ndarray  # (N, Fi) float32, ITEM_FEATURES order
-    fresh: np.ndarray  # (N, F) float32, FRESH_ITEM_FEATURES order
-    item_categories: np.ndarray  # (N,) object (str, "" when unknown): base and online layer
-    positions: np.ndarray  # (N,) int64, -1 when unknown
-    hours: np.ndarray  # (N,) int64 hour of day (UTC)
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False)
-
-
-def prepare(events: pa.Table, workspace: Path, cfg: BacktestConfig) -> ReplayData:
-    """Point-in-time features for every event, computed once, and the arrays replay reads."""
-    from feature_store.compute import compute_features
-    from feature_store.event_log import write_event_log
-    from feature_store.training_set import build_training_set
-
-    settings = tier_settings(workspace, cfg)
-    fs = settings.feature_store
-    write_event_log(events, fs.events_dir, mode="replace")
-    summary = compute_features(fs, full=True)
-    logger.info("features computed: %s", summary)
-    ts_set = build_training_set(fs, events)
-    if ts_set.num_rows != events.num_rows:
-        raise RuntimeError(
-            f"training set has {ts_set.num_rows} rows for {events.num_rows} events"
-        )
-    ts_us = events.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
-    user_f = np.column_stack([_column(ts_set, n) for n in USER_FEATURES]).astype(np.float32)
-    item_f = np.column_stack([_column(ts_set, n) for n in ITEM_FEATURES]).astype(np.float32)
-    fresh = np.column_stack([_column(ts_set, n) for n in FRESH_ITEM_FEATURES]).astype(np.float32)
-    cats = events.column("item_category").fill_null("").to_numpy(zero_copy_only=False).astype(object)
-    pos = events.column("position").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    hours = (ts_us // 3_600_000_000) % 24
-    return ReplayData(
-        training_set=ts_set,
-        ts_us=ts_us,
-        labels=_column(events, "label").astype(np.float64),
-        user_ids=_column(events, "user_id").astype(object),
-        item_ids=_column(events, "item_id").astype(object),
-        user_features=np.ascontiguousarray(user_f),
-        item_features=np.ascontiguousarray(item_f),
-        fresh=np.ascontiguousarray(fresh),
-        item_categories=cats,
-        positions=pos,
-        hours=hours.astype(np.int64),
-    )
-
-
-def tier_settings(workspace: Path, cfg: BacktestConfig) -> Any:
-    """Every tier's config from ``cfg.settings_file`` + ``cfg.tier_settings`` (serving.settings)."""
-    from serving.settings import load_settings
-
-    overrides = {k: dict(v) for k, v in cfg.tier_settings.items()}
-    return load_settings(cfg.settings_file, workspace=workspace, overrides=overrides)
 
 
 def start_ray(address: str | None) -> None:
@@ -207,7 +112,7 @@ class TierContext:
 
     def fit_base(
         self, data: ReplayData, n_rows: int, cutoff: datetime, parent: Fit | None
-    ) -> tuple[Fit, Any] | None:
+    ) -> tuple[Fit, BaseScorer] | None:
         """Train on rows ``[0, n_rows)`` (all before ``cutoff``) as of ``cutoff``.
 
         ``parent`` warm-starts the fit from that version (as the base tier does, when its
@@ -258,7 +163,9 @@ class TierContext:
         )
         return fit, BaseScorer.load(result.path)
 
-    def score_base(self, scorer: Any, data: ReplayData, lo: int, hi: int, chunk: int = 8192) -> Any:
+    def score_base(
+        self, scorer: BaseScorer, data: ReplayData, lo: int, hi: int, chunk: int = 8192
+    ) -> BaseScores:
         """``BaseScorer.score`` over rows ``[lo, hi)`` in chunks (logits and embeddings).
 
         Item categories are passed as serving passes them (``RankFeatures.item_categories``):
@@ -286,45 +193,12 @@ class TierContext:
             np.concatenate([p.item_embeddings for p in parts]),
         )
 
-    def online_session(self, fit: Fit, scorer: Any, online_cfg: Any = None) -> OnlineSession:
+    def online_session(
+        self, fit: Fit, scorer: BaseScorer, online_cfg: OnlineLayerConfig | None = None
+    ) -> OnlineSession:
         """A fresh online layer bound to ``fit``'s base (``online_cfg``: another online
         config than the run's, for a sweep over the online layer alone)."""
         return OnlineSession(fit.version, scorer.embedding_dim, online_cfg or self.online_cfg)
-
-
-def online_delay_us(cfg: BacktestConfig, online_cfg: Any) -> int | None:
-    """The learning delay in microseconds of event time (None: ``online_batch`` mode).
-
-    Serving's learner learns an example when its join window closes (``emit =
-    "window_close"``: ``join_window_s`` after its request; ``"on_arrival"``: when its
-    feedback arrives, taken here as the event's time), in a mini-batch closed at the latest
-    ``max_batch_delay_s`` later, and serving sees it in the next snapshot, published at the
-    latest ``publish_every_s`` after that. The backtest takes the latest of each: it may
-    learn later than production, never earlier.
-    """
-    if cfg.online_batch is not None:
-        return None
-    if cfg.online_delay is not None:
-        return int(round(cfg.online_delay.total_seconds() * 1_000_000))
-    window = online_cfg.join_window_s if online_cfg.emit == "window_close" else 0.0
-    seconds = window + online_cfg.max_batch_delay_s + online_cfg.publish_every_s
-    return int(round(seconds * 1_000_000))
-
-
-def describe_online_learning(cfg: BacktestConfig, online_cfg: Any) -> str:
-    """One line for the report: which learning-delay model the replay used."""
-    if cfg.online_batch is not None:
-        return f"mini-batches of {cfg.online_batch} events, each scored, then learned"
-    delay = online_delay_us(cfg, online_cfg) / 1_000_000
-    if cfg.online_delay is not None:
-        source = "--online-delay"
-    else:
-        window = f"join_window_s {online_cfg.join_window_s:g}" if online_cfg.emit == "window_close" else "emit on_arrival"
-        source = (
-            f"online_layer {window} + max_batch_delay_s {online_cfg.max_batch_delay_s:g} + "
-            f"publish_every_s {online_cfg.publish_every_s:g}"
-        )
-    return f"each event's feedback learned {delay:g} s after it, in event time ({source})"
 
 
 def _file_sets(path: Path | None, section: str, key: str) -> bool:
@@ -343,119 +217,3 @@ def _to_us(t: datetime) -> int:
 
 def _from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
-
-
-class OnlineSession:
-    """The online layer bound to one base: featurize, score, then learn what is due.
-
-    One session per base version (weights learned against one base mean nothing on another).
-    ``learn_seconds`` counts what the learner spends (featurizing feedback with its logged
-    positions and the FTRL steps), not the scoring serving would do anyway.
-    """
-
-    def __init__(self, base_version: str, embedding_dim: int, online_cfg: Any) -> None:
-        from online_layer.features import OnlineFeaturizer
-        from online_layer.ftrl import FTRLProximal
-        from online_layer.reference import FTRLReference
-
-        self.featurizer = OnlineFeaturizer(
-            embedding_dim=embedding_dim,
-            fresh_features=FRESH_ITEM_FEATURES,
-            hash_bits=online_cfg.hash_bits,
-            position_buckets=online_cfg.position_buckets,
-        )
-        cls = FTRLProximal if online_cfg.implementation == "cython" else FTRLReference
-        self.model = cls(
-            self.featurizer.n_dense, online_cfg.hash_bits, base_version, **online_cfg.ftrl_params()
-        )
-        self.base_version = base_version
-        self.learn_seconds = 0.0
-        self.batches = 0
-        self.examples = 0
-
-    def _inputs(self, data: ReplayData, lo: int, hi: int, scores: Any) -> Any:
-        """Rank-time inputs (position token = "rank") for rows ``[lo, hi)``."""
-        return self.featurizer.transform(
-            scores.logits,
-            scores.user_embeddings,
-            scores.item_embeddings,
-            data.fresh[lo:hi],
-            list(data.user_ids[lo:hi]),
-            list(data.item_ids[lo:hi]),
-            list(data.item_categories[lo:hi]),
-            data.hours[lo:hi],
-            positions=None,
-        )
-
-    def learn_only(self, data: ReplayData, lo: int, hi: int, scores: Any, batch: int) -> None:
-        """Warm-start: learn rows ``[lo, hi)`` (events before the base's cut-off), no scoring."""
-        inputs = self._inputs(data, lo, hi, scores)
-        for start in range(0, hi - lo, batch):
-            rows = slice(start, min(start + batch, hi - lo))
-            self._learn(inputs.take(rows), data.positions[lo:hi][rows], data.labels[lo:hi][rows])
-
-    def _learn(self, inputs: Any, positions: np.ndarray, labels: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        self.model.learn_many(self.featurizer.with_positions(inputs, positions), labels)
-        self.learn_seconds += time.perf_counter() - t0
-        self.batches += 1
-        self.examples += len(labels)
-
-    def test_then_train(
-        self,
-        data: ReplayData,
-        lo: int,
-        hi: int,
-        scores: Any,
-        batch: int,
-        delay_us: int | None = None,
-    ) -> np.ndarray:
-        """Probabilities for rows ``[lo, hi)``, each scored before its label is learned.
-
-        ``delay_us`` None: mini-batches of ``batch`` events, each scored, then learned.
-        ``delay_us`` d: as serving's learner would have it: row ``j``'s feedback is learned
-        (and published) ``d`` microseconds of event time after it, so row ``i`` is scored
-        by the weights that learned exactly the rows ``j < i`` with ``ts_j + d <= ts_i``
-        (``batch`` then only sizes the ``learn_many`` calls, which give the same weights
-        whatever their size: FTRL runs per example). Rows whose feedback is not due by
-        ``hi`` are learned at the end (they change no score of this session).
-        """
-        from protos.metrics import sigmoid
-
-        inputs = self._inputs(data, lo, hi, scores)
-        labels = data.labels[lo:hi]
-        positions = data.positions[lo:hi]
-        n = hi - lo
-        out = np.empty(n, dtype=np.float64)
-        if delay_us is None:
-            for start in range(0, n, batch):
-                rows = slice(start, min(start + batch, n))
-                chunk = inputs.take(rows)
-                # The hybrid logit exactly as serving.ranking.HybridRanker.rank composes it:
-                # final = online_model.predict_many(inputs) (= base logit + w . x).
-                out[rows] = sigmoid(self.model.predict_many(chunk))
-                self._learn(chunk, positions[rows], labels[rows])
-            return out
-        if delay_us < 0:
-            raise ValueError(f"delay_us must be >= 0, got {delay_us}")
-        ts = data.ts_us[lo:hi]
-        # due[i]: how many rows' feedback is learned by row i's time (never row i or later).
-        due = np.minimum(np.searchsorted(ts + delay_us, ts, side="right"), np.arange(n))
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(due)) + 1))
-        ends = np.append(starts[1:], n)
-        learned = 0
-        for start, end in zip(starts, ends):
-            learned = self._learn_rows(inputs, positions, labels, learned, int(due[start]), batch)
-            rows = slice(int(start), int(end))
-            out[rows] = sigmoid(self.model.predict_many(inputs.take(rows)))
-        self._learn_rows(inputs, positions, labels, learned, n, batch)
-        return out
-
-    def _learn_rows(
-        self, inputs: Any, positions: np.ndarray, labels: np.ndarray, lo: int, hi: int, batch: int
-    ) -> int:
-        """Learn rows ``[lo, hi)`` of a session's inputs in calls of at most ``batch``; -> hi."""
-        for start in range(lo, hi, batch):
-            rows = slice(start, min(start + batch, hi))
-            self._learn(inputs.take(rows), positions[rows], labels[rows])
-        return max(lo, hi)

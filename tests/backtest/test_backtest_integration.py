@@ -21,7 +21,7 @@ import pytest
 
 from serving.backtest import POLICIES
 from serving.backtest.config import BacktestConfig
-from serving.backtest.report import load_report
+from serving.backtest.render import load_report
 
 pytestmark = pytest.mark.slow
 

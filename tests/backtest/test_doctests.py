@@ -15,7 +15,7 @@ import pytest
         "serving.backtest.config",
         "serving.backtest.policies",
         "serving.backtest.sweep",
-        "serving.backtest.report",
+        "serving.backtest.summary",
     ],
 )
 def test_docstring_examples(name: str) -> None:

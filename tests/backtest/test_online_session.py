@@ -11,7 +11,8 @@ import pytest
 
 from base_model.artifact import BaseScores
 from online_layer.config import OnlineLayerConfig
-from serving.backtest.tiers import OnlineSession, ReplayData
+from serving.backtest.data import ReplayData
+from serving.backtest.online import OnlineSession
 
 N, D, BATCH = 600, 4, 50
 

@@ -13,7 +13,8 @@ from serving.backtest import POLICIES
 from serving.backtest.metrics import log_loss
 from serving.backtest.plots import write_plots
 from serving.backtest.policies import Fit, PolicyRun
-from serving.backtest.report import build_report, load_report, render_markdown, results_row, write_report
+from serving.backtest.render import load_report, render_markdown, results_row, write_report
+from serving.backtest.summary import build_report
 
 DAY0 = datetime(2024, 1, 3, tzinfo=UTC)
 
@@ -169,7 +170,7 @@ def test_auc_gap_closed_and_refresh(report, tmp_path):
     del rep["comparison"]["auc_gap_closed"]
     rep["comparison"]["gap_closed"] = 0.0
     write_report(tmp_path, rep)
-    from serving.backtest.report import refresh_report
+    from serving.backtest.render import refresh_report
 
     again = refresh_report(tmp_path)
     assert again["comparison"]["auc_gap_closed"] == pytest.approx(expected)
@@ -280,3 +281,16 @@ def test_never_worse_holds_the_days_jointly_not_one_by_one():
         settings={}, span={}, wall_seconds=0.0, user_ids=users,
     )
     assert again["comparison"]["hybrid_vs_base_only"]["days_worse_beyond_noise"] == 1
+
+
+def test_refresh_decides_the_target_exactly_as_the_build_did(report, tmp_path):
+    """The clauses are computed in one place: a refresh of a written report re-decides every
+    one of them (a tampered clause is put right) and agrees with the build."""
+    rep, _, _ = report
+    built = dict(rep["comparison"]["target"])
+    tampered = json.loads(json.dumps(rep))
+    tampered["comparison"]["target"] = {key: not value for key, value in built.items()}
+    write_report(tmp_path, tampered)
+    from serving.backtest.render import refresh_report
+
+    assert refresh_report(tmp_path)["comparison"]["target"] == built

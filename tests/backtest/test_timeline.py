@@ -10,7 +10,7 @@ import pytest
 from protos.events import conform
 from serving.backtest.config import BacktestConfig
 from serving.backtest.errors import BacktestDataError
-from serving.backtest.replay import make_timeline, select_window
+from serving.backtest.timeline import make_timeline, select_window
 
 T0 = datetime(2019, 11, 24, 0, 0, 17, tzinfo=UTC)
 

@@ -16,7 +16,26 @@ def test_the_demo_replays_through_grpc_and_reports_base_and_hybrid_side_by_side(
     ray_cluster: None, tmp_path: Path
 ) -> None:
     workspace = tmp_path / "demo"
-    settings = load_settings(None, workspace=str(workspace))
+    # Small enough to learn, publish and install weights within 300 requests: emit each
+    # label as it arrives, publish every batch, readiness after 64 examples.
+    settings = load_settings(
+        None,
+        workspace=str(workspace),
+        overrides={
+            "serving": {"weight_poll_seconds": 0.2},
+            "online_layer": {
+                "emit": "on_arrival",
+                "batch_size": 64,
+                "max_batch_delay_s": 0.2,
+                "publish_every_batches": 1,
+                "publish_every_s": 0.2,
+                "readiness_min_examples": 64,
+                "readiness_window": 2_000,
+                "readiness_tolerance": 10.0,
+                "readiness_auc_tolerance": 1.0,
+            },
+        },
+    )
     options = DemoOptions(workspace=workspace, simulate_days=5, replay_days=1, seed=7, max_requests=300)
     messages: list[str] = []
     report = run_demo(settings, options, progress=messages.append)
@@ -30,7 +49,15 @@ def test_the_demo_replays_through_grpc_and_reports_base_and_hybrid_side_by_side(
     assert overall.logloss_base > 0 and overall.logloss_hybrid > 0
     # Until the new layer passes its readiness check, serving says it is on the base alone.
     assert set(report.fallbacks) <= {"FALLBACK_REASON_ONLINE_ABSENT"}
+    # ... and then the learner's published weights reach the ranker: later responses carry
+    # an online version, so fewer than all of them fell back.
+    assert report.learner.published > 0
+    assert report.served_online > 0 and report.online_versions
+    assert sum(report.fallbacks.values()) < report.requests
+    assert sum(report.fallbacks.values()) + report.served_online == report.requests
+    assert report.first_online_request is not None and report.first_online_request > 0
     text = report.format()
+    assert f"online weights served: {report.served_online:,} of 300 responses" in text
     for heading in ("logloss base", "logloss hybrid", "AUC base", "AUC hybrid", "Rank latency", "fallbacks"):
         assert heading in text
     assert any("promoted" in m for m in messages)

@@ -32,6 +32,8 @@ class System:
     client: RankerClient
     events: pa.Table  # events after the base's training data, for replay
     base_version: str
+    address: str  # the gRPC proxy, for calls the typed client cannot make
+    app_name: str
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,14 @@ def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
     client = RankerClient(running.grpc_address, running.app_name)
     client.wait_ready()
     try:
-        yield System(settings, client, slice_events(events, as_of, None), base.version)
+        yield System(
+            settings,
+            client,
+            slice_events(events, as_of, None),
+            base.version,
+            running.grpc_address,
+            running.app_name,
+        )
     finally:
         client.close()
         app.stop()
@@ -233,3 +242,60 @@ def test_feedback_updates_the_live_item_counters_serving_reads(system: System) -
         assert after >= 1, f"{new_item} still shows {after} impressions in the last hour"
     finally:
         reader.close()
+
+
+def raw_call(system: System, method: str, payload: bytes) -> bytes:
+    """One call with the request's bytes as given (no client-side serializer)."""
+    with grpc.insecure_channel(system.address) as channel:
+        call = channel.unary_unary(f"/freshrank.v1.Ranker/{method}")
+        return call(payload, metadata=(("application", system.app_name),), timeout=10)
+
+
+def test_feedback_with_an_out_of_range_event_time_names_the_field(system: System) -> None:
+    from serving.client import feedback_request
+
+    request = feedback_request(feedback_for(one_request(system.events, 5), "bad-time"))
+    request.events[0].event_time.seconds = 253_402_300_800  # year 10000
+    with pytest.raises(grpc.RpcError) as error:
+        raw_call(system, "Feedback", request.SerializeToString())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].event_time is out of range" in error.value.details()
+    request.events[0].event_time.seconds, request.events[0].event_time.nanos = 1_700_000_000, -5
+    with pytest.raises(grpc.RpcError) as error:
+        raw_call(system, "Feedback", request.SerializeToString())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].event_time is out of range" in error.value.details()
+
+
+def test_rank_with_an_out_of_range_request_time_names_the_field(system: System) -> None:
+    request = pb.RankRequest(request_id="bad-time", user_id="u", candidate_item_ids=["a", "b"])
+    request.context.request_time.seconds = 253_402_300_800
+    with pytest.raises(grpc.RpcError) as error:
+        raw_call(system, "Rank", request.SerializeToString())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context.request_time is out of range" in error.value.details()
+    assert "Traceback" not in error.value.details()
+
+
+@pytest.mark.parametrize("method", ["Rank", "Feedback", "Status"])
+def test_bytes_that_are_not_a_protobuf_are_invalid_argument_and_the_server_keeps_answering(
+    system: System, method: str
+) -> None:
+    for garbage in (b"\xff\xff\xff\xff", b"\x0a\x05ab"):
+        with pytest.raises(grpc.RpcError) as error:
+            raw_call(system, method, garbage)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+        assert "is not a valid freshrank.v1." in error.value.details()
+        assert "Traceback" not in error.value.details()
+    status = pb.StatusReply.FromString(raw_call(system, "Status", b""))
+    assert status.base_version == system.base_version
+    request = one_request(system.events, 6)
+    assert rank_logged(system, request, f"after-garbage-{method}").items
+
+
+def test_status_is_always_ok(system: System) -> None:
+    for _ in range(3):
+        status = system.client.status()
+        assert status.base_version == system.base_version
+        assert status.feature_service
+        assert status.requests_served >= status.requests_fallback >= 0

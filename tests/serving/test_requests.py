@@ -104,3 +104,38 @@ def test_empty_and_oversized_feedback_are_refused() -> None:
     big = pb.FeedbackRequest(events=[feedback().events[0]] * 3)
     with pytest.raises(InvalidRequest, match="3 entries; the limit is 2"):
         parse_feedback_request(big, max_events=2)
+
+
+OUT_OF_RANGE = [
+    (253_402_300_800, 0),  # 10000-01-01T00:00:00Z: past the Timestamp range
+    (-62_135_596_801, 0),  # the second before 0001-01-01
+    (1_700_000_000, -1),  # negative nanos
+    (1_700_000_000, 1_000_000_000),  # nanos of a whole second
+]
+
+
+@pytest.mark.parametrize("seconds, nanos", OUT_OF_RANGE)
+def test_an_out_of_range_request_time_names_the_field(seconds: int, nanos: int) -> None:
+    request = rank()
+    request.context.request_time.seconds = seconds
+    request.context.request_time.nanos = nanos
+    with pytest.raises(InvalidRequest, match=r"^context\.request_time is out of range"):
+        parse_rank_request(request, 10)
+
+
+@pytest.mark.parametrize("seconds, nanos", OUT_OF_RANGE)
+def test_an_out_of_range_event_time_names_the_event_and_field(seconds: int, nanos: int) -> None:
+    request = feedback()
+    request.events.add(request_id="r1", user_id="u1", item_id="b", label=0.0)
+    request.events[1].event_time.seconds = seconds
+    request.events[1].event_time.nanos = nanos
+    with pytest.raises(InvalidRequest, match=r"^events\[1\]\.event_time is out of range"):
+        parse_feedback_request(request, max_events=10)
+
+
+def test_the_ends_of_the_timestamp_range_are_accepted() -> None:
+    for seconds, nanos in ((-62_135_596_800, 0), (253_402_300_799, 999_999_999)):
+        request = rank()
+        request.context.request_time.seconds = seconds
+        request.context.request_time.nanos = nanos
+        assert parse_rank_request(request, 10).request_time.year in (1, 9999)

@@ -1,4 +1,5 @@
-"""``report.json`` and ``report.md``: what the backtest measured, for machines and for people.
+"""Computing the backtest's report: every number of ``report.json`` and the target's clauses,
+each computed once (``serving.backtest.render`` writes it as JSON and markdown).
 
 report.json (``schema_version`` 2; NaN is written as ``null``)::
 
@@ -99,14 +100,11 @@ per-job start-up (a worker group and its data pipeline per fit, seconds on a war
 more when nodes must be added), so for logs as small as these the wall ratio is closer to
 the real bill. The report shows both, and the wall check beside the judged one.
 """
-
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,15 +122,14 @@ from serving.backtest.metrics import (
 from serving.backtest.policies import PolicyRun
 
 __all__ = [
+    "COMPUTE_JUDGED_ON",
+    "COMPUTE_TARGET",
+    "GAP_TARGET",
     "SCHEMA_VERSION",
     "build_report",
-    "write_report",
-    "render_markdown",
-    "load_report",
-    "results_row",
-    "results_table",
-    "refresh_report",
+    "refresh_comparison",
     "span_compute_seconds",
+    "target_clauses",
 ]
 
 SCHEMA_VERSION = 2
@@ -259,36 +256,85 @@ def _compare(
     fits: Sequence[Mapping[str, Any]] = (),
     eval_start: str | None = None,
 ) -> dict[str, Any]:
-    hyb, base, ceil = (policies[p] for p in ("hybrid", "base_only", "daily_retrain"))
+    hyb, base = policies["hybrid"], policies["base_only"]
     a, b = runs["hybrid"].probs, runs["base_only"].probs
     delta = paired_delta(y, a, b, users)
     worse, compared = days_worse(y, a, b, day_index, n_days, users)
     worse_per_day, _ = days_worse(y, a, b, day_index, n_days, users, familywise=False)
     worse_per_event, _ = days_worse(y, a, b, day_index, n_days, None, familywise=False)
     derived = _aggregate_comparison(policies, fits, eval_start)
-    gap, ratio = derived["gap_closed"], derived[derived["compute_judged_on"]]
-    auc_delta = hyb["auc"] - base["auc"]
-    target = {
-        "hybrid_beats_base_only_logloss": bool(hyb["logloss"] < base["logloss"]),
-        "hybrid_beats_base_only_auc": bool(math.isfinite(auc_delta) and auc_delta > 0),
-        "closes_half_the_gap": bool(math.isfinite(gap) and gap >= GAP_TARGET),
-        "tenth_of_the_compute": bool(math.isfinite(ratio) and ratio <= COMPUTE_TARGET),
-        "never_worse_than_base_only": bool(worse == 0 and not delta.low > 0),
+    versus = {
+        "logloss_delta": delta.to_json(),
+        "auc_delta": hyb["auc"] - base["auc"],
+        "days_worse_beyond_noise": worse,
+        "days_worse_per_day_95": worse_per_day,
+        "days_worse_per_event": worse_per_event,
+        "days_compared": compared,
+        "noise_unit": "event" if users is None else "user",
     }
-    target["met"] = all(target.values())
-    return {
-        **derived,
-        "hybrid_vs_base_only": {
-            "logloss_delta": delta.to_json(),
-            "auc_delta": auc_delta,
-            "days_worse_beyond_noise": worse,
-            "days_worse_per_day_95": worse_per_day,
-            "days_worse_per_event": worse_per_event,
-            "days_compared": compared,
-            "noise_unit": "event" if users is None else "user",
-        },
-        "target": target,
+    target = target_clauses(policies, derived, versus)
+    return {**derived, "hybrid_vs_base_only": versus, "target": target}
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def target_clauses(
+    policies: Mapping[str, Any], comparison: Mapping[str, Any], versus: Mapping[str, Any]
+) -> dict[str, bool]:
+    """The target's clauses and ``met``, from the policies' overall numbers, the aggregate
+    comparison (``gap_closed`` and the judged compute ratio) and ``hybrid_vs_base_only``.
+
+    The one place they are decided: ``build_report`` and ``refresh_comparison`` both call it.
+    Missing numbers (NaN, or ``None`` once written as JSON) meet no clause, except that an
+    undefined noise interval does not count as a day worse.
+
+    Examples
+    --------
+    >>> policies = {"hybrid": {"logloss": 0.50, "auc": 0.72}, "base_only": {"logloss": 0.52}}
+    >>> comparison = {"gap_closed": 0.6, "compute_ratio_span": 0.08,
+    ...               "compute_judged_on": "compute_ratio_span"}
+    >>> versus = {"auc_delta": 0.01, "days_worse_beyond_noise": 0,
+    ...           "logloss_delta": {"ci95_low": -0.03}}
+    >>> target_clauses(policies, comparison, versus)["met"]
+    True
+    >>> target_clauses(policies, {**comparison, "gap_closed": None}, versus)["closes_half_the_gap"]
+    False
+    """
+    hybrid, base = policies["hybrid"], policies["base_only"]
+    gap, ratio = comparison["gap_closed"], comparison[comparison["compute_judged_on"]]
+    auc_delta = versus["auc_delta"]
+    low = versus["logloss_delta"]["ci95_low"]
+    clauses = {
+        "hybrid_beats_base_only_logloss": bool(
+            _finite(hybrid["logloss"])
+            and _finite(base["logloss"])
+            and hybrid["logloss"] < base["logloss"]
+        ),
+        "hybrid_beats_base_only_auc": bool(_finite(auc_delta) and auc_delta > 0),
+        "closes_half_the_gap": bool(_finite(gap) and gap >= GAP_TARGET),
+        "tenth_of_the_compute": bool(_finite(ratio) and ratio <= COMPUTE_TARGET),
+        "never_worse_than_base_only": bool(
+            versus["days_worse_beyond_noise"] == 0 and not (_finite(low) and low > 0)
+        ),
     }
+    clauses["met"] = all(clauses.values())
+    return clauses
+
+
+def refresh_comparison(report: dict[str, Any]) -> dict[str, Any]:
+    """Re-derive ``report``'s aggregate comparisons and target clauses in place (after a
+    change of this module; the per-event numbers are kept); returns ``report``."""
+    derived = _aggregate_comparison(
+        report["policies"], report.get("fits", []), report.get("span", {}).get("eval_start")
+    )
+    comparison = report["comparison"]
+    comparison.update(_clean(derived))
+    comparison["target"] = target_clauses(
+        report["policies"], comparison, comparison["hybrid_vs_base_only"]
+    )
+    return report
 
 
 def _parse_time(value: Any) -> datetime:
@@ -327,7 +373,7 @@ def _aggregate_comparison(
     policies: Mapping[str, Any],
     fits: Sequence[Mapping[str, Any]] = (),
     eval_start: Any = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The comparisons that need only each policy's overall numbers (and the fit list)."""
     hyb, base, ceil = (policies[p] for p in ("hybrid", "base_only", "daily_retrain"))
     nan = math.nan
@@ -356,221 +402,3 @@ def _aggregate_comparison(
 
 def _within(ratio: float | None, limit: float) -> bool:
     return ratio is not None and math.isfinite(ratio) and ratio <= limit
-
-
-def refresh_report(out_dir: Path) -> dict[str, Any]:
-    """Re-derive the aggregate comparisons of ``out_dir/report.json`` and rewrite it, the
-    markdown and the plots (after a change of this module; per-event numbers are kept)."""
-    from serving.backtest.plots import write_plots
-
-    report = load_report(Path(out_dir) / "report.json")
-    derived = _aggregate_comparison(
-        report["policies"], report.get("fits", []), report.get("span", {}).get("eval_start")
-    )
-    report["comparison"].update(_clean(derived))
-    c = report["comparison"]
-    gap, ratio = c["gap_closed"], c[c["compute_judged_on"]]
-    c["target"]["closes_half_the_gap"] = gap is not None and gap >= GAP_TARGET
-    c["target"]["tenth_of_the_compute"] = _within(ratio, COMPUTE_TARGET)
-    c["target"]["met"] = all(v for k, v in c["target"].items() if k != "met")
-    write_report(Path(out_dir), report)
-    write_plots(Path(out_dir), report)
-    return report
-
-
-def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir`` (created if needed)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    md_path = out_dir / "report.md"
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    """Read a ``report.json`` back (used by tests and by the README table)."""
-    return json.loads(Path(path).read_text())
-
-
-def _f(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _when(iso: str) -> str:
-    """``2019-11-26T00:00:00+00:00`` -> ``2019-11-26 00:00 UTC``."""
-    return f"{str(iso)[:16].replace('T', ' ')} UTC"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
-
-
-def results_row(name: str, report: Mapping[str, Any]) -> str:
-    """One README table row: dataset, four log losses, four AUCs, gap closed, compute ratio."""
-    p, c = report["policies"], report["comparison"]
-    lls = " | ".join(_f(p[k]["logloss"]) for k in POLICIES)
-    aucs = " | ".join(_f(p[k]["auc"]) for k in POLICIES)
-    met = "yes" if c["target"]["met"] else "no"
-    gap = _pct(c["gap_closed"])
-    if c["gap_closed"] is None and c.get("auc_gap_closed") is not None:
-        gap += f" (AUC: {_pct(c['auc_gap_closed'])})"
-    return (
-        f"| {name} | {p['hybrid']['events']:,} | {lls} | {aucs} | {gap} | "
-        f"{_f(c.get('compute_ratio_span'), 3)} | {_f(c.get('compute_ratio_training'), 3)} | "
-        f"{_f(c['compute_ratio'], 3)} | {met} |"
-    )
-
-
-RESULTS_HEADER = (
-    "| dataset | events | log loss static | base_only | hybrid | daily_retrain | AUC static | "
-    "base_only | hybrid | daily_retrain | gap closed | compute hybrid/daily: in span | "
-    "all fits | wall | target |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-)
-
-
-def results_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
-    """The README table: one row per named report (dataset name -> report dict)."""
-    return "\n".join([RESULTS_HEADER, *(results_row(name, rep) for name, rep in reports.items())])
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The human report: table, gap closed, compute, target checks, per-day series, plots."""
-    p, c, span, s = report["policies"], report["comparison"], report["span"], report["settings"]
-    learning = s.get("online_learning") or f"mini-batches of {s.get('online_batch')} events"
-    lines = [
-        f"# freshrank backtest: `{Path(str(report['events_file'])).name}`",
-        "",
-        f"{span['events_evaluated']:,} events evaluated from {_when(span['eval_start'])} to "
-        f"{_when(span['eval_end'])} ({len(report['days'])} steps of {s.get('series_every', '1d')}) "
-        f"after a {s['warmup']} warm-up "
-        f"({span['events_train_only']:,} training-only events). Every policy scored exactly "
-        "these events, each before learning from them.",
-        "",
-        f"Cadences: `base_only`/`hybrid` base every {s['base_every']} (warm-started), "
-        f"`daily_retrain` every {s['daily_every']} from scratch; online layer: {learning}; "
-        f"seed {s['seed']}.",
-        "",
-        "| policy | log loss | AUC | events | base fits | training compute s | samples | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in POLICIES:
-        row = p[name]
-        secs, wall = _f(row.get("compute_seconds"), 1), _f(row["train_seconds"], 1)
-        if name == "hybrid":
-            online = _f(row["online_train_seconds"], 2)
-            secs += f" ({_f(row.get('base_compute_seconds'), 1)} base + {online} online)"
-            wall += f" ({_f(row['base_train_seconds'], 1)} base + {online} online)"
-        samples = row.get("train_samples")
-        lines.append(
-            f"| `{name}` | {_f(row['logloss'])} | {_f(row['auc'])} | {row['events']:,} | {row['fits']} | "
-            f"{secs} | {'n/a' if samples is None else f'{samples:,}'} | {wall} |"
-        )
-    d = c["hybrid_vs_base_only"]
-    delta = d["logloss_delta"]
-    gap = c["gap_closed"]
-    gap_text = (
-        f"`hybrid` closes **{_pct(gap)}** of the `base_only` → `daily_retrain` log-loss gap "
-        f"({_f(p['base_only']['logloss'])} → {_f(p['daily_retrain']['logloss'])})"
-        if gap is not None
-        else "There is no `base_only` → `daily_retrain` log-loss gap to close here "
-        "(daily retraining is not better than base_only in log loss on this log"
-        + (
-            f"; in AUC `hybrid` closes {_pct(c.get('auc_gap_closed'))} of the gap)"
-            if c.get("auc_gap_closed") is not None
-            else ")"
-        )
-    )
-    lines += [
-        "",
-        f"{gap_text}, at **{_f(c.get('compute_ratio_span'), 3)}×** the training compute "
-        f"`daily_retrain` spent in the evaluated span ({_f(c.get('compute_ratio_training'), 3)}× "
-        "counting the warm-up fit every policy shares; "
-        f"{_f(c.get('samples_ratio'), 3)}× its training samples; "
-        f"{_f(c['compute_ratio'], 3)}× its wall seconds, Ray Train start-up included).",
-        "",
-        f"`hybrid` − `base_only` log loss per event: {_f(delta['mean'], 5)} "
-        f"(95% interval {_f(delta['ci95_low'], 5)} .. {_f(delta['ci95_high'], 5)}); AUC "
-        f"{'+' if (d['auc_delta'] or 0) >= 0 else ''}{_f(d['auc_delta'])}; "
-        f"worse beyond noise on {d['days_worse_beyond_noise']} of {d['days_compared']} "
-        f"{'days' if s.get('series_every', '1d') == '1d' else 'steps'}"
-        + (
-            f" (intervals clustered by user, jointly 95% over the days; with each day's own "
-            f"95% interval: {d.get('days_worse_per_day_95', 'n/a')}; per event, as if events "
-            f"were independent: {d.get('days_worse_per_event', 'n/a')})."
-            if d.get("noise_unit") == "user"
-            else " (intervals jointly 95% over the days)."
-        ),
-        "",
-        "## Target",
-        "",
-    ]
-    labels = {
-        "hybrid_beats_base_only_logloss": "hybrid better than base_only in log loss",
-        "hybrid_beats_base_only_auc": "hybrid better than base_only in AUC",
-        "closes_half_the_gap": "closes at least half of the gap to daily_retrain",
-        "tenth_of_the_compute": "at a tenth of daily_retrain's training compute in the span or less",
-        "never_worse_than_base_only": "never worse than base_only beyond noise",
-    }
-    for key, text in labels.items():
-        lines.append(f"- [{'x' if c['target'][key] else ' '}] {text}")
-    wall_ok = c.get("tenth_of_the_compute_wall")
-    lines += [
-        f"- **{'met' if c['target']['met'] else 'not met'}**",
-        "",
-        "The compute clause is judged on training compute spent in the evaluated span (the "
-        "fits' own training seconds plus the online layer's learning, less the warm-up fit that "
-        "every policy shares). On wall seconds, which include each fit's Ray Train "
-        f"start-up, it is **{'met' if wall_ok else 'not met'}** "
-        f"({_f(c['compute_ratio'], 3)}×): a production cluster pays a start-up per job too, "
-        "so on logs this small the wall figure is the closer bill.",
-        "",
-        "## Per day" if s.get("series_every", "1d") == "1d" else f"## Per {s['series_every']} step",
-        "",
-        "| start | events | " + " | ".join(f"{k} LL" for k in POLICIES) + " | "
-        + " | ".join(f"{k} AUC" for k in POLICIES) + " |",
-        "|---|---:|" + "---:|" * (2 * len(POLICIES)),
-    ]
-    for i, day in enumerate(report["days"]):
-        lls = " | ".join(_f(p[k]["daily"]["logloss"][i]) for k in POLICIES)
-        aucs = " | ".join(_f(p[k]["daily"]["auc"][i]) for k in POLICIES)
-        lines.append(f"| {str(day)[:10]} | {p['hybrid']['daily']['events'][i]:,} | {lls} | {aucs} |")
-    lines += ["", "![log loss per day](logloss.png)", "", "![AUC per day](auc.png)", ""]
-    fits = report.get("fits", [])
-    blocked = report.get("blocked_fits", [])
-    rejected = [f["version"] for f in fits if f.get("gate") == "rejected"]
-    lines += [
-        "## How to read this",
-        "",
-        "- A base fitted at a cut-off saw only events before it: the base tier trains on the "
-        "days before the cut-off's last day and validates (gates) on that last day. `hybrid`'s "
-        "online layer also learns from the latest events, one mini-batch after it scored them.",
-        "- The first fit (the warm-up span, from scratch) is the same model for `static`, "
-        "`base_only` and `daily_retrain`; it is trained once and counted for each. `hybrid` "
-        "uses `base_only`'s bases and counts their compute plus its online learning.",
-        "- Compute. *Training compute*: the seconds of each fit's timed training "
-        "steps as the trainer reports them (rows × epochs actually run; start-up, data loading "
-        "and validation passes excluded), plus for `hybrid` the online learner's featurizing and "
-        "FTRL steps; *samples* counts the same base work without a clock. *Wall*: each "
-        "`train_base_model` call end to end, Ray Train start-up included. *In span*: less the "
-        "warm-up fit, which every policy pays once before the evaluated span. Scoring is not "
-        "counted.",
-        f"- Every fit of every policy trains on {s.get('tiers', {}).get('train_window', 'the same window')}"
-        " (the same window length for `daily_retrain`'s cold fits as for `base_only`'s warm ones).",
-        f"- {len(fits)} base fits in all"
-        + (f"; the base tier's evaluation gate rejected {', '.join(rejected)} (used anyway: "
-           "the backtest measures the cadence, not the gate)" if rejected else "")
-        + ".",
-    ]
-    if blocked:
-        lines.append(
-            f"- {len(blocked)} retrain(s) blocked by the base tier's data gates (the policy kept "
-            "its previous base): "
-            + "; ".join(f"{b['policy']} at {b['cutoff'][:16]}" for b in blocked)
-            + "."
-        )
-    lines.append("")
-    lines.append(f"Wall time {_f(report['wall_seconds'], 0)} s.")
-    lines.append("")
-    return "\n".join(lines)
