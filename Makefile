@@ -36,7 +36,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard online_layer/*.pyx online_layer/*.p
 demo: install
 	$(BIN)/freshrank demo $(if $(EVENTS),--events '$(EVENTS)',) $(DEMO_ARGS)
 
+# Type-check every package (settings in pyproject.toml [tool.mypy]), then the suite.
 test: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

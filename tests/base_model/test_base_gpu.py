@@ -12,7 +12,7 @@ import torch
 from base_model.artifact import BaseScorer
 from protos.registry import ModelRegistry
 from base_model.train import train_base_model
-from base_world import TRAIN_CFG, as_of_day
+from tests.base_model.base_world import TRAIN_CFG, as_of_day
 
 pytestmark = [
     pytest.mark.gpu,

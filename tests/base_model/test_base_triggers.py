@@ -16,7 +16,7 @@ from base_model.data import validate_training_set
 from protos.registry import ModelRegistry
 from base_model.train import TrainResult
 from base_model.triggers import check_triggers
-from base_world import TRAIN_CFG, as_of_day
+from tests.base_model.base_world import TRAIN_CFG, as_of_day
 from feature_store.catalog import ITEM_FEATURES
 
 DAY8 = ("2026-01-09T00:00", "2026-01-10T00:00")

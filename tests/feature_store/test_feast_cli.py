@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fs_testkit import build_workspace
+from tests.feature_store.fs_testkit import build_workspace
 
 import feature_store
 from feature_store import cli
