@@ -204,3 +204,15 @@ def test_the_secret_check_can_fail() -> None:
     body: dict[str, Any] = {"env": [{"name": "RAY_AUTH_TOKEN", "value": "x"}], "arg": "--token 3f9a2b7c1d8e4f6a0b5c9d2e7f1a"}
     assert SECRET_NAME.search(body["env"][0]["name"])
     assert LITERAL.search(body["arg"])
+
+
+def test_every_python_probe_compiles() -> None:
+    probes = 0
+    for doc in kubernetes_documents():
+        for node in walk(doc.body):
+            if isinstance(node, dict) and isinstance(node.get("exec"), dict):
+                command = node["exec"].get("command", [])
+                if command[:2] == ["python", "-c"]:
+                    compile(command[2], f"{doc.label} probe", "exec")
+                    probes += 1
+    assert probes >= 1
