@@ -140,7 +140,7 @@ NODES_ALIVE = """
 PINNED_TASKS = """
     import json, os, sys, ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+    ray.init(address=sys.argv[1] if len(sys.argv) > 1 else None, logging_level="ERROR", log_to_driver=False)
 
     @ray.remote(num_cpus=1)
     def where(x):
@@ -207,3 +207,20 @@ def test_the_cluster_refuses_callers_without_the_token(cluster: Cluster) -> None
     assert dashboard_status(cluster.dashboard, cluster.env["RAY_AUTH_TOKEN"]) == 200
     assert dashboard_status(cluster.dashboard, None) == 401
     assert dashboard_status(cluster.dashboard, "0" * 64) in {401, 403}
+
+
+def test_ray_job_submit_with_the_token_runs_a_job_across_both_nodes(cluster: Cluster) -> None:
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", cluster.dashboard, "--submission-id", f"mn-{cluster.marker}",
+         "--", sys.executable, "-c", textwrap.dedent(PINNED_TASKS)],
+        env=cluster.env, capture_output=True, text=True, timeout=120,
+    )
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    line = next(x for x in reversed(submit.stdout.splitlines()) if x.startswith("{"))
+    out = json.loads(line)
+    assert set(out) == {"node_a", "node_b"}
+    assert all(node["ran_on"] == node["expected"] for node in out.values())
+    anonymous = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    refused = subprocess.run([RAY, "job", "list", "--address", cluster.dashboard], env=anonymous,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
