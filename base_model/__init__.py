@@ -5,10 +5,13 @@ Modules (import what you need; this file imports nothing heavy):
 - ``config``: ``BaseModelConfig``.
 - ``artifact``: ``BaseScorer`` / ``BaseScores``, the serving path (NumPy, no torch).
 - ``registry``: ``ModelRegistry`` (stdlib only; tiers "base" and "online").
-- ``train``: ``train_base_model`` and the ``python -m base_model.train`` Ray job entry point.
+- ``training``: ``train_base_model``; ``train``: the ``python -m base_model.train`` Ray job
+  entry point (``freshrank train``); ``sources``: where its rows and training time come from.
 - ``gates``, ``triggers``, ``warm``, ``drift``: what decides whether, when and from what to train.
-- ``model``, ``loop``, ``trainer``: the torch model, its training loop, the Ray Train fit.
+- ``model``, ``loop``, ``ray_loop``, ``trainer``: the torch model, its training loop (bare
+  and as a Ray Train worker), the Ray Train fit; ``fit_types``: what a fit takes and returns.
+- ``lineage``: what a version records about itself.
 - ``cli``: ``freshrank train``.
 """
 
-__all__ = ["artifact", "cli", "config", "errors", "registry", "train"]
+__all__ = ["artifact", "cli", "config", "errors", "registry", "train", "training"]

@@ -1,8 +1,13 @@
 """``freshrank train``: one training now, or a loop that retrains weekly and on triggers.
 
-Registered into the ``freshrank`` command by ``serving.cli`` (``register(subparsers)``) and
-reused by ``python -m base_model.train`` (the Ray job entry point), so both take the same
-flags. Imports nothing heavy until a command runs.
+Registered into the ``freshrank`` command by ``serving.cli`` (``register(subparsers)``), which
+owns ``--config``/``--workspace`` and hands this command the settings it loaded
+(``args.settings``: ``[base_model]``, ``[feature_store]`` for the training set, ``[freshrank]``
+for the Ray address). ``python -m base_model.train`` (the Ray job entry point) runs the same
+command. Imports nothing heavy until a command runs.
+
+Output: one JSON line per training on stdout (a data-gate block included, exit status 3);
+progress and errors on stderr, one line each.
 """
 
 from __future__ import annotations
@@ -10,30 +15,45 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from protos.timeparse import TimeParseError, parse_duration, parse_time
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from base_model.config import BaseModelConfig
+    from base_model.errors import DataGateError
+    from base_model.registry import ModelRegistry
+    from base_model.training import TrainResult
+    from base_model.triggers import TriggerDecision
+    from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_train_arguments", "parse_duration", "register", "run_train"]
+__all__ = ["EXIT_BLOCKED", "add_train_arguments", "register", "run_train"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-DEFAULT_WORKSPACE = Path(".freshrank")
+EXIT_BLOCKED = 3
+AS_OF_HELP = (
+    "training time: 'data-end' (default: the end of the data, i.e. the hour after its newest "
+    "event), 'now' (the start of the current UTC hour; for scheduled jobs, so stale data "
+    "blocks), or a time (ISO 8601, naive = UTC, or unix seconds)"
+)
 
 
-def parse_duration(text: str) -> timedelta:
-    """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"`` -> timedelta (argparse type)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 7d, 12h, 30m)")
-    value = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-    if value <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
-    return value
+def as_of_argument(text: str) -> str:
+    """``--as-of``: ``data-end``, ``now`` or a time, checked when the flags are read."""
+    if text in ("data-end", "now"):
+        return text
+    try:
+        parse_time(text)
+    except TimeParseError as exc:
+        raise TimeParseError(f"{exc}, or 'data-end'") from exc
+    return text
 
 
 def register(subparsers: Any) -> None:
@@ -42,9 +62,10 @@ def register(subparsers: Any) -> None:
         "train",
         help="train the base ranker now, or retrain on a schedule and on triggers (--every)",
         description=(
-            "Train, gate, register and promote a base version (warm-started from the champion). "
-            "With --every, check the triggers (schedule, performance drop, drift, new data) every "
-            "--check-every and train when one fires."
+            "Train, gate, register and promote a base version (warm-started from the champion) "
+            "on the workspace's event log (or --training-set), as of the end of the data unless "
+            "--as-of says otherwise. With --every, check the triggers (schedule, performance "
+            "drop, drift, new data) every --check-every and train when one fires."
         ),
     )
     add_train_arguments(parser)
@@ -52,7 +73,7 @@ def register(subparsers: Any) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``freshrank train`` and ``python -m base_model.train``."""
+    """The flags of ``freshrank train`` (and so of ``python -m base_model.train``)."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--training-set",
@@ -61,34 +82,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "workspace's event log with feature_store)",
     )
     data.add_argument(
-        "--workspace",
-        type=Path,
-        default=DEFAULT_WORKSPACE,
-        help="freshrank workspace (default .freshrank)",
-    )
-    data.add_argument(
         "--registry", type=Path, help="model registry root (default <workspace>/registry)"
     )
-    data.add_argument(
-        "--as-of",
-        default="now",
-        help="training time: ISO-8601, 'now' (default: the start of the current UTC hour) or "
-        "'data-end' (the newest event, rounded up to the hour; for replays)",
-    )
+    data.add_argument("--as-of", type=as_of_argument, default="data-end", help=AS_OF_HELP)
     model = parser.add_argument_group("model and cluster")
-    model.add_argument(
-        "--config", type=Path, help="TOML file; its [base_model] section is the config"
-    )
     model.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a BaseModelConfig field over --config (JSON value), e.g. epochs=2; repeatable",
+        help="a [base_model] setting over the settings file (JSON value), e.g. epochs=2; "
+        "repeatable",
     )
-    model.add_argument("--num-workers", type=int, help="Ray Train workers (config num_workers)")
-    model.add_argument("--use-gpu", choices=("auto", "true", "false"), help="config use_gpu")
+    model.add_argument("--num-workers", type=int, help="Ray Train workers ([base_model] num_workers)")
+    model.add_argument(
+        "--use-gpu", choices=("auto", "true", "false"), help="[base_model] use_gpu"
+    )
     model.add_argument(
         "--parent",
         default="champion",
@@ -98,8 +108,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-promote", action="store_true", help="register and gate, but do not promote"
     )
     model.add_argument(
-        "--address", help="Ray cluster to join (default $RAY_ADDRESS, else a local one)"
+        "--ray-address",
+        help="Ray cluster to join (default: [freshrank] ray_address, else $RAY_ADDRESS, else "
+        "a local loopback cluster)",
     )
+    model.add_argument("--address", dest="ray_address", help=argparse.SUPPRESS)  # old spelling
     model.add_argument(
         "--backend",
         choices=("ray", "local"),
@@ -125,36 +138,48 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``freshrank train`` (or ``python -m base_model.train``); one JSON line per training."""
-    from base_model.errors import BaseModelError, DataGateError
+    """Run ``freshrank train``: one JSON line per training on stdout.
+
+    Exit status: 0 trained (promoted, rejected or registered: see the JSON), 3 blocked by
+    the data gates. Bad input raises (``freshrank`` prints it as one line, status 2).
+    """
     from base_model.registry import ModelRegistry
 
-    try:
-        cfg = _config(args)
-        registry = ModelRegistry(args.registry or args.workspace / "registry")
-    except (BaseModelError, ValueError, OSError) as exc:
-        print(f"freshrank train: {exc}")
-        return 2
+    settings: Settings = args.settings
+    cfg = _config(settings, args)
+    registry = ModelRegistry(args.registry or settings.registry_dir)
+    if args.backend == "ray":
+        from base_model.trainer import connect
+
+        # Joined (or started) here, once, so a normal run stays quiet: -vv echoes Ray's logs.
+        connect(args.ray_address or settings.ray_address, quiet=getattr(args, "verbose", 0) < 2)
     if args.every is None:
-        try:
-            result = _train_once(args, cfg, registry, trigger=None)
-        except DataGateError as exc:
-            print(
-                json.dumps(
-                    {"status": "blocked", "reason": str(exc), "gates": exc.report}, default=str
-                )
-            )
-            return 3
-        except (BaseModelError, ValueError) as exc:  # every input error is a ValueError
-            print(f"freshrank train: {exc}")
-            return 2
-        print(json.dumps(result.to_dict(), default=str))
-        return 0
-    return _loop(args, cfg, registry)
+        return _train_once(args, settings, cfg, registry)
+    return _loop(args, settings, cfg, registry)
 
 
-def _loop(args: argparse.Namespace, cfg: Any, registry: Any) -> int:
-    from base_model.data import validate_training_set
+def _train_once(
+    args: argparse.Namespace, settings: Settings, cfg: BaseModelConfig, registry: ModelRegistry
+) -> int:
+    from base_model.errors import DataGateError
+
+    table, as_of = _data(args, settings, cfg)
+    try:
+        result = _train(args, settings, cfg, registry, table, as_of, trigger=None)
+    except DataGateError as exc:
+        print(
+            json.dumps({"status": "blocked", "reason": str(exc), "gates": exc.report}, default=str),
+            flush=True,
+        )
+        _say(_blocked_hint(exc, args, settings, table, as_of))
+        return EXIT_BLOCKED
+    print(json.dumps(result.to_dict(), default=str), flush=True)
+    return 0
+
+
+def _loop(
+    args: argparse.Namespace, settings: Settings, cfg: BaseModelConfig, registry: ModelRegistry
+) -> int:
     from base_model.errors import BaseModelError, DataGateError
     from base_model.triggers import check_triggers
 
@@ -163,8 +188,7 @@ def _loop(args: argparse.Namespace, cfg: Any, registry: Any) -> int:
     while True:
         record: dict[str, Any] = {}
         try:
-            table = validate_training_set(_training_set(args, cfg))
-            now = _as_of(args.as_of, table)
+            table, now = _data(args, settings, cfg)
             decision = check_triggers(cfg, registry, table, now, args.every)
             record = {
                 "checked_at": datetime.now(UTC).isoformat(),
@@ -172,18 +196,18 @@ def _loop(args: argparse.Namespace, cfg: Any, registry: Any) -> int:
                 "decision": decision.to_dict(),
             }
             if decision.train:
-                print(f"training: {decision.summary()}")
-                result = _train_once(args, cfg, registry, trigger=decision, table=table, as_of=now)
+                _say(f"training: {decision.summary()}")
+                result = _train(args, settings, cfg, registry, table, now, trigger=decision)
                 record["outcome"] = result.to_dict()
-                print(json.dumps(record["outcome"], default=str))
+                print(json.dumps(record["outcome"], default=str), flush=True)
             else:
                 record["outcome"] = {"status": "not triggered"}
         except DataGateError as exc:
             record["outcome"] = {"status": "blocked", "reason": str(exc)}
-            print(f"blocked: {exc}")
-        except (BaseModelError, ValueError) as exc:
+            _say(f"blocked: {exc}")
+        except (BaseModelError, ValueError, OSError) as exc:
             record["outcome"] = {"status": "error", "reason": str(exc)}
-            print(f"error: {exc}")
+            _say(f"error: {exc}")
         _append(log_path, record)
         checks += 1
         if args.max_checks and checks >= args.max_checks:
@@ -191,45 +215,40 @@ def _loop(args: argparse.Namespace, cfg: Any, registry: Any) -> int:
         time.sleep(args.check_every.total_seconds())
 
 
-def _train_once(
+def _train(
     args: argparse.Namespace,
-    cfg: Any,
-    registry: Any,
-    trigger: Any,
-    table: Any = None,
-    as_of: datetime | None = None,
-) -> Any:
-    from base_model.train import train_base_model
+    settings: Settings,
+    cfg: BaseModelConfig,
+    registry: ModelRegistry,
+    table: pa.Table,
+    as_of: datetime,
+    trigger: TriggerDecision | None,
+) -> TrainResult:
+    from base_model.training import train_base_model
 
-    table = table if table is not None else _training_set(args, cfg)
     parent = {"champion": "champion", "none": None}.get(args.parent, args.parent)
     return train_base_model(
         cfg,
         table,
         registry,
         parent=parent,
-        as_of=as_of or _as_of(args.as_of, table),
+        as_of=as_of,
         trigger=trigger,
         promote=not args.no_promote,
-        address=args.address,
+        address=args.ray_address or settings.ray_address,
         backend=args.backend,
     )
 
 
-def _config(args: argparse.Namespace) -> Any:
-    import tomllib
-
-    from base_model.config import BaseModelConfig
+def _config(settings: Settings, args: argparse.Namespace) -> BaseModelConfig:
+    """``[base_model]`` with ``--set``, ``--num-workers`` and ``--use-gpu`` on top."""
     from base_model.errors import ConfigError
 
     values: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, "rb") as f:
-            values = dict(tomllib.load(f).get("base_model", {}))
     for item in args.overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set needs KEY=VALUE (a [base_model] setting), got {item!r}")
         try:
             values[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -238,72 +257,56 @@ def _config(args: argparse.Namespace) -> Any:
         values["num_workers"] = args.num_workers
     if args.use_gpu is not None:
         values["use_gpu"] = args.use_gpu if args.use_gpu == "auto" else args.use_gpu == "true"
-    return BaseModelConfig.from_dict(values)
+    return settings.with_overrides({"base_model": values}).base_model
 
 
-def _training_set(args: argparse.Namespace, cfg: Any) -> Any:
-    from base_model.data import load_training_set
+def _data(
+    args: argparse.Namespace, settings: Settings, cfg: BaseModelConfig
+) -> tuple[pa.Table, datetime]:
+    """The training set and the training time ``--as-of`` names."""
+    from base_model.data import load_training_set, validate_training_set
+    from base_model.sources import as_of_for_table, training_set_from_log
 
     if args.training_set is not None:
-        return load_training_set(args.training_set)
-    return _from_workspace(args.workspace, args.as_of, cfg)
+        table = validate_training_set(load_training_set(args.training_set))
+        return table, as_of_for_table(args.as_of, table)
+    table, as_of = training_set_from_log(settings.feature_store, args.as_of, cfg.train_days)
+    return validate_training_set(table), as_of
 
 
-def _from_workspace(workspace: Path, as_of: str, cfg: Any) -> Any:
-    """The training set built from the workspace's event log through feature_store: the
-    events of the last ``train_days + 2`` days before ``as_of`` with point-in-time features."""
-    from base_model.errors import TrainingDataError
+def _blocked_hint(
+    exc: DataGateError,
+    args: argparse.Namespace,
+    settings: Settings,
+    table: pa.Table,
+    as_of: datetime,
+) -> str:
+    """One line: what blocked, when the data really starts and ends, and what to try."""
+    from base_model.sources import log_span, table_span
 
-    try:
-        from feature_store.config import FeatureStoreConfig
-        from feature_store.events_io import list_event_hours, read_event_log
-        from feature_store.training_set import build_training_set
-    except ImportError as exc:
-        raise TrainingDataError(
-            f"cannot build a training set from {workspace} ({exc}); "
-            "pass --training-set PATH.parquet"
-        ) from exc
-    fs = FeatureStoreConfig(workspace=workspace)
-    hours = list_event_hours(fs.events_dir) if fs.events_dir.is_dir() else []
-    if not hours:
-        raise TrainingDataError(
-            f"{fs.events_dir} has no event log; import events first or pass --training-set"
+    failed = {name: g for name, g in exc.report.items() if not g.get("passed", True)}
+    span = table_span(table) if args.training_set is not None else log_span(settings.feature_store)
+    if span is None:
+        return f"blocked: {exc}"
+    first, last = span
+    where = "the training set" if args.training_set is not None else "the event log"
+    reasons = "; ".join(f"{name}: {g.get('reason', '')}" for name, g in failed.items())
+    end = last.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if as_of != end:
+        advice = f"train as of its end with --as-of data-end (= {end.isoformat()}) or a time inside it"
+    else:
+        advice = (
+            "this is its end: load more events, or lower [base_model] min_train_rows / "
+            "min_valid_rows"
         )
-    end = hours[-1] + timedelta(hours=1) if as_of == "data-end" else _parse_time(as_of)
-    start = end - timedelta(days=cfg.train_days + 2)
-    return build_training_set(fs, read_event_log(fs.events_dir, start=start, end=end))
+    return (
+        f"blocked as of {as_of.isoformat()}: {reasons or exc}. {where} holds events from "
+        f"{first.isoformat()} to {last.isoformat()}: {advice}"
+    )
 
 
-def _as_of(value: str, table: Any) -> datetime:
-    from base_model.errors import TrainingDataError
-
-    if value == "data-end":
-        import pyarrow.compute as pc
-
-        newest = pc.max(table.column("ts")).as_py()
-        if newest is None:
-            raise TrainingDataError("the training set is empty: no data-end")
-        newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
-        floor = newest.replace(minute=0, second=0, microsecond=0)
-        return floor + timedelta(hours=1)
-    return _parse_time(value)
-
-
-def _parse_time(value: str) -> datetime:
-    """``now`` (the start of the current UTC hour) or an ISO-8601 time (naive = UTC)."""
-    from base_model.errors import TrainingDataError
-
-    if value == "now":
-        from base_model.train import current_hour
-
-        return current_hour()
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise TrainingDataError(
-            f"--as-of must be ISO-8601, 'now' or 'data-end', got {value!r}"
-        ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def _say(message: str) -> None:
+    print(f"freshrank train: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

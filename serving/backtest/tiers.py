@@ -5,7 +5,7 @@ Everything here calls the real tiers through their public APIs (no copies of the
 - events: ``feature_store.events_io.load_events`` / ``normalize_events``;
 - features: ``feature_store.training_set.build_training_set`` once over the whole log (each
   row gets the features of events strictly before it);
-- bases: ``base_model.train`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
+- bases: ``base_model.training`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
   ``base_model.ray_cluster.init_local_ray``), scored with ``base_model.artifact.BaseScorer``;
 - online layer: ``online_layer.features.OnlineFeaturizer`` + ``online_layer.ftrl.FTRLProximal``
   learning test-then-train per mini-batch; the hybrid logit is ``model.predict_many``
@@ -216,7 +216,7 @@ class TierContext:
         """
         from base_model.artifact import BaseScorer
         from base_model.errors import DataGateError
-        from base_model.train import train_base_model
+        from base_model.training import train_base_model
 
         rows = data.training_set.slice(0, n_rows)
         cfg = self.base_cfg

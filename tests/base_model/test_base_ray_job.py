@@ -33,7 +33,7 @@ import pytest
 from base_model.artifact import read_weights
 from base_model.ray_cluster import loopback_environment
 from base_model.registry import ModelRegistry
-from base_model.train import TrainResult
+from base_model.training import TrainResult
 from base_world import TRAIN_CFG, as_of_day, free_port
 
 pytestmark = pytest.mark.slow
