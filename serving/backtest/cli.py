@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from protos.timeparse import parse_duration, parse_time
 from serving.backtest.config import TIER_SECTIONS, BacktestConfig
 from serving.backtest.errors import BacktestSettingsError
 
-__all__ = ["register", "config_from_args", "run", "main"]
+__all__ = ["register", "config_from_args", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -153,11 +152,3 @@ def run(args: argparse.Namespace) -> int:
     print(Path(args.out, "report.md").read_text().split("\n## Target")[0])
     print(f"target {'met' if c['target']['met'] else 'NOT met'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.backtest ...``: ``freshrank backtest ...`` under another name."""
-    from serving.cli import main as freshrank
-
-    args = sys.argv[1:] if argv is None else argv
-    return freshrank(list(args), prog="python -m serving.backtest", command="backtest")

@@ -117,6 +117,12 @@ class BacktestConfig:
 
         Raises:
             BacktestSettingsError: an unknown key or a malformed value.
+
+        Examples
+        --------
+        >>> cfg = BacktestConfig.from_dict({"warmup": "1d12h", "base_every": "2d"})
+        >>> cfg.warmup, cfg.to_json()["base_every"]
+        (datetime.timedelta(days=1, seconds=43200), '2d')
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
