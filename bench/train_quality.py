@@ -93,7 +93,7 @@ def training_set(events: pa.Table) -> tuple[pa.Table, datetime, float]:
 def measure(name: str, overrides: dict[str, Any], backend: str) -> dict[str, Any]:
     from base_model.config import BaseModelConfig
     from base_model.errors import DataGateError
-    from base_model.train import train_base_model
+    from base_model.training import train_base_model
 
     events, extra = events_of(name)
     table, as_of, build_s = training_set(events)

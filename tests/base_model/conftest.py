@@ -15,7 +15,7 @@ import pytest
 
 from protos.registry import ModelRegistry
 from base_model.synthetic import synthetic_training_set
-from base_model.train import TrainResult, train_base_model
+from base_model.training import TrainResult, train_base_model
 from tests.base_model.base_world import TRAIN_CFG, WORLD, Trained, as_of_day
 
 
