@@ -44,8 +44,7 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
-    # A small world: the fuzz needs a running app, not a good model.
-    with running_system(tmp_path_factory.mktemp("fuzz"), impressions_per_day=1_500) as running:
+    with running_system(tmp_path_factory.mktemp("fuzz")) as running:
         yield running
 
 
