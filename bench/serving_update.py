@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     by_request = {
         rid: replay.filter(pc.equal(replay.column("request_id"), rid)) for rid in request_ids[:1500]
     }
+    # Feedback needs the ingress token: the app gets this process's (random unless set) one,
+    # and RankerClient sends it.
+    from serving.auth import TOKEN_ENV
+    import os, secrets
+
+    os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(32))
     running = app.start(settings)
     result: dict = {"machine": platform.platform(), "python": sys.version.split()[0],
                     "settings": FRESH}

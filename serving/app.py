@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from serving.settings import Settings, load_settings
 
@@ -32,9 +32,18 @@ def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Appl
     """The Serve application graph: Learner <- Ranker (ingress).
 
     ``online_enabled`` overrides ``settings.serving.online_enabled`` through the Ranker's
-    ``user_config``: re-running the app with another value reconfigures the running
-    replicas in place (no restart, the learner untouched).
+    ``user_config`` (the value replicas start with). To switch a running app use
+    ``serving.admin.set_online_enabled`` (or the ``SetOnlineEnabled`` rpc): re-running the
+    app redeploys both deployments.
+
+    The ingress token: a replica reads ``serving.token_file`` itself; when
+    ``$FRESHRANK_INGRESS_TOKEN`` is set in this (the deploying) process it is handed to the
+    Ranker as an init argument wrapped in ``serving.auth.Secret`` (never printed), because
+    replicas of an already running Ray cluster do not inherit this process's environment.
     """
+    import os
+
+    from serving.auth import TOKEN_ENV, Secret
     from ray.serve.deployment import Deployment
 
     from serving.deployments import Learner, Ranker
@@ -52,7 +61,7 @@ def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Appl
         ray_actor_options={"num_cpus": 0},
         user_config={"online_enabled": enabled},
         logging_config=logging_config,
-    ).bind(settings, learner)
+    ).bind(settings, learner, Secret(token) if (token := os.environ.get(TOKEN_ENV, "").strip()) else None)
 
 
 def app_builder(args: dict[str, str]) -> Application:
@@ -88,6 +97,9 @@ def start(settings: Settings) -> RunningServer:
     from ray.serve.config import gRPCOptions
 
     cfg = settings.serving
+    # Serve 2.60 binds the gRPC proxy on [::]:port whatever is asked (no host option or
+    # environment variable); with a loopback serving.host the ingress refuses other peers
+    # (serving.auth.PeerPolicy). The HTTP proxy does honour the host.
     grpc_port = cfg.grpc_port or _free_port(cfg.host)
     http_port = cfg.http_port or _free_port(cfg.host)
     serve.start(
@@ -101,11 +113,14 @@ def start(settings: Settings) -> RunningServer:
     return running
 
 
-def set_online_enabled(settings: Settings, enabled: bool) -> None:
-    """Turn the online correction off (base alone) or on again in a running application."""
-    from ray import serve
+def set_online_enabled(
+    settings: Settings, enabled: bool, reason: str = "operator switch", actor: str = "operator"
+) -> dict[str, Any]:
+    """Turn the online correction off (base alone) or on again in a running application,
+    in place (``serving.admin.set_online_enabled``): no restart, learner state kept."""
+    from serving.admin import set_online_enabled as switch
 
-    serve.run(build_app(settings, online_enabled=enabled), name=settings.serving.app_name, blocking=False)
+    return switch(settings, enabled, reason, actor)
 
 
 def stop() -> None:

@@ -1,11 +1,13 @@
 """A small synchronous client for the Ranker service (demo, tests, operators).
 
 It is a thin layer over the generated stub: it dials loopback by default, passes the Serve
-application name as metadata, and turns Python values into messages.
+application name as metadata (and the ingress token, ``authorization: Bearer <token>``, from
+``token=`` or ``$FRESHRANK_INGRESS_TOKEN``), and turns Python values into messages.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
@@ -19,10 +21,21 @@ from protos.freshrank.v1 import ranking_pb2, ranking_pb2_grpc
 class RankerClient:
     """Calls ``freshrank.v1.Ranker`` over one gRPC channel; use as a context manager."""
 
-    def __init__(self, address: str, app_name: str = "freshrank", timeout_s: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        app_name: str = "freshrank",
+        timeout_s: float = 10.0,
+        token: str | None = None,
+    ):
+        from serving.auth import TOKEN_ENV
+
         self._channel = grpc.insecure_channel(address)
         self._stub = ranking_pb2_grpc.RankerStub(self._channel)
-        self._metadata = (("application", app_name),)
+        token = os.environ.get(TOKEN_ENV, "").strip() if token is None else token
+        self._metadata: tuple[tuple[str, str], ...] = (("application", app_name),)
+        if token:
+            self._metadata += (("authorization", f"Bearer {token}"),)
         self._timeout = timeout_s
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -56,6 +69,26 @@ class RankerClient:
     def status(self) -> ranking_pb2.StatusReply:
         return self._stub.Status(
             ranking_pb2.StatusRequest(), metadata=self._metadata, timeout=self._timeout
+        )
+
+    def set_online_enabled(
+        self, enabled: bool, reason: str, actor: str
+    ) -> ranking_pb2.AdminReply:
+        """The operator switch, in place on every replica (needs the token)."""
+        return self._stub.SetOnlineEnabled(
+            ranking_pb2.SetOnlineEnabledRequest(enabled=enabled, reason=reason, actor=actor),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def rollback_online(
+        self, reason: str, actor: str, to_version: str = ""
+    ) -> ranking_pb2.AdminReply:
+        """Roll the online layer back (last ready snapshot, or ``to_version``; needs the token)."""
+        return self._stub.RollbackOnline(
+            ranking_pb2.RollbackOnlineRequest(to_version=to_version, reason=reason, actor=actor),
+            metadata=self._metadata,
+            timeout=self._timeout,
         )
 
     def close(self) -> None:

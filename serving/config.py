@@ -14,10 +14,14 @@ class ServingConfig:
     """How the Ray Serve application listens, validates and decides to fall back.
 
     Attributes:
-        grpc_port: Port of Serve's gRPC proxy. Ray binds it on all interfaces; clients dial
-            127.0.0.1. 0 means "pick a free port" (tests, demo).
+        grpc_port: Port of Serve's gRPC proxy. Ray 2.60 binds it on all interfaces
+            (``[::]:port``, hard-coded in ``ray.serve._private.grpc_util``); the ingress
+            therefore refuses callers from other hosts itself while ``host`` is a loopback
+            address (see ``serving.auth.PeerPolicy``). 0 means "pick a free port".
         http_port: Port of Serve's HTTP proxy (kept on ``host``); 0 picks a free port.
-        host: Address for the HTTP proxy and for clients to dial.
+        host: Address for the HTTP proxy and for clients to dial. A loopback address
+            (default 127.0.0.1) also means: freshrank rpcs from a non-loopback peer are
+            refused with PERMISSION_DENIED. Set "0.0.0.0" to serve other hosts.
         app_name: Serve application name (clients pass it as ``application`` metadata when
             several applications run).
         max_candidates: Largest candidate list a Rank call may send.
@@ -35,6 +39,18 @@ class ServingConfig:
             a local cluster, every line is echoed to the driver's console (a demo replay
             printed 24,000 of them over its report). Replica warnings and errors are logged
             either way.
+        token_file: File whose first line is the ingress token (when
+            ``$FRESHRANK_INGRESS_TOKEN`` is unset). Feedback and the admin rpcs need it.
+        open_rpcs: rpcs callable without the token (default Rank and Status: they change
+            nothing; Status is what probes call). Feedback and the admin rpcs
+            (SetOnlineEnabled, RollbackOnline) should never be listed here.
+        max_id_bytes: Longest request_id / user_id / item id (UTF-8 bytes).
+        max_attributes: Most ``context.attributes`` entries in a Rank call.
+        max_attribute_bytes: Longest attribute key or value (UTF-8 bytes).
+        max_clock_skew_seconds: A request_time or event_time more than this ahead of the
+            server clock is refused (a future time would move the learner's watermark).
+        max_event_age_seconds: A request_time or event_time older than this is refused;
+            0 (default) allows any age after 1970-01-01 (replays of logged data).
     """
 
     grpc_port: int = 9000
@@ -50,6 +66,13 @@ class ServingConfig:
     max_feedback_events: int = 10_000
     fresh_push_seconds: float = 0.5
     access_log: bool = False
+    token_file: str = ""
+    open_rpcs: tuple[str, ...] = ("Rank", "Status")
+    max_id_bytes: int = 256
+    max_attributes: int = 32
+    max_attribute_bytes: int = 256
+    max_clock_skew_seconds: float = 300.0
+    max_event_age_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port"):
@@ -70,6 +93,17 @@ class ServingConfig:
             raise ValueError("serving.fresh_push_seconds must be > 0")
         if self.max_feedback_events < 1:
             raise ValueError("serving.max_feedback_events must be >= 1")
+        for name in ("max_id_bytes", "max_attributes", "max_attribute_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serving.{name} must be >= 1")
+        if not self.max_clock_skew_seconds >= 0:
+            raise ValueError("serving.max_clock_skew_seconds must be >= 0")
+        if not self.max_event_age_seconds >= 0:
+            raise ValueError("serving.max_event_age_seconds must be >= 0 (0: no limit)")
+        if not isinstance(self.open_rpcs, tuple) or not all(
+            isinstance(name, str) for name in self.open_rpcs
+        ):
+            raise ValueError("serving.open_rpcs must be a list of rpc names")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServingConfig:

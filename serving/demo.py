@@ -210,6 +210,7 @@ def run_demo(
     from ray import serve
 
     from serving import app
+    from serving.auth import session_token
     from serving.client import RankerClient
 
     events = load_demo_events(options, progress)
@@ -235,8 +236,10 @@ def run_demo(
                 progress("Ray workers' logs: /tmp/ray/session_latest/logs (--worker-logs echoes them here)")
         base = prepare_base(settings, events, replay_start, progress=progress)
         progress(f"base {base.version} promoted; starting Serve (gRPC on localhost)")
-        running = app.start(settings)
-        with RankerClient(running.grpc_address, running.app_name) as client:
+        # Feedback needs the ingress token: a random one for this run unless one is set.
+        with session_token(), RankerClient(
+            (running := app.start(settings)).grpc_address, running.app_name
+        ) as client:
             client.wait_ready()
             report = _replay(settings, options, events, replay_start, last, client, progress)
         report.base = base

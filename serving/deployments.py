@@ -22,17 +22,27 @@ import asyncio
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
+from protos.errors import FailedPrecondition, NotFound
 from protos.freshrank.v1 import ranking_pb2 as pb
+from serving.auth import AccessPolicy, PeerPolicy, Secret, load_token
 from serving.errors import NotReady
-from serving.ingress import rpc
+from serving.ingress import RPCS, caller_metadata, caller_peer, rpc
 from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
-from serving.requests import RankQuery, parse_feedback_request, parse_rank_request
+from serving.requests import (
+    AdminAction,
+    Limits,
+    RankQuery,
+    parse_admin_request,
+    parse_feedback_request,
+    parse_rank_request,
+)
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -90,6 +100,10 @@ class Learner:
             FreshCounterPusher(settings.feature_store), settings.serving.fresh_push_seconds
         )
         self._learner.start_ticker()
+        from serving.admin import Controls, audit_path
+
+        self._settings = settings
+        self._controls = Controls(audit_path(settings.workspace), settings.serving.online_enabled)
 
     def record_served(self, records: list[ServedRecord]) -> int:
         return self._learner.record_served(records)
@@ -118,6 +132,55 @@ class Learner:
 
     def flush(self) -> int:
         return self._learner.flush()
+
+    # -- operator actions (serving.admin): in place, audited, followed by every Ranker ------
+
+    def admin_controls(self, known_serial: str | None) -> dict[str, Any] | None:
+        """The operator controls, or None when the caller already has ``known_serial``."""
+        return self._controls.view(known_serial)
+
+    def admin_set_online_enabled(self, enabled: bool, reason: str, actor: str) -> dict[str, Any]:
+        return self._controls.set_enabled(enabled, reason, actor)
+
+    def admin_rollback(self, to_version: str, reason: str, actor: str) -> dict[str, Any]:
+        """Restore the last ready snapshot (``to_version`` empty) or a registry online
+        version of this base, publish it, and pin it for every Ranker replica."""
+        from protos.registry import ModelRegistry, UnknownVersionError
+        from serving.snapshots import SNAPSHOT_FILE
+
+        learner = self._learner
+        pinned = self._controls.pinned
+        previous = learner.latest_version() or (pinned.version if pinned is not None else "")
+        extra: dict[str, Any] = {}
+        if not to_version:
+            restored = learner.rollback()
+            if restored is None:
+                raise FailedPrecondition(
+                    "the learner has no ready snapshot to roll back to: name a registry "
+                    "online version (to_version)"
+                )
+            current = restored
+        else:
+            registry = ModelRegistry(self._settings.registry_dir)
+            try:
+                version = registry.get("online", to_version)
+            except UnknownVersionError as error:
+                raise NotFound(str(error)) from None
+            base = version.lineage.get("base_version")
+            if base != learner.base_version:
+                raise FailedPrecondition(
+                    f"{to_version} corrects base {base!r}, the serving base is "
+                    f"{learner.base_version!r}: a mismatched pair is never served"
+                )
+            blob = (Path(version.path) / SNAPSHOT_FILE).read_bytes()
+            # The learner's lock: its ticker must not learn into a half-restored model.
+            with learner._lock:
+                learner.model.restore(blob, learner.base_version)
+            registry.promote("online", to_version, reason=f"rollback by {actor}: {reason}")
+            current = to_version
+        snapshot = learner.publish()  # the restored weights, as replicas install them
+        extra["published_as"] = snapshot.version
+        return self._controls.rolled_back(previous, current, snapshot, reason, actor, **extra)
 
     def __del__(self) -> None:
         learner = getattr(self, "_learner", None)
@@ -170,18 +233,28 @@ class _CounterPushLoop:
 
 
 def _rank_query(ranker: Ranker, request: pb.RankRequest) -> RankQuery:
-    return parse_rank_request(request, ranker._settings.serving.max_candidates)
+    cfg = ranker._settings.serving
+    return parse_rank_request(request, cfg.max_candidates, limits=ranker._limits)
 
 
 def _feedback_events(ranker: Ranker, request: pb.FeedbackRequest) -> pa.Table:
-    return parse_feedback_request(request, ranker._settings.serving.max_feedback_events)
+    cfg = ranker._settings.serving
+    return parse_feedback_request(
+        request, cfg.max_feedback_events, limits=ranker._limits, max_position=cfg.max_candidates
+    )
+
+
+def _admin_action(ranker: Ranker, request: Any) -> AdminAction:
+    return parse_admin_request(request, ranker._limits)
 
 
 @serve.deployment(name="Ranker")
 class Ranker:
     """gRPC ingress implementing ``freshrank.v1.Ranker`` (every rpc through ``ingress.rpc``)."""
 
-    def __init__(self, settings: Settings, learner: DeploymentHandle) -> None:
+    def __init__(
+        self, settings: Settings, learner: DeploymentHandle, token: Secret | None = None
+    ) -> None:
         from base_model.artifact import BaseScorer
         from protos.registry import ModelRegistry
         from feature_store.online import OnlineFeatureReader
@@ -190,6 +263,21 @@ class Ranker:
 
         self._settings = settings
         self._learner = learner
+        cfg_serving = settings.serving
+        unknown_rpcs = sorted(set(cfg_serving.open_rpcs) - set(RPCS))
+        if unknown_rpcs:
+            raise ValueError(f"serving.open_rpcs names no rpc: {', '.join(unknown_rpcs)}")
+        self._access = AccessPolicy(
+            token.value if token is not None else load_token(cfg_serving.token_file),
+            open_rpcs=frozenset(cfg_serving.open_rpcs),
+        )
+        self._peers = PeerPolicy.for_host(cfg_serving.host)
+        self._limits = Limits.of(cfg_serving)
+        logger.info("ingress access: %s", self._access.describe())
+        self._online_enabled = bool(cfg_serving.online_enabled)
+        self._control_serial: str | None = None
+        self._control_detail = ""
+        self._last_control_poll = 0.0
         champion = _champion_base(settings)
         base = BaseScorer.load(champion.path)
         cfg = settings.online_layer
@@ -217,7 +305,8 @@ class Ranker:
         if unknown:
             raise ValueError(f"unknown Ranker user_config key(s): {', '.join(unknown)}")
         if "online_enabled" in user_config:
-            self._ranker.set_enabled(bool(user_config["online_enabled"]))
+            self._online_enabled = bool(user_config["online_enabled"])
+            self._ranker.set_enabled(self._online_enabled)
             logger.info("online layer %s by operator", "enabled" if user_config["online_enabled"] else "disabled")
 
     # ----------------------------------------------------------------- background work
@@ -230,6 +319,7 @@ class Ranker:
         period = self._settings.serving.weight_poll_seconds
         while True:
             try:
+                await self._poll_controls()
                 await self._poll_weights()
                 if self._served and time.monotonic() - self._served_since > SERVED_FLUSH_SECONDS:
                     await self._flush_served()
@@ -238,6 +328,36 @@ class Ranker:
             except Exception:
                 logger.exception("background weight poll failed; keeping current weights")
             await asyncio.sleep(min(period, SERVED_FLUSH_SECONDS))
+
+    async def _poll_controls(self) -> None:
+        """Follow the learner's operator controls (``serving.admin``): in place, no restart."""
+        now = time.monotonic()
+        if now - self._last_control_poll < self._settings.serving.weight_poll_seconds:
+            return
+        self._last_control_poll = now
+        view = await self._learner.admin_controls.remote(self._control_serial)
+        if view is not None:
+            self._apply_controls(view)
+
+    def _apply_controls(self, view: dict[str, Any]) -> None:
+        snapshot = view.get("snapshot")
+        if snapshot is not None and (
+            self._ranker.online is None or self._ranker.online.version != snapshot.version
+        ):
+            self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        enabled = bool(view["online_enabled"])
+        if enabled != self._online_enabled:
+            logger.info("online layer %s by operator", "enabled" if enabled else "disabled")
+        self._online_enabled = enabled
+        self._ranker.set_enabled(enabled)
+        self._control_serial = str(view["serial"])
+        self._control_detail = str(view.get("detail", ""))
+
+    def _authorize(self, rpc_name: str, grpc_context: Any) -> None:
+        """The door's first step: callers from other hosts (while serving.host is loopback)
+        get PERMISSION_DENIED, callers without the token UNAUTHENTICATED (``serving.auth``)."""
+        self._peers.check(rpc_name, caller_peer(grpc_context))
+        self._access.check(rpc_name, caller_metadata(grpc_context))
 
     async def _poll_weights(self) -> None:
         slot = self._ranker.online
@@ -339,4 +459,42 @@ class Ranker:
             reply.fallback_detail = fallback.detail
         for reason, count in report.rejected_batches.items():
             reply.rejected_batches[reason] = count
+        reply.online_enabled = self._online_enabled
+        reply.control_serial = self._control_serial or ""
+        reply.control_detail = self._control_detail[:500]
         return reply
+
+    # ------------------------------------------------------------ admin rpcs (token only)
+
+    @rpc(parse=_admin_action)
+    async def SetOnlineEnabled(
+        self, action: AdminAction, grpc_context: RayServegRPCContext
+    ) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_set_online_enabled.remote(
+            bool(action.enabled), action.reason, action.actor
+        )
+        return await self._after_admin(record)
+
+    @rpc(parse=_admin_action)
+    async def RollbackOnline(
+        self, action: AdminAction, grpc_context: RayServegRPCContext
+    ) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_rollback.remote(
+            action.to_version, action.reason, action.actor
+        )
+        return await self._after_admin(record)
+
+    async def _after_admin(self, record: dict[str, Any]) -> pb.AdminReply:
+        """Apply the new controls here at once (other replicas follow on their poll)."""
+        view = await self._learner.admin_controls.remote(None)
+        if view is not None:
+            self._apply_controls(view)
+        return pb.AdminReply(
+            action=str(record["action"]),
+            previous=str(record["previous"]),
+            current=str(record["current"]),
+            control_serial=str(record["serial"]),
+            detail=str(record.get("published_as", "")),
+        )

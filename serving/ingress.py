@@ -2,6 +2,9 @@
 
 Each rpc method of the ingress deployment is decorated with ``rpc``. The door
 
+0. asks the service who may call (``self._authorize(rpc_name, grpc_context)`` when the
+   service has one: the caller's peer and credential, ``serving.auth``), before reading a
+   byte of the request: ``PERMISSION_DENIED`` / ``UNAUTHENTICATED`` naming the rpc;
 1. decodes the request: the servicer Serve registers (``add_ranker_to_server``) hands the
    replica the request's raw bytes, so a body that is not a valid protobuf is the door's to
    refuse (``INVALID_ARGUMENT``) rather than the proxy's (``UNKNOWN``);
@@ -36,11 +39,17 @@ RPCS: dict[str, tuple[type[Message], type[Message]]] = {
     "Rank": (ranking_pb2.RankRequest, ranking_pb2.RankResponse),
     "Feedback": (ranking_pb2.FeedbackRequest, ranking_pb2.FeedbackReply),
     "Status": (ranking_pb2.StatusRequest, ranking_pb2.StatusReply),
+    "SetOnlineEnabled": (ranking_pb2.SetOnlineEnabledRequest, ranking_pb2.AdminReply),
+    "RollbackOnline": (ranking_pb2.RollbackOnlineRequest, ranking_pb2.AdminReply),
 }
+ADMIN_RPCS = frozenset({"SetOnlineEnabled", "RollbackOnline"})
 MAX_DETAILS = 1_000  # characters of an error message sent back to the client
 _ID_IN_LOG = 64  # characters of a caller's request id quoted in logs and messages
 
-__all__ = ["MAX_DETAILS", "RPCS", "SERVICE", "GrpcContext", "add_ranker_to_server", "rpc"]
+__all__ = [
+    "ADMIN_RPCS", "MAX_DETAILS", "RPCS", "SERVICE", "GrpcContext", "add_ranker_to_server",
+    "caller_metadata", "caller_peer", "rpc",
+]
 
 
 class GrpcContext(Protocol):
@@ -49,6 +58,25 @@ class GrpcContext(Protocol):
     def set_code(self, code: grpc.StatusCode) -> None: ...
 
     def set_details(self, details: str) -> None: ...
+
+
+def caller_metadata(grpc_context: Any) -> tuple[tuple[str, str | bytes], ...]:
+    """The call's metadata (empty for a context that has none, e.g. a handle call)."""
+    read = getattr(grpc_context, "invocation_metadata", None)
+    try:
+        return tuple(read()) if callable(read) else ()
+    except Exception:  # a context that cannot say: no credential
+        return ()
+
+
+def caller_peer(grpc_context: Any) -> str | None:
+    """The caller's address as gRPC names it ("ipv4:127.0.0.1:5000"), or None."""
+    read = getattr(grpc_context, "peer", None)
+    try:
+        peer = read() if callable(read) else None
+    except Exception:
+        return None
+    return peer if isinstance(peer, str) and peer else None
 
 
 def add_ranker_to_server(servicer: Any, server: Any) -> None:
@@ -115,9 +143,12 @@ def rpc(
         async def door(self: Any, request: Any, grpc_context: GrpcContext) -> R:
             request_id = ""
             try:
+                authorize = getattr(self, "_authorize", None)
+                if authorize is not None:
+                    authorize(name, grpc_context)
                 try:
                     message = decode(request, request_type)
-                    request_id = str(getattr(message, "request_id", ""))
+                    request_id = str(getattr(message, "request_id", ""))[: _ID_IN_LOG + 1]
                     value = message if parse is None else parse(self, message)
                 except FreshrankError:
                     raise

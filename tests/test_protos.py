@@ -23,4 +23,6 @@ def test_service_exposes_rank_feedback_and_status() -> None:
 
     service = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"]
     assert service.full_name == "freshrank.v1.Ranker"
-    assert {m.name for m in service.methods} == {"Rank", "Feedback", "Status"}
+    assert {m.name for m in service.methods} == {
+        "Rank", "Feedback", "Status", "SetOnlineEnabled", "RollbackOnline",
+    }

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import timedelta
 
 import grpc
 import numpy as np
@@ -19,69 +17,15 @@ import pyarrow as pa
 import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
-from serving.client import RankerClient
-from serving.pipeline import slice_events
-from serving.settings import Settings, load_settings
+from serve_system import System, running_system
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class System:
-    settings: Settings
-    client: RankerClient
-    events: pa.Table  # events after the base's training data, for replay
-    base_version: str
-    address: str  # the gRPC proxy, for calls the typed client cannot make
-    app_name: str
-
-
 @pytest.fixture(scope="module")
 def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
-    from feature_store.simulate import SimulatorConfig, simulate
-    from serving import app
-    from serving.pipeline import prepare_base
-
-    workspace = tmp_path_factory.mktemp("grpc-app")
-    settings = load_settings(
-        workspace=workspace,
-        overrides={
-            "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2},
-            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
-            "online_layer": {
-                "emit": "on_arrival",
-                "batch_size": 64,
-                "max_batch_delay_s": 0.2,
-                "publish_every_batches": 1,
-                "publish_every_s": 0.2,
-                "readiness_min_examples": 64,
-                "readiness_window": 2_000,
-                "readiness_tolerance": 10.0,
-                "readiness_auc_tolerance": 1.0,
-            },
-        },
-    )
-    events = simulate(
-        SimulatorConfig(seed=3, days=4, impressions_per_day=4_000, n_users=400, items_per_day=120)
-    )
-    start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
-    base = prepare_base(settings, events, as_of, backend="local")
-    running = app.start(settings)
-    client = RankerClient(running.grpc_address, running.app_name)
-    client.wait_ready()
-    try:
-        yield System(
-            settings,
-            client,
-            slice_events(events, as_of, None),
-            base.version,
-            running.grpc_address,
-            running.app_name,
-        )
-    finally:
-        client.close()
-        app.stop()
+    with running_system(tmp_path_factory.mktemp("grpc-app")) as running:
+        yield running
 
 
 def one_request(events: pa.Table, index: int) -> pa.Table:
@@ -244,11 +188,21 @@ def test_feedback_updates_the_live_item_counters_serving_reads(system: System) -
         reader.close()
 
 
-def raw_call(system: System, method: str, payload: bytes) -> bytes:
-    """One call with the request's bytes as given (no client-side serializer)."""
-    with grpc.insecure_channel(system.address) as channel:
+def raw_call(
+    system: System, method: str, payload: bytes, token: str | None = "", address: str = ""
+) -> bytes:
+    """One call with the request's bytes as given (no client-side serializer); with the
+    system's token unless ``token`` is None (none) or another string."""
+    metadata: tuple[tuple[str, str], ...] = (("application", system.app_name),)
+    token = system.token if token == "" else token
+    if token is not None:
+        metadata += (("authorization", f"Bearer {token}"),)
+    # No proxy for this channel: the suite's HTTP_PROXY (a dead loopback port) would catch a
+    # dial of this host's own non-loopback address.
+    options = [("grpc.enable_http_proxy", 0)] if address else []
+    with grpc.insecure_channel(address or system.address, options=options) as channel:
         call = channel.unary_unary(f"/freshrank.v1.Ranker/{method}")
-        return call(payload, metadata=(("application", system.app_name),), timeout=10)
+        return call(payload, metadata=metadata, timeout=10)
 
 
 def test_feedback_with_an_out_of_range_event_time_names_the_field(system: System) -> None:
@@ -277,7 +231,7 @@ def test_rank_with_an_out_of_range_request_time_names_the_field(system: System) 
     assert "Traceback" not in error.value.details()
 
 
-@pytest.mark.parametrize("method", ["Rank", "Feedback", "Status"])
+@pytest.mark.parametrize("method", ["Rank", "Feedback", "Status", "SetOnlineEnabled", "RollbackOnline"])
 def test_bytes_that_are_not_a_protobuf_are_invalid_argument_and_the_server_keeps_answering(
     system: System, method: str
 ) -> None:
@@ -299,3 +253,71 @@ def test_status_is_always_ok(system: System) -> None:
         assert status.base_version == system.base_version
         assert status.feature_service
         assert status.requests_served >= status.requests_fallback >= 0
+
+
+def test_feedback_and_admin_rpcs_need_the_token(system: System) -> None:
+    from serving.client import feedback_request
+
+    request = feedback_request(feedback_for(one_request(system.events, 7), "no-token"))
+    calls = [
+        ("Feedback", request.SerializeToString()),
+        ("SetOnlineEnabled", pb.SetOnlineEnabledRequest(enabled=False, reason="r", actor="a").SerializeToString()),
+        ("RollbackOnline", pb.RollbackOnlineRequest(reason="r", actor="a").SerializeToString()),
+    ]
+    for method, payload in calls:
+        for token in (None, "wrong", system.token + "x"):
+            with pytest.raises(grpc.RpcError) as error:
+                raw_call(system, method, payload, token=token)
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method, token)
+            assert error.value.details().startswith(f"{method} needs a valid credential")
+            assert system.token not in error.value.details()
+    # Rank and Status stay open (serving.open_rpcs).
+    rank = pb.RankRequest(request_id="open-1", user_id="u", candidate_item_ids=["a", "b"])
+    assert pb.RankResponse.FromString(raw_call(system, "Rank", rank.SerializeToString(), token=None)).items
+    status = pb.StatusReply.FromString(raw_call(system, "Status", b"", token=None))
+    assert status.base_version == system.base_version
+
+
+def test_callers_from_another_host_are_refused(system: System) -> None:
+    """Serve binds the gRPC port on every interface (no option in 2.60); the ingress refuses
+    peers that are not loopback while serving.host is. The test dials an address of this
+    machine's own interface (192.0.2.2 here): the connection never leaves the host."""
+    import socket
+
+    import psutil
+
+    own = sorted(
+        address.address
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family == socket.AF_INET and not address.address.startswith("127.")
+    )
+    if not own:
+        pytest.skip("this host has no non-loopback IPv4 address to dial")
+    address = own[0]  # an address of this host's own interface: nothing leaves the machine
+    rank = pb.RankRequest(request_id="remote-1", user_id="u", candidate_item_ids=["a"])
+    for method, payload in (("Rank", rank.SerializeToString()), ("Status", b"")):
+        with pytest.raises(grpc.RpcError) as error:
+            raw_call(system, method, payload, address=f"{address}:{system.port}")
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"{method} is served to this host only" in error.value.details()
+
+
+def test_size_limits_and_the_clock_window_are_enforced_through_grpc(system: System) -> None:
+    huge = pb.RankRequest(request_id="r" * 1_000_000, user_id="u", candidate_item_ids=["a"])
+    with pytest.raises(grpc.RpcError) as error:
+        raw_call(system, "Rank", huge.SerializeToString())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id is 1000000 bytes; the limit is 256" in error.value.details()
+    assert len(error.value.details()) < 200
+    ahead = pb.RankRequest(request_id="ahead", user_id="u", candidate_item_ids=["a"])
+    ahead.context.request_time.seconds = int(time.time()) + 365 * 86400
+    with pytest.raises(grpc.RpcError) as error:
+        raw_call(system, "Rank", ahead.SerializeToString())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context.request_time is" in error.value.details()
+    assert "ahead of the server clock" in error.value.details()
+    ahead.context.request_time.seconds = 253_402_300_799  # 9999-12-31T23:59:59Z broke Status
+    with pytest.raises(grpc.RpcError):
+        raw_call(system, "Rank", ahead.SerializeToString())
+    assert system.client.status().base_version == system.base_version

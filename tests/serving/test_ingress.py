@@ -205,6 +205,14 @@ def test_the_registered_servicer_hands_raw_bytes_to_the_door() -> None:
         ) -> pb.FeedbackReply:
             return pb.FeedbackReply(accepted=len(request.events))
 
+        @rpc()
+        async def SetOnlineEnabled(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
+        @rpc()
+        async def RollbackOnline(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
     async def scenario() -> list[tuple[grpc.StatusCode, str]]:
         server = grpc.aio.server()
         add_ranker_to_server(Servicer(), server)
@@ -228,3 +236,76 @@ def test_the_registered_servicer_hands_raw_bytes_to_the_door() -> None:
     assert bad_code == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid freshrank.v1.RankRequest" in bad_details
     assert good == (grpc.StatusCode.OK, "ranked u1")
+
+
+class CallerContext(Context):
+    def __init__(self, metadata=(), peer="ipv4:127.0.0.1:5000") -> None:
+        super().__init__()
+        self._metadata = tuple(metadata)
+        self._peer = peer
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+
+class Guarded(Service):
+    """A service with the Ranker's ``_authorize`` step (token + loopback peers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from serving.auth import AccessPolicy, PeerPolicy
+
+        self.access = AccessPolicy("tok", frozenset({"Rank"}))
+        self.peers = PeerPolicy.for_host("127.0.0.1")
+
+    def _authorize(self, name: str, grpc_context: object) -> None:
+        from serving.ingress import caller_metadata, caller_peer
+
+        self.peers.check(name, caller_peer(grpc_context))
+        self.access.check(name, caller_metadata(grpc_context))
+
+
+def guarded_call(method: str, request: object, context: Context) -> tuple[object, Context, Guarded]:
+    service = Guarded()
+    reply = asyncio.run(getattr(service, method)(request, grpc_context=context))
+    return reply, context, service
+
+
+def test_the_door_asks_who_calls_before_reading_the_request() -> None:
+    _, context, service = guarded_call("Status", b"\xff\xff", CallerContext())
+    assert context.code == grpc.StatusCode.UNAUTHENTICATED
+    assert context.details.startswith("Status needs a valid credential")
+    assert service.seen == []
+    _, context, service = guarded_call(
+        "Status", pb.StatusRequest(), CallerContext((("authorization", "Bearer tok"),))
+    )
+    assert context.code is None and len(service.seen) == 1
+    _, context, _ = guarded_call(
+        "Status", pb.StatusRequest(), CallerContext((("authorization", "Bearer nope"),))
+    )
+    assert context.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_rank_is_open_but_only_to_this_host() -> None:
+    reply, context, _ = guarded_call("Rank", rank_request(), CallerContext())
+    assert context.code is None and reply.request_id == "ranked u1"
+    _, context, service = guarded_call(
+        "Rank", rank_request(), CallerContext(peer="ipv4:192.0.2.2:40000")
+    )
+    assert context.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "Rank is served to this host only" in context.details
+    assert service.seen == []
+    _, context, _ = guarded_call("Rank", rank_request(), CallerContext(peer="ipv6:[::1]:40000"))
+    assert context.code is None
+
+
+def test_a_huge_request_id_is_quoted_short_in_an_internal_answer() -> None:
+    service = Service(fail=RuntimeError("boom"))
+    request = pb.RankRequest(request_id="x" * 100_000, user_id="u", candidate_item_ids=["a"])
+    context = Context()
+    asyncio.run(service.Rank(request, grpc_context=context))
+    assert context.code == grpc.StatusCode.INTERNAL
+    assert len(context.details) < 300
