@@ -71,7 +71,7 @@ class Learner:
         from base_model.train import code_version
         from feature_store.push import FreshCounterPusher
         from online_layer.learner import OnlineLearner
-        from serving.served_log import DurableSink, LearnerDurability, StrictClock
+        from serving.durability import DurableSink, LearnerDurability, StrictClock
         from serving.snapshots import RegistrySnapshotSink, champion_snapshot
 
         registry = ModelRegistry(settings.registry_dir)
@@ -183,7 +183,7 @@ class _LearnerBackground:
         self._durability.ingest_served()
 
     def _compact(self) -> None:
-        from serving.served_log import compact_served_log
+        from serving.served_events import compact_served_log
 
         compact_served_log(
             self._settings.workspace,

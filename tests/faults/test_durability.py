@@ -214,9 +214,12 @@ def test_killing_the_learner_loses_no_accepted_event(system: System) -> None:
     _check_counts(before, system.accepted)
 
     old = _learner_pid(system)
+    killed_at = time.monotonic()
     os.kill(old, signal.SIGKILL)
     _wait_for(lambda: _learner_pid(system) != old, what="a new learner replica")
     after = _durability(system)
+    print(f"learner SIGKILL: back in {time.monotonic() - killed_at:.1f} s; before {before}; "
+          f"after {after}")
     _check_counts(after, system.accepted)
     # What the restored snapshot covers plus what was replayed is everything accepted.
     assert after["restored"] + after["replayed"] == system.accepted
@@ -253,15 +256,18 @@ def test_killing_a_ranker_replica_keeps_what_it_acknowledged(system: System) -> 
     loader.start()
     try:
         time.sleep(0.5)
+        killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         _wait_for(lambda: any(_writer_pid(d) != pid for d in _live_ranker_dirs(system)),
                   what="a new ranker replica")
         probe = system.take(1)
         _wait_for(lambda: _try_rank(system, probe[0]), what="Rank answering again")
+        recovered = time.monotonic() - killed_at
     finally:
         stop.set()
         loader.join(timeout=10)
-    print(f"ranker kill under light load: {len(failures)} failed calls ({set(failures)})")
+    print(f"ranker SIGKILL under light load (20 calls/s): Rank again after {recovered:.1f} s, "
+          f"{len(failures)} failed calls ({sorted(set(failures))})")
     _feedback(system, ids, requests)  # joins: the learner read the dead replica's log
     _check_counts(_all_learned(system, system.accepted), system.accepted)
 
@@ -284,11 +290,13 @@ def test_restarting_the_whole_app_loses_no_accepted_event(system: System) -> Non
     _check_counts(_durability(system), system.accepted)
 
     system.client.close()
+    stopped_at = time.monotonic()
     app.stop()
     running = app.start(system.settings)
     system.client = _client(running.grpc_address, running.app_name)
     system.address = running.grpc_address
     after = _durability(system)
+    print(f"whole app restart: {time.monotonic() - stopped_at:.1f} s; after {after}")
     _check_counts(after, system.accepted)
     assert after["restored"] + after["replayed"] == system.accepted
 
@@ -298,7 +306,7 @@ def test_restarting_the_whole_app_loses_no_accepted_event(system: System) -> Non
 
 def test_the_served_log_holds_what_rank_and_feedback_saw(system: System) -> None:
     from feature_store.event_log import read_event_log
-    from serving.served_log import compact_served_log
+    from serving.served_events import compact_served_log
 
     settings = system.settings
     compact_served_log(settings.workspace, settings.feature_store.events_dir,

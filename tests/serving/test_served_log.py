@@ -18,12 +18,11 @@ from feature_store.event_log import read_event_log
 from online_layer.learner import OnlineLearner
 from online_layer.validation import to_table
 from protos.wal import WalTailer, WriteAheadLog
+from serving.durability import LearnerDurability, StrictClock
+from serving.served_events import compact_served_log
 from serving.served_log import (
-    LearnerDurability,
     ServedEntry,
     ServedLogWriter,
-    StrictClock,
-    compact_served_log,
     decode_feedback,
     decode_served,
     encode_feedback,
@@ -230,3 +229,49 @@ def test_two_writers_cannot_share_a_replica_log(tmp_path: Path) -> None:
         served_log.DirectoryLock(writer.directory, wait_s=0.2)
     writer.close()
     assert feedback_dir(tmp_path).name == "feedback"
+
+
+class _KeepingSink:
+    """Stands in for ``RegistrySnapshotSink``: keeps every other snapshot."""
+
+    def __init__(self) -> None:
+        self._last_at: float | None = None
+        self.calls = 0
+        self.lineages: list[dict] = []
+
+    def __call__(self, version: str, blob: bytes, lineage: dict) -> None:
+        self.calls += 1
+        if self.calls % 2:
+            self._last_at = float(self.calls)
+            self.lineages.append(lineage)
+
+
+def test_checkpoints_advance_only_for_snapshots_the_registry_kept(tmp_path: Path) -> None:
+    from protos.wal import read_checkpoint
+    from serving.durability import DurableSink
+
+    stream = _stream(12)
+    writer = ServedLogWriter(tmp_path, replica="r1")
+    _serve(writer, stream)
+    clock = StrictClock()
+    learner = _learner(clock)
+    durability = LearnerDurability(tmp_path, learner, clock)
+    durability.start(None)
+    inner = _KeepingSink()
+    sink = DurableSink(inner, registry=None)
+    sink.durability = durability
+    for _, events in stream[:6]:
+        durability.feedback(events)
+    learner.flush()
+    sink("v1", b"", {})  # kept
+    assert inner.lineages[-1]["durability"]["feedback_seq"] == 6
+    assert read_checkpoint(feedback_dir(tmp_path), "learner") == 6
+    for _, events in stream[6:]:
+        durability.feedback(events)
+    learner.flush()
+    sink("v2", b"", {})  # not kept: the checkpoint stays
+    assert read_checkpoint(feedback_dir(tmp_path), "learner") == 6
+    sink("v3", b"", {})
+    assert read_checkpoint(feedback_dir(tmp_path), "learner") == 12
+    writer.close()
+    durability.close()
