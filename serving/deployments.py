@@ -131,7 +131,10 @@ class Learner:
         from dataclasses import replace
 
         report = self._learner.report()
-        durable = {f"durable_{k}": float(v) for k, v in self._durability.counters().items()}
+        from serving.durability import COUNTERS_MAX_AGE_S
+
+        counters = self._durability.counters(max_age_s=COUNTERS_MAX_AGE_S)
+        durable = {f"durable_{k}": float(v) for k, v in counters.items()}
         return replace(report, extra={**report.extra, **durable})
 
     def durability(self) -> dict[str, int]:

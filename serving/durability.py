@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["DurableSink", "LearnerDurability", "StrictClock"]
 
 _UNKNOWN = object()
+COUNTERS_MAX_AGE_S = 1.0  # the learned/pending counters may be this stale
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class LearnerDurability:
         self.replayed_served = 0
         self.durable_seq = 0
         self.restored = 0  # events the restored snapshot covered
+        self._prefix_at = -math.inf
         self._served: dict[str, _ServedProgress] = {}
         self._seen_ids: set[str] = set()
 
@@ -218,8 +220,15 @@ class LearnerDurability:
             return result
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _learned_prefix(self) -> tuple[int, int]:
-        """(last sequence whose events are all learned, events accepted through it)."""
+    def _learned_prefix(self, max_age_s: float = 0.0) -> tuple[int, int]:
+        """(last sequence whose events are all learned, events accepted through it); with
+        ``max_age_s``, a result that old may be reused (the scan visits every open join
+        window; a stale answer only under-counts what is learned)."""
+        now = time.monotonic()
+        if max_age_s and now - self._prefix_at < max_age_s:
+            with self._track:
+                return self._learned_seq, self._learned_through
+        self._prefix_at = now
         _, oldest = self._learner.durability_marks()
         with self._track:
             while self._batches and (oldest is None or self._batches[0].arrived_by < oldest):
@@ -262,8 +271,10 @@ class LearnerDurability:
                     shutil.rmtree(directory, ignore_errors=True)
                     del self._served[key]
 
-    def counters(self) -> dict[str, int]:
-        _, learned = self._learned_prefix()
+    def counters(self, max_age_s: float = 0.0) -> dict[str, int]:
+        """The counters (module docstring of ``serving.served_log``); ``max_age_s`` lets a
+        frequent caller (``Status``) reuse a scan that recent."""
+        _, learned = self._learned_prefix(max_age_s=max_age_s)
         with self._track:
             accepted = self._accepted
         return {
@@ -293,13 +304,14 @@ class DurableSink:
 
     def __call__(self, version: str, blob: bytes, lineage: dict[str, Any]) -> None:
         durability = self.durability
-        covered = durability.lineage() if durability is not None else None
+        if durability is None or not self._may_keep(lineage):
+            self._inner(version, blob, lineage)
+            return
+        covered = durability.lineage()
         # The registry sink keeps only some snapshots (ready ones, one per interval): its
         # last persisted time tells whether this one was kept, without reading the registry.
         before = getattr(self._inner, "_last_at", _UNKNOWN)
         self._inner(version, blob, {**lineage, "durability": covered})
-        if durability is None or covered is None:
-            return
         after = getattr(self._inner, "_last_at", _UNKNOWN)
         if after is _UNKNOWN:
             champion = self._registry.champion("online")
@@ -308,3 +320,13 @@ class DurableSink:
             kept = after is not None and after != before
         if kept:
             durability.persisted(covered)
+
+    def _may_keep(self, lineage: dict[str, Any]) -> bool:
+        """Whether the registry sink may keep this snapshot (ready, and its interval has
+        passed): only then is the learner's state scanned for what it covers."""
+        if not lineage.get("readiness", {}).get("ready", False):
+            return False
+        last = getattr(self._inner, "_last_at", None)
+        interval = getattr(self._inner, "_min_interval", 0.0)
+        clock = getattr(self._inner, "_clock", None)
+        return last is None or clock is None or clock() - last >= interval

@@ -201,7 +201,7 @@ def test_the_compactor_writes_closed_impressions_with_final_labels(tmp_path: Pat
     log = read_event_log(events_dir)
     shown = sum(len(r.item_ids) for r, _ in stream)
     assert log.num_rows == first + rest == shown
-    labels = {}
+    labels: dict[tuple[str, str], float] = {}
     for _, events in stream:
         for row in events.to_pylist():
             key = (row["request_id"], row["item_id"])
@@ -211,7 +211,7 @@ def test_the_compactor_writes_closed_impressions_with_final_labels(tmp_path: Pat
         assert row["label"] == pytest.approx(labels.get((row["request_id"], row["item_id"]), 0.0))
         assert row["base_version"] == "base-1" and row["fallback_reason"] == ""
         assert 0.0 < row["base_score"] < 1.0 and row["final_score"] > row["base_score"]
-    by_request = {}
+    by_request: dict[str, list[tuple[int, str]]] = {}
     for row in rows:
         by_request.setdefault(row["request_id"], []).append((row["position"], row["item_id"]))
     for record, _ in stream:
@@ -229,6 +229,9 @@ def test_two_writers_cannot_share_a_replica_log(tmp_path: Path) -> None:
         served_log.DirectoryLock(writer.directory, wait_s=0.2)
     writer.close()
     assert feedback_dir(tmp_path).name == "feedback"
+
+
+READY = {"readiness": {"ready": True}}
 
 
 class _KeepingSink:
@@ -263,15 +266,17 @@ def test_checkpoints_advance_only_for_snapshots_the_registry_kept(tmp_path: Path
     for _, events in stream[:6]:
         durability.feedback(events)
     learner.flush()
-    sink("v1", b"", {})  # kept
+    sink("v1", b"", READY)  # kept
     assert inner.lineages[-1]["durability"]["feedback_seq"] == 6
     assert read_checkpoint(feedback_dir(tmp_path), "learner") == 6
     for _, events in stream[6:]:
         durability.feedback(events)
     learner.flush()
-    sink("v2", b"", {})  # not kept: the checkpoint stays
+    sink("v2", b"", READY)  # not kept: the checkpoint stays
     assert read_checkpoint(feedback_dir(tmp_path), "learner") == 6
-    sink("v3", b"", {})
+    sink("v3", b"", READY)
     assert read_checkpoint(feedback_dir(tmp_path), "learner") == 12
+    sink("v4", b"", {"readiness": {"ready": False}})  # never kept: nothing is scanned
+    assert "durability" not in inner.lineages[-1] or inner.lineages[-1]["durability"]["feedback_seq"] == 12
     writer.close()
     durability.close()
