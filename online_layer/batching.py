@@ -34,6 +34,10 @@ class PendingExamples:
                 self._groups.append(group)
                 self.count += len(group)
 
+    def groups(self) -> list[Emitted]:
+        """The waiting groups, oldest first (read-only use)."""
+        return list(self._groups)
+
     def waited(self, now: float) -> float:
         """Seconds the oldest waiting example has waited (0 when none waits)."""
         return 0.0 if self.since is None else now - self.since

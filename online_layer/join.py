@@ -121,6 +121,10 @@ class FeedbackJoiner:
     def pending_requests(self) -> int:
         return len(self._entries)
 
+    def pending_entries(self) -> list[_Entry]:
+        """The requests whose window is open (read-only use: durability marks)."""
+        return list(self._entries.values())
+
     def _advance(self, ts_us: int) -> None:
         if self.watermark_us is None or ts_us > self.watermark_us:
             self.watermark_us = ts_us

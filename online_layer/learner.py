@@ -34,6 +34,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from feature_store.catalog import FRESH_ITEM_FEATURES
 from online_layer.config import OnlineLayerConfig
 from online_layer.errors import InputError
@@ -341,6 +343,25 @@ class OnlineLearner:
                 self._layer, self.readiness(), self._intake.counts, self._intake.joiner,
                 self._guard, self._sink_failures,
             )
+
+    def durability_marks(self) -> tuple[int | None, float | None]:
+        """``(join watermark in us, oldest unlearned feedback arrival)`` for a write-ahead
+        log's checkpoint: every feedback that arrived (learner clock) before the second
+        value is learned or refused; None when nothing accepted waits (in an open join
+        window or a waiting mini-batch)."""
+        import math
+
+        with self._lock:
+            oldest = math.inf
+            for entry in self._intake.joiner.pending_entries():
+                waiting = ~entry.emitted & ~np.isnan(entry.label)
+                if waiting.any():
+                    oldest = min(oldest, float(np.nanmin(entry.arrived[waiting])))
+            for group in self._layer.pending.groups():
+                seen = group.arrived[np.isfinite(group.arrived)]
+                if seen.size:
+                    oldest = min(oldest, float(seen.min()))
+            return self._intake.joiner.watermark_us, (None if oldest == math.inf else oldest)
 
     # -- a background ticker for actors ---------------------------------------------------
 

@@ -5,15 +5,17 @@ constructor and wired once with ``.bind()`` (``serving.app.build_app``).
 
 Ranker (ingress, ``freshrank.v1.Ranker``; method names equal the rpc names)
     Rank: validate -> ``HybridRanker`` (features, base, online correction, sort) -> reply.
-    What was shown is buffered and sent to the learner in batches; Feedback flushes that
-    buffer first, so the learner always knows an impression before its click.
+    What was shown is appended to the replica's served log before the reply
+    (``serving.served_log``); the learner follows the logs and reads them before each
+    feedback batch, so it always knows an impression before its click.
     A background task polls the learner for newer online weights and swaps them in.
     Every rpc goes through one door (``serving.ingress.rpc``): bad input is
     ``INVALID_ARGUMENT`` naming the field, a ``FreshrankError`` its own status, anything
     else ``INTERNAL`` with a short message (logged here with the request id).
 Learner
-    Wraps ``online_layer.learner.OnlineLearner`` for the champion base; takes feedback,
-    pushes fresh item counters to the feature store, persists ready snapshots.
+    Wraps ``online_layer.learner.OnlineLearner`` for the champion base; takes feedback
+    (logged, fsynced, before ``accepted`` is answered), pushes fresh item counters to the
+    feature store, persists ready snapshots; on start replays what its snapshot lacks.
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SERVED_FLUSH_SECONDS = 0.2
-SERVED_FLUSH_RECORDS = 256
 
 
 def _champion_base(settings: Settings) -> ModelVersion:
@@ -81,24 +81,37 @@ class Learner:
         from protos.code_version import code_version
         from feature_store.push import FreshCounterPusher
         from online_layer.learner import OnlineLearner
+        from serving.durability import DurableSink, LearnerDurability, StrictClock
         from serving.snapshots import RegistrySnapshotSink, champion_snapshot
 
         registry = ModelRegistry(settings.registry_dir)
         champion = _champion_base(settings)
         base = BaseScorer.load(champion.path)
+        # Durability (serving.served_log): the sink's lineage records which logged feedback
+        # a snapshot covers; on start the learner replays what its snapshot lacks.
+        clock = StrictClock()
+        sink = DurableSink(RegistrySnapshotSink(registry, code_version()), registry)
         self._learner = OnlineLearner(
             settings.online_layer,
             base_version=base.version,
             embedding_dim=base.embedding_dim,
-            snapshot_sink=RegistrySnapshotSink(registry, code_version()),
+            snapshot_sink=sink,
+            clock=clock,
         )
         resumed = champion_snapshot(registry, base.version)
+        covered = None
         if resumed is not None:
             self._learner.model.restore(resumed[1], base.version)
+            online = registry.champion("online")
+            covered = online.lineage.get("durability") if online is not None else None
             logger.info("learner resumed from online snapshot %s", resumed[0])
+        self._durability = LearnerDurability(settings.workspace, self._learner, clock)
+        self._durability.start(covered)
+        sink.durability = self._durability
         self._counters = _CounterPushLoop(
             FreshCounterPusher(settings.feature_store), settings.serving.fresh_push_seconds
         )
+        self._background = _LearnerBackground(self._durability, settings)
         self._learner.start_ticker()
         from serving.admin import Controls, audit_path
 
@@ -109,7 +122,8 @@ class Learner:
         return self._learner.record_served(records)
 
     def feedback(self, events: pa.Table) -> dict[str, Any]:
-        result = self._learner.add_feedback(events)
+        # Joined, learned, and (if accepted) fsynced to the feedback log before the reply.
+        result = self._durability.feedback(events)
         if result.rejected is None:
             # Poisoned batches teach nothing: not the layer, not the fresh counters.
             self._counters.add(events)
@@ -128,7 +142,18 @@ class Learner:
         return snapshot
 
     def report(self) -> LearnerReport:
-        return self._learner.report()
+        from dataclasses import replace
+
+        report = self._learner.report()
+        from serving.durability import COUNTERS_MAX_AGE_S
+
+        counters = self._durability.counters(max_age_s=COUNTERS_MAX_AGE_S)
+        durable = {f"durable_{k}": float(v) for k, v in counters.items()}
+        return replace(report, extra={**report.extra, **durable})
+
+    def durability(self) -> dict[str, int]:
+        """accepted == learned + pending (over restarts), replayed, replay_lost, sequences."""
+        return self._durability.counters()
 
     def flush(self) -> int:
         return self._learner.flush()
@@ -183,12 +208,57 @@ class Learner:
         return self._controls.rolled_back(previous, current, snapshot, reason, actor, **extra)
 
     def __del__(self) -> None:
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.stop()
         learner = getattr(self, "_learner", None)
         if learner is not None:
             learner.stop_ticker()
         counters = getattr(self, "_counters", None)
         if counters is not None:
             counters.stop()
+
+
+class _LearnerBackground:
+    """Follows the replicas' served logs every ``INGEST_SECONDS`` and compacts the logs
+    into the event log every ``COMPACT_SECONDS`` (daemon threads)."""
+
+    def __init__(self, durability: Any, settings: Settings) -> None:
+        from serving.served_log import COMPACT_SECONDS, INGEST_SECONDS
+
+        self._durability = durability
+        self._settings = settings
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._every, args=(INGEST_SECONDS, self._ingest),
+                             name="served-ingest", daemon=True),
+            threading.Thread(target=self._every, args=(COMPACT_SECONDS, self._compact),
+                             name="served-compact", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _every(self, interval: float, job: Any) -> None:
+        while not self._stop.wait(interval):
+            try:
+                job()
+            except Exception:
+                logger.exception("%s failed; retrying", threading.current_thread().name)
+
+    def _ingest(self) -> None:
+        self._durability.ingest_served()
+
+    def _compact(self) -> None:
+        from serving.served_events import compact_served_log
+
+        compact_served_log(
+            self._settings.workspace,
+            self._settings.feature_store.events_dir,
+            self._settings.online_layer.join_window_s,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class _CounterPushLoop:
@@ -290,9 +360,11 @@ class Ranker:
         resumed = champion_snapshot(ModelRegistry(settings.registry_dir), base.version)
         if resumed is not None:
             self._install(*resumed)
-        self._served: list[ServedRecord] = []
-        self._served_since = time.monotonic()
-        self._served_lock = asyncio.Lock()
+        # What Rank served goes to this replica's own write-ahead log before the reply;
+        # the learner follows it (serving.served_log).
+        from serving.served_log import ServedLogWriter
+
+        self._served_log = ServedLogWriter(settings.workspace)
         self._background: asyncio.Task[None] | None = None
         self._last_poll = 0.0
         self._requests = 0
@@ -321,13 +393,11 @@ class Ranker:
             try:
                 await self._poll_controls()
                 await self._poll_weights()
-                if self._served and time.monotonic() - self._served_since > SERVED_FLUSH_SECONDS:
-                    await self._flush_served()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("background weight poll failed; keeping current weights")
-            await asyncio.sleep(min(period, SERVED_FLUSH_SECONDS))
+            await asyncio.sleep(period)
 
     async def _poll_controls(self) -> None:
         """Follow the learner's operator controls (``serving.admin``): in place, no restart."""
@@ -380,29 +450,37 @@ class Ranker:
         logger.info("installed online weights %s for base %s", version, base_version)
 
     async def _flush_served(self) -> None:
-        async with self._served_lock:
-            if not self._served:
-                return
-            batch, self._served = self._served, []
-            self._served_since = time.monotonic()
-        await self._learner.record_served.remote(batch)
+        """Make every served record of this replica durable (fsync; a timer does it too).
+        Feedback calls it first, so an acknowledged click is never durable while its
+        impression is not. The learner reads the records from the log itself."""
+        await asyncio.to_thread(self._served_log.sync)
 
     def _remember(self, outcome: RankOutcome) -> None:
+        """Log what was shown (to the OS before the reply: it survives this replica's death)."""
         from online_layer.join import ServedRecord
+        from serving.served_log import ServedEntry
 
         query = outcome.query
         shown = outcome.order
-        if not self._served:
-            self._served_since = time.monotonic()
-        self._served.append(
-            ServedRecord(
-                request_id=query.request_id,
-                user_id=query.user_id,
-                request_time=query.request_time,
-                base_version=outcome.base_version,
-                item_ids=tuple(query.item_ids[i] for i in shown.tolist()),
-                inputs=outcome.inputs.take(shown),
-                online_version=outcome.online_version if outcome.fallback is None else "",
+        record = ServedRecord(
+            request_id=query.request_id,
+            user_id=query.user_id,
+            request_time=query.request_time,
+            base_version=outcome.base_version,
+            item_ids=tuple(query.item_ids[i] for i in shown.tolist()),
+            inputs=outcome.inputs.take(shown),
+            online_version=outcome.online_version if outcome.fallback is None else "",
+        )
+        fallback = "" if outcome.fallback is None else pb.FallbackReason.Name(outcome.fallback.reason)
+        categories = outcome.item_categories
+        self._served_log.append(
+            ServedEntry(
+                record,
+                outcome.final_logits[shown],
+                tuple(str(categories[i]) if categories[i] is not None else "" for i in shown.tolist())
+                if len(categories) == len(query.item_ids) else (),
+                fallback,
+                time.time(),
             )
         )
 
@@ -417,8 +495,6 @@ class Ranker:
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
         self._remember(outcome)
-        if len(self._served) >= SERVED_FLUSH_RECORDS:
-            await self._flush_served()
         return outcome.to_response()
 
     @rpc(parse=_feedback_events)
@@ -426,7 +502,7 @@ class Ranker:
         self, events: pa.Table, grpc_context: RayServegRPCContext
     ) -> pb.FeedbackReply:
         self._ensure_background()
-        await self._flush_served()  # impressions reach the learner before their clicks
+        await self._flush_served()  # impressions are durable before their clicks
         result = await self._learner.feedback.remote(events)
         return pb.FeedbackReply(
             accepted=result["accepted"],
