@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protos.freshrank.v1 import ranking_pb2 as pb
-from serve_system import System, running_system
+from tests.serve_system import System, running_system
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
-from serve_system import System, running_system
+from tests.serve_system import System, running_system
 
 pytestmark = pytest.mark.slow
 

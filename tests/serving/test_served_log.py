@@ -30,8 +30,7 @@ from serving.served_log import (
     feedback_dir,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "online_layer"))
-from ol_helpers import EMBEDDING_DIM, START, small_config, world_for  # noqa: E402
+from tests.online_layer.ol_helpers import EMBEDDING_DIM, START, small_config, world_for
 
 
 def _learner(clock: StrictClock, **overrides) -> OnlineLearner:
