@@ -6,7 +6,6 @@ learner built on the same workspace while the first is simply abandoned.
 
 from __future__ import annotations
 
-import sys
 from datetime import timedelta
 from pathlib import Path
 
