@@ -99,7 +99,7 @@ def _leaves(subparsers: argparse._SubParsersAction) -> Iterator[argparse.Argumen
 def build_parser(prog: str = "freshrank") -> argparse.ArgumentParser:
     from serving import train_command as base_model_cli
     from feature_store import cli as feature_store_cli
-    from serving import commands
+    from serving import commands, operator_commands
     from serving.backtest import cli as backtest_cli
 
     parser = OneLineParser(
@@ -112,6 +112,7 @@ def build_parser(prog: str = "freshrank") -> argparse.ArgumentParser:
     feature_store_cli.register(subparsers)
     base_model_cli.register(subparsers)
     commands.register(subparsers)
+    operator_commands.register(subparsers)
     backtest_cli.register(subparsers)
     for leaf in _leaves(subparsers):
         _add_shared_options(leaf, root=False)

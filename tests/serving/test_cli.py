@@ -62,6 +62,12 @@ BAD_ARGUMENTS = [
     (["demo", "--config", "{tmp}/bad.toml"], "grpc_prot"),
     (["backtest", "--events", "x", "--set", "tiers.x=1"], "unknown section"),
     (["backtest", "--events", "x", "--warmup", "two weeks"], "bad duration"),
+    (["online", "pause", "--reason", "x"], "invalid choice"),
+    (["online", "disable"], "--reason"),
+    (["online", "disable", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
+    (["online", "disable", "--reason", "x", "--token-file", "{tmp}/no-token"], "cannot be read"),
+    (["rollback", "base", "--reason", "x"], "invalid choice"),
+    (["rollback", "online", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
 ]
 
 

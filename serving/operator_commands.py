@@ -1,0 +1,90 @@
+"""On-call commands against a running app: ``freshrank online enable|disable`` and
+``freshrank rollback online``.
+
+Why over gRPC and not Ray: on-call reaches the serving port, with the ingress token
+(``$FRESHRANK_INGRESS_TOKEN`` or ``--token-file``), from wherever they are; the ingress
+checks the credential, the learner records the action in the workspace's audit log (who,
+when, why, from what to what) and every replica applies it in place on its next poll. Each
+command prints the ingress's one-line answer as JSON and exits 0, or one line on stderr
+and a non-zero status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from typing import TYPE_CHECKING
+
+from protos.errors import Unauthenticated, Unavailable
+
+if TYPE_CHECKING:
+    from protos.freshrank.v1 import ranking_pb2
+
+__all__ = ["register"]
+
+DEFAULT_TARGET = "127.0.0.1:9000"
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"gRPC host:port (default {DEFAULT_TARGET})")
+    parser.add_argument("--app", default="freshrank", help="Serve application name")
+    parser.add_argument(
+        "--token-file", help="file holding the ingress token (default: $FRESHRANK_INGRESS_TOKEN)"
+    )
+    parser.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    parser.add_argument(
+        "--actor", default=None, help="who (recorded in the audit log; default: your login name)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    online = subparsers.add_parser("online", help="switch the online correction off or on, in place")
+    online.add_argument("state", choices=("enable", "disable"))
+    _connection_flags(online)
+    online.set_defaults(func=cmd_online)
+
+    rollback = subparsers.add_parser("rollback", help="roll a tier back in place")
+    rollback.add_argument("tier", choices=("online",), help="the tier (base rollback: the live-loop work)")
+    rollback.add_argument("--to", dest="to_version", default="", help="an online version of the serving base (default: the last good snapshot)")
+    _connection_flags(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+
+def _call(args: argparse.Namespace, action: str) -> ranking_pb2.AdminReply:
+    import grpc
+
+    from serving.auth import load_token
+    from serving.client import RankerClient
+
+    token = load_token(args.token_file or "")
+    actor = args.actor or getpass.getuser()
+    try:
+        with RankerClient(args.target, args.app, timeout_s=args.timeout, token=token or "") as client:
+            if action == "online":
+                return client.set_online_enabled(args.state == "enable", args.reason, actor)
+            return client.rollback_online(args.reason, actor, args.to_version)
+    except grpc.RpcError as error:
+        code = error.code() if hasattr(error, "code") else None
+        details = error.details() if hasattr(error, "details") else str(error)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            raise Unauthenticated(
+                f"{details}; set $FRESHRANK_INGRESS_TOKEN or pass --token-file"
+            ) from None
+        name = code.name if code is not None else "UNKNOWN"
+        raise Unavailable(f"{args.target} answered {name}: {details}") from None
+
+
+def _print(reply: ranking_pb2.AdminReply) -> int:
+    from google.protobuf import json_format
+
+    print(json_format.MessageToJson(reply, always_print_fields_with_no_presence=True, indent=None))
+    return 0
+
+
+def cmd_online(args: argparse.Namespace) -> int:
+    return _print(_call(args, "online"))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _print(_call(args, "rollback"))
