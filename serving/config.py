@@ -35,6 +35,12 @@ class ServingConfig:
             a local cluster, every line is echoed to the driver's console (a demo replay
             printed 24,000 of them over its report). Replica warnings and errors are logged
             either way.
+        metrics_port: Port of the Prometheus endpoint (``/metrics``), served by the Learner
+            replica on ``host`` (loopback by default); 0 picks a free port (logged, and
+            returned by ``serving.app.start``). A port that cannot be bound is logged and
+            serving goes on without metrics. Names: ``serving.observability.METRICS``.
+        log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
+            files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
 
     grpc_port: int = 9000
@@ -50,9 +56,11 @@ class ServingConfig:
     max_feedback_events: int = 10_000
     fresh_push_seconds: float = 0.5
     access_log: bool = False
+    metrics_port: int = 9464
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        for name in ("grpc_port", "http_port"):
+        for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"serving.{name} must be in [0, 65535], got {port}")
@@ -70,6 +78,10 @@ class ServingConfig:
             raise ValueError("serving.fresh_push_seconds must be > 0")
         if self.max_feedback_events < 1:
             raise ValueError("serving.max_feedback_events must be >= 1")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(
+                f"serving.log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServingConfig:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -29,8 +30,11 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
 from protos.freshrank.v1 import ranking_pb2 as pb
+from serving import observability
 from serving.errors import NotReady
+from serving.health import HealthState
 from serving.ingress import rpc
+from serving.observability import observed
 from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
 from serving.requests import RankQuery, parse_feedback_request, parse_rank_request
 from serving.settings import Settings
@@ -73,6 +77,7 @@ class Learner:
         from online_layer.learner import OnlineLearner
         from serving.snapshots import RegistrySnapshotSink, champion_snapshot
 
+        observability.configure_replica_logging()
         registry = ModelRegistry(settings.registry_dir)
         champion = _champion_base(settings)
         base = BaseScorer.load(champion.path)
@@ -90,6 +95,18 @@ class Learner:
             FreshCounterPusher(settings.feature_store), settings.serving.fresh_push_seconds
         )
         self._learner.start_ticker()
+        self._hub = observability.MetricsHub(self._learner.report, settings.feature_store)
+        self._metrics_server = observability.serve_metrics(
+            self._hub, settings.serving.host, settings.serving.metrics_port
+        )
+
+    def observe_replica(self, snapshot: dict[str, Any]) -> None:
+        """A Ranker replica's metrics (``RankerMetrics.snapshot``), sent with its weight poll."""
+        self._hub.update(snapshot)
+
+    def metrics_address(self) -> str:
+        """``host:port`` of the Prometheus endpoint, "" when it could not be bound."""
+        return self._metrics_server.address if self._metrics_server is not None else ""
 
     def record_served(self, records: list[ServedRecord]) -> int:
         return self._learner.record_served(records)
@@ -126,6 +143,9 @@ class Learner:
         counters = getattr(self, "_counters", None)
         if counters is not None:
             counters.stop()
+        metrics_server = getattr(self, "_metrics_server", None)
+        if metrics_server is not None:
+            metrics_server.stop()
 
 
 class _CounterPushLoop:
@@ -188,6 +208,8 @@ class Ranker:
         from online_layer.features import OnlineFeaturizer
         from serving.snapshots import champion_snapshot
 
+        observability.configure_replica_logging()
+        self._metrics = observability.RankerMetrics()
         self._settings = settings
         self._learner = learner
         champion = _champion_base(settings)
@@ -209,6 +231,7 @@ class Ranker:
         self._last_poll = 0.0
         self._requests = 0
         self._fallbacks = 0
+        self._health = HealthState(lambda: bool(self._ranker.base_version))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live operator switches (Serve's ``user_config``), applied without a restart:
@@ -250,6 +273,7 @@ class Ranker:
         )
         if snapshot is not None:
             self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        await self._learner.observe_replica.remote(self._metrics.snapshot(self._ranker.online))
 
     def _install(self, version: str, blob: bytes, published_at: float) -> None:
         base_version = self._ranker.base_version
@@ -290,10 +314,13 @@ class Ranker:
     # Each goes through the door (``serving.ingress.rpc``): it decodes the request, maps bad
     # input to INVALID_ARGUMENT, a ``FreshrankError`` to its status, anything else to INTERNAL.
 
+    @observed
     @rpc(parse=_rank_query)
     async def Rank(self, query: RankQuery, grpc_context: RayServegRPCContext) -> pb.RankResponse:
+        observability.bind_request_id(query.request_id)
         self._ensure_background()
         outcome = self._ranker.rank(query)
+        self._metrics.observe_rank(outcome)
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
         self._remember(outcome)
@@ -301,6 +328,7 @@ class Ranker:
             await self._flush_served()
         return outcome.to_response()
 
+    @observed
     @rpc(parse=_feedback_events)
     async def Feedback(
         self, events: pa.Table, grpc_context: RayServegRPCContext
@@ -315,6 +343,7 @@ class Ranker:
             rejected_detail=result["detail"],
         )
 
+    @observed
     @rpc()
     async def Status(
         self, request: pb.StatusRequest, grpc_context: RayServegRPCContext
@@ -340,3 +369,16 @@ class Ranker:
         for reason, count in report.rejected_batches.items():
             reply.rejected_batches[reason] = count
         return reply
+
+    # ------------------------------------------------ grpc.health.v1.Health (serving.health)
+    # Serve routes these by method name from the Health servicer registered beside Ranker.
+
+    async def Check(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._health.check(request, grpc_context)
+
+    async def List(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._health.list(request, grpc_context)
+
+    async def Watch(self, request: Any, grpc_context: RayServegRPCContext) -> AsyncIterator[Any]:
+        async for reply in self._health.watch(request, grpc_context):
+            yield reply
