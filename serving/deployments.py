@@ -373,9 +373,11 @@ class Ranker:
     # ------------------------------------------------ grpc.health.v1.Health (serving.health)
     # Serve routes these by method name from the Health servicer registered beside Ranker.
 
+    @observed
     async def Check(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
         return self._health.check(request, grpc_context)
 
+    @observed
     async def List(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
         return self._health.list(request, grpc_context)
 

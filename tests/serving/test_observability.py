@@ -8,6 +8,7 @@ Serve application once (module fixture) and checks each through its ports.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import pathlib
@@ -106,7 +107,7 @@ def test_the_hub_sums_replicas_and_exports_every_declared_name_over_http() -> No
     b.observe_call("Rank", "OK", 0.004)
     b.observe_call("Rank", "INVALID_ARGUMENT", 0.0001)
     b.observe_rank(outcome("r2", 10, Fallback(pb.FALLBACK_REASON_ONLINE_ABSENT, "none yet")))
-    slot = SimpleNamespace(published_at=990.0)
+    slot: Any = SimpleNamespace(published_at=990.0)
     hub.update(a.snapshot(slot))
     hub.update(b.snapshot(None))
     server = serve_metrics(hub, "127.0.0.1", 0)
@@ -148,7 +149,7 @@ def test_breaker_state_is_read_from_the_report_when_present() -> None:
         (SimpleNamespace(state="open"), "open"),
         ({"state": "half_open"}, "half_open"),
     ):
-        hub = MetricsHub(lambda b=breaker: fake_report(breaker=b))
+        hub = MetricsHub(functools.partial(fake_report, breaker=breaker))
         states = {
             m.samples[i].labels["state"]: m.samples[i].value
             for m in hub.collect()
@@ -337,6 +338,7 @@ def test_reflection_v1_on_serves_own_grpc_server_class() -> None:
     def factory(service_method: str, streaming_type: Any) -> Any:
         async def unimplemented(request: Any, context: Any) -> bytes:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, service_method)
+            return b""
 
         return unimplemented
 
@@ -390,15 +392,15 @@ def running(ray_cluster, tmp_path_factory) -> Iterator[Running]:
                 "log_level": "DEBUG",
                 "app_name": "freshrank-obs",
             },
-            "base_model": {"train_days": 1, "epochs": 1, "min_gain_vs_constant": -1.0},
+            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
             "online_layer": {"emit": "on_arrival", "batch_size": 32, "max_batch_delay_s": 0.2},
         },
     )
     events = simulate(
-        SimulatorConfig(seed=5, days=2, impressions_per_day=1_500, n_users=150, items_per_day=60)
+        SimulatorConfig(seed=3, days=3, impressions_per_day=2_500, n_users=300, items_per_day=100)
     )
     start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    as_of = (start + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
     prepare_base(settings, events, as_of, backend="local")
     started = app.start(settings)
     with grpc.insecure_channel(started.grpc_address) as channel:
@@ -444,6 +446,11 @@ def test_health_check_on_the_serving_port(running: Running) -> None:
         with pytest.raises(grpc.RpcError) as error:
             stub.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=10)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = stub.List(health_pb2.HealthListRequest(), timeout=10)
+        assert {s: r.status for s, r in listed.statuses.items()} == {
+            "": health_pb2.HealthCheckResponse.SERVING,
+            "freshrank.v1.Ranker": health_pb2.HealthCheckResponse.SERVING,
+        }
         watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
@@ -494,6 +501,7 @@ def test_metrics_move_after_rank_and_feedback(running: Running) -> None:
     )
     assert after['freshrank_rank_fallbacks_total{reason="online_absent"}'] >= 3
     assert after["freshrank_ranker_replicas"] == 1
+    assert after.get('freshrank_rpc_calls_total{code="OK",rpc="Check"}', 0) >= 1  # the health test
     assert any(k.startswith("freshrank_feature_age_seconds{") for k in after)
     assert "freshrank_event_log_lag_seconds" in after
     assert families(running.metrics_address) == set(METRICS)
@@ -505,7 +513,8 @@ def test_a_rank_log_line_is_json_and_carries_its_request_id(running: Running) ->
 
     request = first_request(running.events, 1)
     rank(running, request, "log-line-7f3a")
-    logs_dir = pathlib.Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    node: Any = ray._private.worker._global_node
+    logs_dir = pathlib.Path(node.get_logs_dir_path()) / "serve"
     deadline = time.monotonic() + 10
     found: dict[str, Any] | None = None
     while found is None and time.monotonic() < deadline:
@@ -518,7 +527,8 @@ def test_a_rank_log_line_is_json_and_carries_its_request_id(running: Running) ->
         time.sleep(0.2)
     assert found is not None, f"no JSON line with the request id in {logs_dir}"
     assert found["request_id"]  # Serve's own id for the call, beside the caller's
-    assert found["deployment"] == "Ranker"
+    assert found["deployment"].endswith("Ranker")
+    assert found["application"] == running.app_name
     assert "Rank" in found["message"]
 
 
