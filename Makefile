@@ -8,7 +8,7 @@ STAMP := $(VENV)/.freshrank-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-# Keep every Ray socket on loopback (see ../shared/FACTS.md and protos/ray_local.py).
+# Keep every Ray socket on loopback (see protos/ray_local.py).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export HTTP_PROXY := http://127.0.0.1:9
@@ -36,7 +36,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard online_layer/*.pyx online_layer/*.p
 demo: install
 	$(BIN)/freshrank demo $(if $(EVENTS),--events '$(EVENTS)',) $(DEMO_ARGS)
 
+# Type-check every package (settings in pyproject.toml [tool.mypy]), then the suite.
 test: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

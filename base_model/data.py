@@ -192,6 +192,13 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.label)
 
+    @property
+    def categories(self) -> np.ndarray:
+        """(N,) category rows (``__post_init__`` fills a missing ``category`` with row 0)."""
+        if self.category is None:  # only before __post_init__ ran
+            return np.zeros(len(self.label), dtype=np.int64)
+        return self.category
+
     def permuted(self, seed: int) -> Encoded:
         """Rows in a seeded random order (a training set arrives sorted by time)."""
         order = np.random.default_rng(seed).permutation(len(self))
@@ -200,7 +207,7 @@ class Encoded:
             self.item[order],
             self.dense[order],
             self.label[order],
-            self.category[order],
+            self.categories[order],
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -208,7 +215,7 @@ class Encoded:
         return {
             "user": self.user,
             "item": self.item,
-            "category": self.category,
+            "category": self.categories,
             "dense": self.dense,
             "label": self.label,
         }
@@ -225,7 +232,7 @@ class Encoded:
                     {
                         "user": pa.array(self.user[start:stop]),
                         "item": pa.array(self.item[start:stop]),
-                        "category": pa.array(self.category[start:stop]),
+                        "category": pa.array(self.categories[start:stop]),
                         "dense": ArrowTensorArray.from_numpy(
                             np.ascontiguousarray(self.dense[start:stop])
                         ),

@@ -11,23 +11,36 @@ weights the in-process loop trains.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from base_model.config import BaseModelConfig
-from base_model.data import Encoded
-from base_model.loop import FitOutcome, LoopSettings, load_checkpoint, ray_train_loop
-from base_model.model import ModelSpec
+from base_model.fit_types import FitOutcome, LoopSettings
 from protos.ray_local import init_local_ray
+
+if TYPE_CHECKING:  # torch: imported by the fit, not by planning it
+    from base_model.data import Encoded
+    from base_model.model import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayFit", "connect", "fit_with_ray", "resolve_use_gpu"]
+__all__ = ["RayFit", "connect", "fit_with_ray", "quiet_worker_logging", "resolve_use_gpu"]
+
+#: Loggers of Ray Train's helpers that speak in a normal fit on the loopback cluster without
+#: anything for the user to do: the placement-group cleaner asks the State API whether the
+#: controller is alive once a second and warns each time it cannot (the loopback cluster runs
+#: no dashboard, so it never can): ~25 lines per fit.
+QUIET_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+#: Driver-side Ray loggers a quiet run keeps at ERROR: the token notice of a cluster started
+#: on loopback, which suggests turning authentication off (not advice to pass on). Ray's own
+#: start-up banner (INFO) goes with ``ray.init(logging_level=WARNING)``.
+QUIET_DRIVER_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
 
 
 @dataclass(frozen=True)
@@ -39,11 +52,35 @@ class RayFit:
     use_gpu: bool
 
 
-def connect(address: str | None = None) -> None:
-    """Join ``address`` (or ``$RAY_ADDRESS``, set in a Ray job), else start a loopback cluster."""
-    import os
+def quiet_worker_logging() -> None:
+    """Ray worker set-up hook: ``QUIET_WORKER_LOGGERS`` log errors only."""
+    for name in QUIET_WORKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
-    init_local_ray(address=address or os.environ.get("RAY_ADDRESS") or None)
+
+def connect(address: str | None = None, *, quiet: bool = False) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``, set in a Ray job), else start a loopback cluster
+    whose workers run ``quiet_worker_logging`` first. Does nothing if Ray is initialised.
+
+    ``quiet`` (the ``freshrank`` command's normal run): Ray logs warnings and errors only
+    (``QUIET_DRIVER_LOGGERS``: errors only) and the workers' output is not echoed here (a
+    failed fit still raises with its traceback; the logs stay in Ray's session directory).
+    """
+    import ray  # sets Ray's loggers up: quiet them after this, before the cluster starts
+
+    options: dict[str, Any] = {}
+    if quiet:
+        for name in QUIET_DRIVER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        options = {"log_to_driver": False, "logging_level": logging.WARNING}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        init_local_ray(address=address, **options)
+        return
+    if not ray.is_initialized():
+        hook = f"{__name__}.{quiet_worker_logging.__name__}"
+        options["runtime_env"] = {"worker_process_setup_hook": hook}
+    init_local_ray(**options)
 
 
 def resolve_use_gpu(cfg: BaseModelConfig) -> bool:
@@ -76,6 +113,8 @@ def fit_with_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from base_model.ray_loop import load_checkpoint, ray_train_loop
+
     connect(address)
     # Progress bars from the split coordinator and every worker flood a job's log; the
     # context is captured by the datasets created below.
@@ -89,8 +128,7 @@ def fit_with_ray(
     resources: dict[str, Any] = {"CPU": cfg.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # with the seeded shuffle: same seed, same batches
+    ingest = _ingest_options()
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config={
@@ -144,6 +182,21 @@ def fit_with_ray(
         outcome.device,
     )
     return RayFit(outcome, wall, use_gpu)
+
+
+def _ingest_options() -> Any:
+    """Ray Train's default ingest options, in order (with the seeded shuffle: same seed, same
+    batches). Built here rather than by ``DataConfig.default_ingest_options()``, which in
+    Ray 2.60 passes the deprecated ``exclude_resources`` and warns on every fit."""
+    from ray.data import ExecutionOptions
+    from ray.data.context import DataContext
+
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=True,
+        verbose_progress=current.verbose_progress,
+    )
 
 
 def _warn_if_short(cfg: BaseModelConfig, use_gpu: bool) -> None:

@@ -163,7 +163,7 @@ def _drift(
     names = [n for n in feature_names() if n not in cfg.drift_exclude]
     dense = np.column_stack([rows.column(n).to_numpy(zero_copy_only=False) for n in names])
     scores = psi(manifest.get("reference", {}), dense, names)
-    worst = max(scores, key=scores.get) if scores else None
+    worst = max(scores, key=lambda name: scores[name]) if scores else None
     checks = []
     if worst is not None:
         checks.append(

@@ -4,7 +4,7 @@
 #   1. bench/train.py on CUDA: bare PyTorch loop vs the Ray Train job, same model and data;
 #   2. the GPU-marked tests: the real base_model.train path (Ray Train TorchTrainer, use_gpu)
 #      then scoring the registered artifact on CPU.
-# Ray is not in the GPU image: bring the wheels (../shared/tools/gpu-wheels.sh .whl, then carry
+# Ray is not in the GPU image: bring the wheels (the GPU-wheels script into .whl/, then carry
 # .whl/) or have `import ray` work already. Logs and the bench JSON go to $OUT (default
 # /tmp/freshrank-gpu-out). Usage: bash bench/gpu_check.sh
 set -uo pipefail
@@ -19,7 +19,7 @@ if ! $PY -c "import ray" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/freshrank-site .whl/*.whl || exit 2
     export PYTHONPATH=/tmp/freshrank-site${PYTHONPATH:+:$PYTHONPATH}
   else
-    echo "ray is not importable and .whl/ has no wheels (see ../shared/tools/gpu-wheels.sh)"; exit 2
+    echo "ray is not importable and .whl/ has no wheels (build them with the GPU-wheels script)"; exit 2
   fi
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

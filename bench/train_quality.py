@@ -10,7 +10,7 @@ fit and of the constant, the relative gain with its user-bootstrap interval, AUC
 verdict, the exported (best) epoch and the epochs run. The last line is one JSON object.
 
 Datasets: ``sim16`` / ``sim21`` (``feature_store.simulate`` defaults, 16 or 21 days),
-``sim-small`` (the test's 5-day log), ``ml-100k`` (``../shared/data/ml-100k``, label =
+``sim-small`` (the test's 5-day log), ``ml-100k`` (``$DATA/ml-100k``, label =
 rating >= 4; its ratings are bursty and its last days sparse, so the day/hour completeness
 and staleness gates are relaxed as in the backtest, and ``ml-100k-all`` trains on all
 history instead of 7 days).
@@ -93,7 +93,7 @@ def training_set(events: pa.Table) -> tuple[pa.Table, datetime, float]:
 def measure(name: str, overrides: dict[str, Any], backend: str) -> dict[str, Any]:
     from base_model.config import BaseModelConfig
     from base_model.errors import DataGateError
-    from base_model.train import train_base_model
+    from base_model.training import train_base_model
 
     events, extra = events_of(name)
     table, as_of, build_s = training_set(events)

@@ -1,49 +1,43 @@
 """``freshrank simulate``, ``freshrank data ...`` and ``freshrank features ...``.
 
 ``register(subparsers)`` adds the commands to the ``freshrank`` console command
-(``serving/cli.py``). Each command prints a short summary; errors in the input exit with
-status 2 and one line naming what was wrong.
+(``serving/cli.py``), which owns ``--config``/``--workspace`` and hands every command the
+``[feature_store]`` section it loaded (``args.settings.feature_store``). Each command prints
+a short summary; an error in the input is raised, and ``freshrank`` prints it as one line
+(exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from protos.errors import FailedPrecondition
+from protos.timeparse import parse_time
+
+if TYPE_CHECKING:
+    from feature_store.config import FeatureStoreConfig
 
 __all__ = ["register"]
 
 
-def _workspace_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=None,
-        help="workspace root (default: $FRESHRANK_WORKSPACE, else ./.freshrank)",
-    )
+def _config(args: argparse.Namespace) -> FeatureStoreConfig:
+    """The ``[feature_store]`` section of the settings the ``freshrank`` command loaded.
 
-
-def _config(args: argparse.Namespace):
+    Without them (``register`` used on its own parser, as some tests do) the section's
+    defaults with ``--workspace`` (else ``$FRESHRANK_WORKSPACE``, else ``./.freshrank``).
+    """
     from feature_store.config import FeatureStoreConfig
 
-    if args.workspace is not None:
-        return FeatureStoreConfig(workspace=args.workspace)
+    settings = getattr(args, "settings", None)
+    if settings is not None:
+        return settings.feature_store
+    workspace = getattr(args, "workspace", None)
+    if workspace is not None:
+        return FeatureStoreConfig(workspace=workspace)
     return FeatureStoreConfig.from_env()
-
-
-def _time(text: str) -> datetime:
-    """ISO-8601 (naive = UTC) or unix seconds."""
-    try:
-        return datetime.fromtimestamp(float(text), tz=timezone.utc)
-    except ValueError:
-        pass
-    try:
-        ts = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO-8601 or unix seconds)") from exc
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,16 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Simulate a time-ordered impressions log with new items, bursts, taste "
         "drift and position bias; every row keeps its true click probability (true_ctr).",
     )
-    sim.add_argument("--out", type=Path, help="Parquet file to write")
-    sim.add_argument("--into-workspace", action="store_true", help="also append to the workspace event log")
-    _workspace_arg(sim)
+    sim.add_argument(
+        "--out", type=Path,
+        help="Parquet file to write (default: none; the events go into the workspace's event log)",
+    )
+    sim.add_argument(
+        "--into-workspace", action="store_true",
+        help="with --out: also write them into the workspace's event log",
+    )
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--days", type=float, default=21.0)
     sim.add_argument("--impressions-per-day", type=int, default=20_000)
     sim.add_argument("--users", type=int, default=4_000)
     sim.add_argument("--items-per-day", type=int, default=300)
     sim.add_argument("--slate-size", type=int, default=10)
-    sim.add_argument("--start", type=_time, default=None, help="first instant (default 2026-01-05T00:00Z)")
+    sim.add_argument("--start", type=parse_time, default=None,
+                     help="first instant, ISO 8601 or unix seconds (default 2026-01-05T00:00Z)")
     sim.set_defaults(func=_cmd_simulate)
 
     data = subparsers.add_parser("data", help="import public datasets, load events files")
@@ -82,56 +82,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     load.add_argument("path", type=Path)
     load.add_argument("--replace", action="store_true", help="replace the hours it covers instead of appending")
-    _workspace_arg(load)
     load.set_defaults(func=_cmd_load)
 
     feats = subparsers.add_parser("features", help="Feast feature store: apply, compute, materialize")
     feats_sub = feats.add_subparsers(dest="features_command", required=True, metavar="ACTION")
     apply = feats_sub.add_parser("apply", help="register the Feast objects for the workspace")
-    _workspace_arg(apply)
     apply.set_defaults(func=_cmd_apply)
     compute = feats_sub.add_parser("compute", help="update the offline features from the event log (per hour)")
-    _workspace_arg(compute)
-    compute.add_argument("--end", type=_time, default=None,
+    compute.add_argument("--end", type=parse_time, default=None,
                          help="compute up to this hour (default: the hour after the last event)")
     compute.add_argument("--full", action="store_true", help="recompute everything")
     compute.set_defaults(func=_cmd_compute)
     mat = feats_sub.add_parser("materialize", help="load features into the online store (incremental)")
-    _workspace_arg(mat)
-    mat.add_argument("--end", type=_time, default=None,
+    mat.add_argument("--end", type=parse_time, default=None,
                      help="event-time end (default: the end of the computed features, else now)")
-    mat.add_argument("--start", type=_time, default=None,
+    mat.add_argument("--start", type=parse_time, default=None,
                      help="reload from here (default: each view's last materialization)")
     mat.add_argument("--views", nargs="+", default=None, help="only these feature views")
     mat.set_defaults(func=_cmd_materialize)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from feature_store.simulate import SimulatorConfig, iter_simulation, write_simulation
 
-    if args.out is None and not args.into_workspace:
-        return _fail("give --out FILE and/or --into-workspace")
+    into_workspace = args.out is None or args.into_workspace
     values = dict(
         seed=args.seed, days=args.days, impressions_per_day=args.impressions_per_day,
         n_users=args.users, items_per_day=args.items_per_day, slate_size=args.slate_size,
     )
     if args.start is not None:
         values["start"] = args.start
-    try:
-        cfg = SimulatorConfig(**values)
-    except (ValueError, TypeError) as exc:
-        return _fail(str(exc))
+    cfg = SimulatorConfig(**values)
     started = time.perf_counter()
     rows = 0
     if args.out is not None:
         rows = write_simulation(cfg, args.out)
         print(f"wrote {rows:,} events to {args.out}")
-    if args.into_workspace:
+    if into_workspace:
         from feature_store.event_log import write_event_log
 
         store_cfg = _config(args)
@@ -149,10 +136,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     from feature_store.importers import import_dataset
 
-    try:
-        table = import_dataset(args.name, args.src)
-    except ValueError as exc:
-        return _fail(str(exc))
+    table = import_dataset(args.name, args.src)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out, compression="zstd")
     ts = table.column("ts")
@@ -169,10 +153,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     from feature_store.events_file import load_events
 
     cfg = _config(args)
-    try:
-        table = load_events(args.path)
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+    table = load_events(args.path)
     parts = write_event_log(table, cfg.events_dir, mode="replace" if args.replace else "append")
     print(f"loaded {table.num_rows:,} events into {len(parts)} hour partition(s) of {cfg.events_dir}")
     return 0
@@ -195,7 +176,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     try:
         summary = compute_features(cfg, end=args.end, full=args.full)
     except WorkspaceError as exc:
-        return _fail(str(exc))
+        raise FailedPrecondition(str(exc)) from exc
     rows = ", ".join(f"{k} {v:,}" for k, v in summary.rows_written.items())
     print(
         f"computed features up to {summary.end.isoformat()}: {summary.changed_hours} changed hour(s), "
@@ -214,18 +195,14 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     end = args.end
     if end is None:
         state = cfg.features_dir / "_state.json"
-        end = (
-            datetime.fromisoformat(json.loads(state.read_text())["end"])
-            if state.exists()
-            else datetime.now(timezone.utc)
-        )
+        end = parse_time(json.loads(state.read_text())["end"] if state.exists() else "now")
 
     def progress(view: str, i: int, n: int) -> None:
         print(f"[{i + 1}/{n}] {view} ...", flush=True)
 
     try:
         summary = repo.materialize(cfg, end, start=args.start, views=args.views, progress=progress)
-    except (WorkspaceError, ValueError) as exc:
-        return _fail(str(exc))
+    except WorkspaceError as exc:
+        raise FailedPrecondition(str(exc)) from exc
     print(summary.format())
     return 0

@@ -52,7 +52,7 @@ def import_dataset(name: str, source_dir: str | os.PathLike[str]) -> pa.Table:
         One of ``DATASETS``: ``ml-100k``, ``ml-latest-small``, ``amazon-magazine``,
         ``open-bandit``.
     source_dir
-        The dataset's folder as published (e.g. ``../shared/data/ml-100k``). For Open Bandit
+        The dataset's folder as published (e.g. ``path/to/ml-100k``). For Open Bandit
         either the folder holding ``random/`` and ``bts/`` (both are imported) or one of them.
 
     Raises

@@ -1,7 +1,7 @@
 """Online lookups for ranking: 1 user + N candidate items -> arrays ready for the model.
 
 Feast's ``get_online_features`` for 1 user + 100 items costs 10-20 ms on the SQLite store
-(../shared/FACTS.md, bench/RESULTS.md): it reads one row per feature per entity, decodes
+(bench/RESULTS.md): it reads one row per feature per entity, decodes
 each into a protobuf, then builds Python objects. :class:`OnlineFeatureReader` reads the
 *same* SQLite tables that Feast materializes and pushes into, but only the packed feature of
 each view (``<view>_vec``, one row per entity), and decodes the float lists straight into

@@ -2,7 +2,7 @@
 
 Why not Feast's ``get_historical_features`` for big sets: the file (Dask) offline store
 joins every entity row with every feature row of its entity before filtering, which is slow
-on a million rows and was measured dropping and duplicating rows (../shared/FACTS.md,
+on a million rows and was measured dropping and duplicating rows (measured,
 bench/RESULTS.md). This module performs the same join Feast defines, on the same Parquet
 files declared in the same FeatureService:
 

@@ -20,7 +20,7 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 def generated_paths(out_dir: pathlib.Path) -> list[pathlib.Path]:
     """The files ``generate(out_dir)`` writes, in a stable order."""
-    paths = []
+    paths: list[pathlib.Path] = []
     for proto in PROTO_FILES:
         stem = proto[: -len(".proto")]
         paths.extend(out_dir / f"{stem}{suffix}" for suffix in GENERATED_SUFFIXES)

@@ -1,6 +1,6 @@
 """Start or join Ray so that every socket stays on loopback.
 
-Why this exists (../shared/FACTS.md): on a machine with a second interface, Ray binds its
+Why this exists (measured on the development machines): on a machine with a second interface, Ray binds its
 GCS, raylets and workers to that interface unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is
 in the environment of the process that starts Ray, and its dashboard asks the cloud metadata
 address (169.254.169.254) which cloud it is on; a proxy pointing at a dead loopback port

@@ -33,6 +33,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from protos.atomic import fsync_dir, write_json_atomic
 
@@ -90,13 +91,13 @@ class WriteAheadLog:
             last = first + count - 1 if count else max(last, first - 1)
         return last
 
-    def _open_tail(self):  # type: ignore[no-untyped-def]
+    def _open_tail(self) -> BinaryIO:
         segments = self._segments()
         if segments and segments[-1].stat().st_size < self.segment_bytes:
             return open(segments[-1], "ab")
         return self._new_segment()
 
-    def _new_segment(self):  # type: ignore[no-untyped-def]
+    def _new_segment(self) -> BinaryIO:
         path = self.directory / f"{self._last_seq + 1:020d}{_SUFFIX}"
         handle = open(path, "ab")
         fsync_dir(self.directory)

@@ -1,4 +1,8 @@
-"""Subcommands that need every tier: ``serve``, ``status``, ``demo``."""
+"""Subcommands that need every tier: ``serve``, ``status``, ``demo``.
+
+Each gets the one ``Settings`` the ``freshrank`` command loaded (``args.settings``) and
+applies its own flags on top (``Settings.with_overrides``).
+"""
 
 from __future__ import annotations
 
@@ -7,38 +11,52 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from protos.errors import Unavailable
+
+if TYPE_CHECKING:
+    from serving.settings import Settings
+
+__all__ = ["register"]
+
+DEFAULT_TARGET = "127.0.0.1:9000"
 
 
-def _settings(args: argparse.Namespace, **overrides: dict[str, Any]) -> Any:
-    from serving.settings import load_settings
-
-    return load_settings(args.config, workspace=args.workspace, overrides=overrides or None)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="freshrank.toml (default: $FRESHRANK_CONFIG)")
-    parser.add_argument("--workspace", type=Path, help="runtime state directory")
+def add_ray_address(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address``: the Ray cluster to join (over ``[freshrank] ray_address``)."""
+    parser.add_argument(
+        "--ray-address",
+        help="Ray cluster to join (default: [freshrank] ray_address, else $RAY_ADDRESS, else "
+        "a local loopback cluster)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve_cmd = subparsers.add_parser(
         "serve", help="run the Ray Serve gRPC application until interrupted"
     )
-    _common(serve_cmd)
     serve_cmd.add_argument("--grpc-port", type=int, help="override [serving] grpc_port")
+    add_ray_address(serve_cmd)
     serve_cmd.set_defaults(func=cmd_serve)
 
     status_cmd = subparsers.add_parser("status", help="ask a running server what it serves")
-    status_cmd.add_argument("--address", default="127.0.0.1:9000", help="gRPC host:port")
+    status_cmd.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"gRPC host:port (default {DEFAULT_TARGET})"
+    )
+    status_cmd.add_argument("--address", dest="target", help=argparse.SUPPRESS)  # old spelling
     status_cmd.add_argument("--app", default="freshrank", help="Serve application name")
+    status_cmd.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)"
+    )
     status_cmd.set_defaults(func=cmd_status)
 
     demo_cmd = subparsers.add_parser(
         "demo",
         help="simulate (or load) events, train, serve, replay with online learning, report",
+        description="Runs in its own workspace: --workspace if given, else <workspace>/demo "
+        "(./.freshrank/demo by default); the folder is wiped first.",
     )
-    _common(demo_cmd)
     demo_cmd.add_argument("--events", type=Path, help="events file (Parquet/CSV) instead of the simulator")
     demo_cmd.add_argument("--replay-days", type=float, default=2.0, help="days replayed through gRPC")
     demo_cmd.add_argument("--simulate-days", type=float, default=16.0, help="days simulated")
@@ -47,14 +65,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo_cmd.add_argument(
         "--worker-logs", action="store_true", help="echo Ray workers' logs (training, replicas) to the console"
     )
+    add_ray_address(demo_cmd)
     demo_cmd.set_defaults(func=cmd_demo)
+
+
+def _with_ray_address(settings: Settings, args: argparse.Namespace) -> Settings:
+    address = getattr(args, "ray_address", None)
+    return settings.with_overrides({"freshrank": {"ray_address": address}}) if address else settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving import app
 
-    overrides = {"serving": {"grpc_port": args.grpc_port}} if args.grpc_port is not None else {}
-    settings = _settings(args, **overrides)
+    settings = _with_ray_address(args.settings, args)
+    if args.grpc_port is not None:
+        settings = settings.with_overrides({"serving": {"grpc_port": args.grpc_port}})
     running = app.start(settings)
     print(f"freshrank serving on {running.grpc_address} (application {running.app_name!r}); Ctrl-C stops")
     stop = threading.Event()
@@ -69,12 +94,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import grpc
     from google.protobuf import json_format
 
     from serving.client import RankerClient
 
-    with RankerClient(args.address, args.app) as client:
-        reply = client.status()
+    try:
+        with RankerClient(args.target, args.app, timeout_s=args.timeout) as client:
+            reply = client.status()
+    except grpc.RpcError as error:
+        code = error.code() if hasattr(error, "code") else None
+        name = code.name if code is not None else "UNKNOWN"
+        details = error.details() if hasattr(error, "details") else str(error)
+        raise Unavailable(
+            f"no freshrank answer from {args.target} (application {args.app!r}): {name}"
+            f"{': ' + details if details else ''}; start one with `freshrank serve` or point "
+            "--target at a running server (HOST:PORT)"
+        ) from None
     print(json_format.MessageToJson(reply, always_print_fields_with_no_presence=True))
     return 0
 
@@ -82,11 +118,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import DemoOptions, prepare_workspace, run_demo
 
-    workspace = prepare_workspace(args.workspace or Path(".freshrank/demo"))
+    given = args.workspace
+    workspace = prepare_workspace(given if given is not None else args.settings.workspace / "demo")
     # The demo picks free ports so it never collides with a server already running.
-    settings = _settings(
-        argparse.Namespace(config=args.config, workspace=workspace),
-        serving={"grpc_port": 0, "http_port": 0},
+    settings = _with_ray_address(args.settings, args).with_overrides(
+        {"feature_store": {"workspace": workspace}, "serving": {"grpc_port": 0, "http_port": 0}}
     )
     options = DemoOptions(
         workspace=workspace,

@@ -72,7 +72,7 @@ class Learner:
     def __init__(self, settings: Settings) -> None:
         from base_model.artifact import BaseScorer
         from protos.registry import ModelRegistry
-        from base_model.train import code_version
+        from protos.code_version import code_version
         from feature_store.push import FreshCounterPusher
         from online_layer.learner import OnlineLearner
         from serving.snapshots import RegistrySnapshotSink, champion_snapshot

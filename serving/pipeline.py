@@ -97,7 +97,7 @@ def prepare_base(
     gates, registers and promotes a base version with Ray Train (``backend="local"``
     trains in this process instead, for tests that exercise serving, not training).
     """
-    from base_model.train import train_base_model
+    from base_model.training import train_base_model
     from feature_store.repo import apply
     from feature_store.training_set import build_training_set
 

@@ -12,8 +12,14 @@ is shared::
     [online_layer]               # online_layer.config.OnlineLayerConfig
     [serving]                    # serving.config.ServingConfig
 
-Unknown keys are errors in every section. The workspace is set once, here, and handed to the
-feature store (which owns the on-disk layout); nothing reads configuration from globals.
+The rule (one settings path): the ``freshrank`` command reads this file once, into one
+frozen ``Settings``, and hands every subcommand the sections it needs; nothing else reads
+configuration, and nothing reads it from globals. Unknown sections and keys are errors.
+
+Which file: ``--config``, else ``$FRESHRANK_CONFIG``, else none (every default). Which
+workspace: ``--workspace``, else ``$FRESHRANK_WORKSPACE``, else the file's
+``[feature_store] workspace`` or ``[freshrank] workspace``, else ``./.freshrank``. The
+workspace is set once, here, and handed to the feature store (which owns the layout).
 """
 
 from __future__ import annotations
@@ -27,23 +33,38 @@ from pathlib import Path
 from typing import Any
 
 from base_model.config import BaseModelConfig
-from feature_store.config import FeatureStoreConfig
+from feature_store.config import DEFAULT_WORKSPACE, WORKSPACE_ENV, FeatureStoreConfig
 from online_layer.config import OnlineLayerConfig
 from serving.config import ServingConfig
 
+__all__ = [
+    "CONFIG_ENV",
+    "SECTIONS",
+    "WORKSPACE_ENV",
+    "Settings",
+    "config_path",
+    "load_settings",
+]
+
 SECTIONS = ("freshrank", "feature_store", "base_model", "online_layer", "serving")
 CONFIG_ENV = "FRESHRANK_CONFIG"
+_SHARED_KEYS = ("workspace", "ray_address")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The whole system's configuration, as frozen values."""
+    """The whole system's configuration, as frozen values: one section per package.
+
+    ``source`` is the file it was read from (None: defaults only); a command that starts
+    another process with the same settings (the backtest's tiers) passes it on.
+    """
 
     feature_store: FeatureStoreConfig
     base_model: BaseModelConfig
     online_layer: OnlineLayerConfig
     serving: ServingConfig
     ray_address: str | None = None
+    source: Path | None = None
 
     @property
     def workspace(self) -> Path:
@@ -57,6 +78,48 @@ class Settings:
     def replace(self, **sections: Any) -> Settings:
         return dataclasses.replace(self, **sections)
 
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
+        """A copy with ``section -> key -> value`` changes, each checked by its section's
+        ``from_dict`` as if it had been in the file (``freshrank`` uses ``"freshrank"`` for
+        ``ray_address``).
+
+        Raises:
+            ValueError: an unknown section or key, or a value its config rejects.
+        """
+        changes: dict[str, Any] = {}
+        for name, values in overrides.items():
+            if not values:
+                continue
+            if name == "freshrank":
+                unknown = sorted(set(values) - {"ray_address"})
+                if unknown:
+                    raise ValueError(f"unknown [freshrank] override(s): {', '.join(unknown)}")
+                changes["ray_address"] = values["ray_address"] or None
+                continue
+            if name not in _BUILDERS:
+                raise ValueError(
+                    f"unknown settings section {name!r}; known: {', '.join(SECTIONS)}"
+                )
+            current = getattr(self, name)
+            merged = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+            merged.update(values)
+            changes[name] = _BUILDERS[name](merged)
+        return dataclasses.replace(self, **changes)
+
+
+_BUILDERS: dict[str, Any] = {
+    "feature_store": FeatureStoreConfig.from_dict,
+    "base_model": BaseModelConfig.from_dict,
+    "online_layer": OnlineLayerConfig.from_dict,
+    "serving": ServingConfig.from_dict,
+}
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The settings file to read: ``path``, else ``$FRESHRANK_CONFIG``, else None."""
+    source = path if path is not None else os.environ.get(CONFIG_ENV) or None
+    return Path(source) if source is not None else None
+
 
 def load_settings(
     path: str | os.PathLike[str] | None = None,
@@ -67,17 +130,26 @@ def load_settings(
     """Read ``path`` (or $FRESHRANK_CONFIG, or nothing: all defaults) into ``Settings``.
 
     ``workspace`` and ``overrides`` (section -> key -> value) win over the file, so a CLI
-    flag or a test can change one value without writing a file.
+    flag or a test can change one value without writing a file. Without ``workspace``:
+    ``$FRESHRANK_WORKSPACE``, else the file's, else ``./.freshrank``.
 
     Raises:
-        FileNotFoundError: ``path`` was given and does not exist.
+        FileNotFoundError: the file (given or named by $FRESHRANK_CONFIG) does not exist.
         ValueError: an unknown section or key, or a value its config rejects.
     """
     raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    source = path if path is not None else os.environ.get(CONFIG_ENV)
-    if source:
-        with open(source, "rb") as handle:
-            document = tomllib.load(handle)
+    source = config_path(path)
+    if source is not None:
+        try:
+            with open(source, "rb") as handle:
+                document = tomllib.load(handle)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"settings file {source} does not exist: pass --config PATH (or unset "
+                f"${CONFIG_ENV})"
+            ) from None
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{source} is not valid TOML: {error}") from error
         unknown = sorted(set(document) - set(SECTIONS))
         if unknown:
             raise ValueError(
@@ -93,18 +165,23 @@ def load_settings(
         raw[name].update(values)
 
     shared = raw["freshrank"]
-    unknown = sorted(set(shared) - {"workspace", "ray_address"})
+    unknown = sorted(set(shared) - set(_SHARED_KEYS))
     if unknown:
-        raise ValueError(f"unknown [freshrank] setting(s): {', '.join(unknown)}")
+        raise ValueError(
+            f"unknown [freshrank] setting(s): {', '.join(unknown)}; known: {', '.join(_SHARED_KEYS)}"
+        )
     store = dict(raw["feature_store"])
     if workspace is not None:
         store["workspace"] = Path(workspace)
-    elif "workspace" in shared:
-        store.setdefault("workspace", Path(shared["workspace"]))
+    elif os.environ.get(WORKSPACE_ENV):
+        store["workspace"] = Path(os.environ[WORKSPACE_ENV])
+    elif "workspace" not in store:
+        store["workspace"] = Path(shared.get("workspace") or DEFAULT_WORKSPACE)
     return Settings(
         feature_store=FeatureStoreConfig.from_dict(store),
         base_model=BaseModelConfig.from_dict(raw["base_model"]),
         online_layer=OnlineLayerConfig.from_dict(raw["online_layer"]),
         serving=ServingConfig.from_dict(raw["serving"]),
         ray_address=shared.get("ray_address") or None,
+        source=source,
     )

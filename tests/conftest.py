@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite.
 
-One Ray cluster per test session (start-up is seconds; see ../shared/FACTS.md), started on
+One Ray cluster per test session (start-up is seconds), started on
 loopback only; it is shut down by handle at the end of the session.
 """
 
@@ -75,7 +75,7 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-    """``../shared/data`` (or $FRESHRANK_SHARED_DATA); tests using it skip when it is absent."""
+    """The public datasets beside the checkout (``shared/data`` next to the repository, or $FRESHRANK_SHARED_DATA); tests using it skip when it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (set FRESHRANK_SHARED_DATA)")
     return SHARED_DATA

@@ -5,7 +5,9 @@
   dependencies, and are left out; imports inside functions count.
 - Floors: ``protos`` (the contracts and the shared mechanisms) imports no tier; a tier
   imports another tier only through that tier's contract modules; only ``serving`` (the
-  composition root) reaches into the other tiers' runtimes.
+  composition root) reaches into the other tiers' runtimes. The one exception is named:
+  ``python -m base_model.train``, the Ray job entry point, is a shim that runs
+  ``freshrank train`` from the composition root.
 - One job per file: no module of the packages is longer than ``MAX_LINES``.
 """
 
@@ -21,6 +23,9 @@ PACKAGES = ("protos", "base_model", "online_layer", "feature_store", "serving")
 TIERS = ("base_model", "online_layer", "feature_store")
 # The modules a tier may import from another tier: contracts, not runtimes.
 CONTRACTS = {"feature_store.catalog"}
+# ``python -m`` shims that only hand their arguments to the composition root's command
+# (the Ray job entry point that manifests and ``ray job submit`` name).
+ENTRY_POINTS = {"base_model.train": {"serving.cli"}}
 MAX_LINES = 450
 
 
@@ -174,10 +179,11 @@ def test_a_tier_reaches_other_tiers_only_through_their_contracts(tier: str) -> N
     for module, targets in GRAPH.items():
         if module.split(".")[0] != tier:
             continue
+        allowed = ENTRY_POINTS.get(module, set())
         bad = sorted(
             t
             for t in targets
-            if t.split(".")[0] not in (tier, "protos") and t not in CONTRACTS
+            if t.split(".")[0] not in (tier, "protos") and t not in CONTRACTS and t not in allowed
         )
         if bad:
             offenders[module] = bad

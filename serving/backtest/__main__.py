@@ -1,7 +1,7 @@
-"""``python -m serving.backtest --events FILE ...`` (the same as ``freshrank backtest``)."""
+"""``python -m serving.backtest --events FILE ...``: ``freshrank backtest`` under another name."""
 
 import sys
 
-from serving.backtest.cli import main
+from serving.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m serving.backtest", command="backtest"))

@@ -1,38 +1,26 @@
 """``freshrank backtest``: replay an events file through the real tiers, compare four policies.
 
 Registered into the ``freshrank`` console command by ``serving.cli`` through ``register``.
-The tiers are tuned only through their own documented settings: ``--config freshrank.toml``
-(``serving.settings``: ``[feature_store]`` ``[base_model]`` ``[online_layer]``) and/or
-``--set section.key=value`` on top of it. The backtest's own cadences are flags.
+The tiers are tuned only through their own documented settings: the settings file the
+``freshrank`` command reads (``--config``, else ``$FRESHRANK_CONFIG``; ``serving.settings``:
+``[feature_store]`` ``[base_model]`` ``[online_layer]``) and/or ``--set section.key=value``
+on top of it; the file is passed on to the tiers' own workspace (``BacktestConfig.
+settings_file``). The backtest's own cadences are flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from serving.backtest.config import TIER_SECTIONS, BacktestConfig, parse_duration, parse_time
-from serving.backtest.errors import BacktestError, BacktestSettingsError
+from protos.timeparse import parse_duration, parse_time
+from serving.backtest.config import TIER_SECTIONS, BacktestConfig
+from serving.backtest.errors import BacktestSettingsError
 
-__all__ = ["register", "config_from_args", "run", "main"]
-
-
-def _duration(text: str):
-    try:
-        return parse_duration(text)
-    except BacktestSettingsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _time(text: str):
-    try:
-        return parse_time(text)
-    except BacktestSettingsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+__all__ = ["register", "config_from_args", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,14 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--events", required=True, type=Path, help="events file (Parquet or CSV)")
     p.add_argument("--out", type=Path, default=Path("backtest-out"), help="output directory")
-    p.add_argument("--warmup", type=_duration, help="training-only span before evaluation (default 14d)")
-    p.add_argument("--base-every", type=_duration, help="base_only/hybrid retrain cadence (default 7d)")
-    p.add_argument("--daily-every", type=_duration, help="daily_retrain cadence (default 1d)")
+    p.add_argument("--warmup", type=parse_duration, help="training-only span before evaluation (default 14d)")
+    p.add_argument("--base-every", type=parse_duration, help="base_only/hybrid retrain cadence (default 7d)")
+    p.add_argument("--daily-every", type=parse_duration, help="daily_retrain cadence (default 1d)")
     p.add_argument(
-        "--series-every", type=_duration, help="step of the per-day series and plots (default 1d)"
+        "--series-every", type=parse_duration, help="step of the per-day series and plots (default 1d)"
     )
-    p.add_argument("--start", type=_time, help="drop events before this UTC time (ISO)")
-    p.add_argument("--end", type=_time, help="drop events at or after this UTC time (ISO)")
+    p.add_argument("--start", type=parse_time, help="drop events before this UTC time (ISO)")
+    p.add_argument("--end", type=parse_time, help="drop events at or after this UTC time (ISO)")
     p.add_argument("--max-events", type=int, help="keep only the first N events (after --start/--end)")
     p.add_argument(
         "--online-batch",
@@ -66,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--online-delay",
-        type=_duration,
+        type=parse_duration,
         help="event time between an event and its feedback being learned and published "
         "(default: online_layer.join_window_s + max_batch_delay_s + publish_every_s)",
     )
@@ -77,8 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, help="seed for every trainer (default 0)")
     p.add_argument("--workers", type=int, help="Ray Train workers per base fit (default 1)")
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
-    p.add_argument("--config", type=Path, help="freshrank.toml whose tier sections tune the tiers")
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to join (default: [freshrank] ray_address, else a local loopback one)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -109,12 +99,16 @@ def config_from_args(args: argparse.Namespace) -> BacktestConfig:
     Raises:
         BacktestSettingsError: unknown section, malformed value or missing ``--config`` file.
     """
+    from serving.settings import config_path
+
     values: dict[str, Any] = {}
     tiers: dict[str, dict[str, Any]] = {}
-    if args.config is not None:
-        if not Path(args.config).is_file():
-            raise BacktestSettingsError(f"--config {args.config}: no such file")
-        values["settings_file"] = Path(args.config)
+    settings = getattr(args, "settings", None)
+    source = settings.source if settings is not None else config_path(getattr(args, "config", None))
+    if source is not None:
+        if not Path(source).is_file():
+            raise BacktestSettingsError(f"--config {source}: no such file")
+        values["settings_file"] = Path(source)
     for text in args.overrides:
         section, name, value = _parse_override(text)
         if section not in TIER_SECTIONS:
@@ -147,35 +141,14 @@ def run(args: argparse.Namespace) -> int:
     from serving.backtest.progress import StderrProgress
     from serving.backtest.replay import run_backtest
 
-    try:
-        cfg = config_from_args(args)
-    except BacktestError as exc:
-        print(f"freshrank backtest: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    settings = getattr(args, "settings", None)
+    ray_address = args.ray_address or (settings.ray_address if settings is not None else None)
     progress = None if args.quiet else StderrProgress()
     started = time.monotonic()
-    try:
-        report = run_backtest(args.events, args.out, cfg, progress=progress, ray_address=args.ray_address)
-    except (BacktestError, ValueError, FileNotFoundError) as exc:
-        print(f"freshrank backtest: {exc}", file=sys.stderr)
-        return 2
+    report = run_backtest(args.events, args.out, cfg, progress=progress, ray_address=ray_address)
     c = report["comparison"]
     print(f"wrote {args.out}/report.md, report.json, logloss.png, auc.png ({time.monotonic() - started:.0f} s)")
     print(Path(args.out, "report.md").read_text().split("\n## Target")[0])
     print(f"target {'met' if c['target']['met'] else 'NOT met'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.backtest ...``: the same command without the rest of ``freshrank``."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="python -m serving.backtest")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["backtest", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return int(args.func(args) or 0)

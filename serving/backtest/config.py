@@ -1,6 +1,7 @@
-"""Backtest settings: one frozen dataclass, and the duration syntax the CLI accepts.
+"""Backtest settings: one frozen dataclass.
 
-Cadences are durations (``7d``, ``2d``, ``36h``, ``1d12h``) so that short logs work: a
+Cadences are durations (``7d``, ``2d``, ``36h``, ``1d12h``: ``protos.timeparse``, the one
+grammar every flag uses) so that short logs work: a
 6-day news log backtests with ``base_every=2d, warmup=2d``. The tiers' own settings
 (``BaseModelConfig``, the online layer's config, ``FeatureStoreConfig``) are not copied here:
 they travel as plain mappings (``tier_settings``) and are built by each tier's ``from_dict``,
@@ -10,74 +11,19 @@ so a backtest is tuned only through the tiers' documented settings.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from protos.timeparse import format_duration, parse_duration, parse_time
 from serving.backtest.errors import BacktestSettingsError
 
-__all__ = ["BacktestConfig", "parse_duration", "format_duration", "parse_time", "TIER_SECTIONS"]
+__all__ = ["BacktestConfig", "TIER_SECTIONS"]
 
 # The config sections a backtest may pass on, one per tier (the lead's settings TOML layout).
 TIER_SECTIONS: tuple[str, ...] = ("feature_store", "base_model", "online_layer")
-
-_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse ``7d``, ``36h``, ``1d12h``, ``90m``, ``1w`` into a positive ``timedelta``.
-
-    Raises:
-        BacktestSettingsError: empty, unknown unit, trailing garbage, or not positive.
-
-    Examples
-    --------
-    >>> parse_duration("36h")
-    datetime.timedelta(days=1, seconds=43200)
-    >>> parse_duration("1d12h") == parse_duration("36h")
-    True
-    """
-    compact = text.strip().lower().replace(" ", "")
-    pos, seconds = 0, 0.0
-    for match in _PART.finditer(compact):
-        if match.start() != pos:
-            break
-        seconds += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if not compact or pos != len(compact):
-        raise BacktestSettingsError(
-            f"bad duration {text!r}: use a number and a unit w/d/h/m/s, e.g. 7d, 36h, 1d12h"
-        )
-    if seconds <= 0:
-        raise BacktestSettingsError(f"duration {text!r} must be positive")
-    return timedelta(seconds=seconds)
-
-
-def format_duration(delta: timedelta) -> str:
-    """The shortest ``parse_duration`` spelling of ``delta`` (``7d``, ``36h``, ``90m``)."""
-    seconds = int(delta.total_seconds())
-    for unit in ("d", "h", "m"):
-        if seconds % _UNITS[unit] == 0:
-            return f"{seconds // _UNITS[unit]}{unit}"
-    return f"{seconds}s"
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an ISO date or date-time (``2018-01-01``, ``2018-01-01T12:00``) as UTC.
-
-    Raises:
-        BacktestSettingsError: not ISO 8601.
-    """
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise BacktestSettingsError(f"bad time {text!r}: use ISO 8601, e.g. 2018-01-01") from exc
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 @dataclass(frozen=True)
 class BacktestConfig:
@@ -171,18 +117,27 @@ class BacktestConfig:
 
         Raises:
             BacktestSettingsError: an unknown key or a malformed value.
+
+        Examples
+        --------
+        >>> cfg = BacktestConfig.from_dict({"warmup": "1d12h", "base_every": "2d"})
+        >>> cfg.warmup, cfg.to_json()["base_every"]
+        (datetime.timedelta(days=1, seconds=43200), '2d')
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise BacktestSettingsError(f"unknown [backtest] setting(s): {', '.join(unknown)}")
         kwargs = dict(values)
-        for name in ("warmup", "base_every", "daily_every", "series_every", "online_delay"):
-            if isinstance(kwargs.get(name), str):
-                kwargs[name] = parse_duration(kwargs[name])
-        for name in ("start", "end"):
-            if isinstance(kwargs.get(name), str):
-                kwargs[name] = parse_time(kwargs[name])
+        try:
+            for name in ("warmup", "base_every", "daily_every", "series_every", "online_delay"):
+                if isinstance(kwargs.get(name), str):
+                    kwargs[name] = parse_duration(kwargs[name])
+            for name in ("start", "end"):
+                if isinstance(kwargs.get(name), str):
+                    kwargs[name] = parse_time(kwargs[name])
+        except ValueError as exc:
+            raise BacktestSettingsError(f"backtest.{name}: {exc}") from exc
         if isinstance(kwargs.get("settings_file"), str):
             kwargs["settings_file"] = Path(kwargs["settings_file"])
         return cls(**kwargs)

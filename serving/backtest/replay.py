@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from protos.timeparse import format_duration
 from serving.backtest import POLICIES
-from serving.backtest.config import BacktestConfig, format_duration
+from serving.backtest.config import BacktestConfig
 from serving.backtest.errors import BacktestDataError
 from serving.backtest.policies import Fit, PolicyRun, retrain_times
 from serving.backtest.progress import LogProgress, ProgressSink

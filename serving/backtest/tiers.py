@@ -1,6 +1,6 @@
 """The backtest's door to the base tier: base fits on the local Ray cluster, and scoring.
 
-- bases: ``base_model.train`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
+- bases: ``base_model.training`` (a Ray Train ``TorchTrainer`` on the local Ray cluster,
   ``protos.ray_local.init_local_ray``), scored with ``base_model.artifact.BaseScorer``;
 - the log and its features come from ``serving.backtest.data``, online sessions from
   ``serving.backtest.online`` (``TierContext.online_session``).
@@ -121,7 +121,7 @@ class TierContext:
         """
         from base_model.artifact import BaseScorer
         from base_model.errors import DataGateError
-        from base_model.train import train_base_model
+        from base_model.training import train_base_model
 
         rows = data.training_set.slice(0, n_rows)
         cfg = self.base_cfg

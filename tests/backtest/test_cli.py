@@ -7,14 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from serving.backtest.cli import config_from_args, register
+from serving.backtest.cli import config_from_args
 from serving.backtest.errors import BacktestSettingsError
+from serving.cli import build_parser
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="freshrank")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["backtest", *argv])
+    """``freshrank backtest ...`` as the root command parses it (``--config`` is the root's,
+    accepted after the subcommand too)."""
+    return build_parser().parse_args(["backtest", *argv])
 
 
 def test_defaults_and_flags():

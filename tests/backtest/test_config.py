@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from serving.backtest.config import BacktestConfig, format_duration, parse_duration, parse_time
+from protos.timeparse import TimeParseError, format_duration, parse_duration, parse_time
+from serving.backtest.config import BacktestConfig
 from serving.backtest.errors import BacktestSettingsError
 from serving.backtest.policies import retrain_times
 
@@ -24,13 +25,16 @@ from serving.backtest.policies import retrain_times
     ],
 )
 def test_parse_duration(text, expected):
+    """The backtest's cadences take the one duration grammar (protos.timeparse)."""
     assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "7", "d", "7x", "7d 3", "-1d", "0d", "7dd"])
 def test_parse_duration_rejects(text):
-    with pytest.raises(BacktestSettingsError):
+    with pytest.raises(TimeParseError):
         parse_duration(text)
+    with pytest.raises(BacktestSettingsError):  # a setting with it names the setting
+        BacktestConfig.from_dict({"warmup": text})
 
 
 def test_format_duration_round_trips():
@@ -40,8 +44,10 @@ def test_format_duration_round_trips():
 
 def test_parse_time_is_utc():
     assert parse_time("2018-01-01") == datetime(2018, 1, 1, tzinfo=UTC)
-    with pytest.raises(BacktestSettingsError, match="ISO 8601"):
+    with pytest.raises(TimeParseError, match="ISO 8601"):
         parse_time("yesterday")
+    with pytest.raises(BacktestSettingsError, match="ISO 8601"):
+        BacktestConfig.from_dict({"start": "yesterday"})
 
 
 def test_config_from_dict_and_validation():

@@ -9,7 +9,7 @@ from datetime import datetime
 from base_model.config import BaseModelConfig
 from protos.registry import ModelRegistry
 from base_model.synthetic import SyntheticSpec, day_end
-from base_model.train import TrainResult
+from base_model.training import TrainResult
 
 WORLD = SyntheticSpec(events_per_hour=200, days=9, seed=0)
 

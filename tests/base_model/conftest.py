@@ -15,8 +15,8 @@ import pytest
 
 from protos.registry import ModelRegistry
 from base_model.synthetic import synthetic_training_set
-from base_model.train import TrainResult, train_base_model
-from base_world import TRAIN_CFG, WORLD, Trained, as_of_day
+from base_model.training import TrainResult, train_base_model
+from tests.base_model.base_world import TRAIN_CFG, WORLD, Trained, as_of_day
 
 
 @pytest.fixture(scope="session")

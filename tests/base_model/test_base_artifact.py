@@ -234,7 +234,7 @@ def test_load_names_what_is_missing_or_wrong(tmp_path: pathlib.Path) -> None:
 def test_the_serving_path_and_the_cli_import_no_torch() -> None:
     """Serving scores with NumPy; ``freshrank --help`` must not pay for torch or Ray."""
     code = (
-        "import sys, base_model.artifact, base_model.cli, base_model.train; "
+        "import sys, base_model.artifact, base_model.training, base_model.train; "
         "print('torch' in sys.modules, 'ray' in sys.modules)"
     )
     out = subprocess.run(

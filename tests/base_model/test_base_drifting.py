@@ -22,7 +22,7 @@ from base_model.artifact import BaseScorer
 from base_model.config import BaseModelConfig
 from base_model.data import encode, split_by_time, validate_training_set
 from protos.registry import ModelRegistry
-from base_model.train import TrainResult, train_base_model
+from base_model.training import TrainResult, train_base_model
 from feature_store.catalog import ITEM_FEATURES, USER_FEATURES
 from feature_store.compute import compute_features
 from feature_store.config import FeatureStoreConfig

@@ -20,8 +20,8 @@ from base_model.data import validate_training_set, windows_for
 from base_model.errors import DataGateError
 from base_model.gates import check_data, evaluation_gate
 from protos.registry import ModelRegistry, PromotionRefused
-from base_model.train import train_base_model
-from base_world import TRAIN_CFG, as_of_day
+from base_model.training import train_base_model
+from tests.base_model.base_world import TRAIN_CFG, as_of_day
 
 FAST = TRAIN_CFG.replace(epochs=2, eval_every_steps=0)
 

@@ -11,8 +11,8 @@ import torch
 
 from base_model.artifact import BaseScorer
 from protos.registry import ModelRegistry
-from base_model.train import train_base_model
-from base_world import TRAIN_CFG, as_of_day
+from base_model.training import train_base_model
+from tests.base_model.base_world import TRAIN_CFG, as_of_day
 
 pytestmark = [
     pytest.mark.gpu,

@@ -33,8 +33,8 @@ import pytest
 from base_model.artifact import read_weights
 from protos.ray_local import loopback_environment
 from protos.registry import ModelRegistry
-from base_model.train import TrainResult
-from base_world import TRAIN_CFG, as_of_day, free_port
+from base_model.training import TrainResult
+from tests.base_model.base_world import TRAIN_CFG, as_of_day, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import torch
 
 from base_model.artifact import BaseScorer, read_weights
 from protos.registry import ModelRegistry
-from base_model.train import train_base_model
-from base_world import TRAIN_CFG, Trained, as_of_day
+from base_model.training import train_base_model
+from tests.base_model.base_world import TRAIN_CFG, Trained, as_of_day
 from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES
 
 pytestmark = pytest.mark.slow

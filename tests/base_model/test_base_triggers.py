@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 from datetime import timedelta
@@ -11,13 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from base_model import cli
 from base_model.data import validate_training_set
 from protos.registry import ModelRegistry
-from base_model.train import TrainResult
+from base_model.training import TrainResult
 from base_model.triggers import check_triggers
-from base_world import TRAIN_CFG, as_of_day
+from tests.base_model.base_world import TRAIN_CFG, as_of_day
 from feature_store.catalog import ITEM_FEATURES
+from protos.timeparse import parse_duration
+from serving import cli
 
 DAY8 = ("2026-01-09T00:00", "2026-01-10T00:00")
 
@@ -124,14 +124,11 @@ def test_train_loop_records_each_trigger_and_its_reason(
 ) -> None:
     """``freshrank train --every 7d``: trains when a trigger fires (here: no champion yet),
     through Ray Train with two data-parallel workers, and logs every check with its reasons."""
-    parser = argparse.ArgumentParser()
-    subparsers = parser.add_subparsers()
-    cli.register(subparsers)
     registry_root = tmp_path / "registry"
     overrides = [
         f"--set={k}={json.dumps(v)}" for k, v in TRAIN_CFG.replace(epochs=2).to_dict().items()
     ]
-    args = parser.parse_args(
+    status = cli.main(
         [
             "train",
             "--training-set",
@@ -151,7 +148,7 @@ def test_train_loop_records_each_trigger_and_its_reason(
             *overrides,
         ]
     )
-    assert args.func(args) == 0
+    assert status == 0
     log = [
         json.loads(line)
         for line in (registry_root / "base-train-log.jsonl").read_text().splitlines()
@@ -166,23 +163,24 @@ def test_train_loop_records_each_trigger_and_its_reason(
         champion.lineage["metrics"]["workers"] == 2
         and champion.lineage["metrics"]["backend"] == "ray"
     )
-    assert "training: no_champion: no base champion yet" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "training: no_champion: no base champion yet" in err
+    assert all(json.loads(line)["status"] for line in out.splitlines())  # stdout: JSON only
 
 
 def test_durations_parse_and_bad_ones_are_refused() -> None:
-    assert cli.parse_duration("7d") == timedelta(days=7)
-    assert cli.parse_duration("90m") == timedelta(minutes=90)
+    """``--every``/``--check-every`` take the one duration grammar (protos.timeparse)."""
+    assert parse_duration("7d") == timedelta(days=7)
+    assert parse_duration("90m") == timedelta(minutes=90)
     for bad in ("7", "week", "0d", "-1h"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            cli.parse_duration(bad)
+        with pytest.raises(ValueError):
+            parse_duration(bad)
 
 
 def test_one_off_train_reports_a_blocked_run(
     world_parquet: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(
+    status = cli.main(
         [
             "train",
             "--training-set",
@@ -195,7 +193,11 @@ def test_one_off_train_reports_a_blocked_run(
             "local",
         ]
     )
-    assert args.func(args) == 3
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status == 3
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
     assert out["status"] == "blocked" and "stale data" in out["reason"]
+    # ... and one line on stderr naming the data's real span and the way out.
+    hint = captured.err.strip().splitlines()[-1]
+    assert "the training set holds events from" in hint and "--as-of data-end" in hint, hint
     assert not (tmp_path / "r" / "base").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from fs_testkit import Workspace, build_workspace
+from tests.feature_store.fs_testkit import Workspace, build_workspace
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*experimental.*")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -10,10 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fs_testkit import build_workspace
+from tests.feature_store.fs_testkit import build_workspace
 
 import feature_store
-from feature_store import cli
 from feature_store.config import WORKSPACE_ENV, FeatureStoreConfig
 from feature_store.online import OnlineFeatureReader
 
@@ -54,11 +52,10 @@ def test_without_the_workspace_variable_feast_says_what_to_set() -> None:
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="freshrank")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli.register(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``freshrank ...`` through its one entry point (settings, errors as one line)."""
+    from serving.cli import main
+
+    return main(list(argv))
 
 
 def test_freshrank_simulate_compute_and_load_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

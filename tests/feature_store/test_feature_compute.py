@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fs_testkit import events_table
+from tests.feature_store.fs_testkit import events_table
 
 from feature_store.compute import compute_features
 from feature_store.sources import source_dir

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from fs_testkit import Workspace
+from tests.feature_store.fs_testkit import Workspace
 
 from feature_store import repo
 from feature_store.catalog import FRESH_ITEM_FEATURES, ITEM_FEATURES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from fs_testkit import Workspace
+from tests.feature_store.fs_testkit import Workspace
 
 from feature_store import repo
 from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fs_testkit import SMALL_SIM, Workspace, brute_force_features, build_workspace, sample_rows
+from tests.feature_store.fs_testkit import SMALL_SIM, Workspace, brute_force_features, build_workspace, sample_rows
 
 from feature_store import repo
 from feature_store.catalog import ITEM_FEATURES, USER_FEATURES

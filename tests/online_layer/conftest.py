@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ol_helpers import EMBEDDING_DIM, FakeClock, small_config
+from tests.online_layer.ol_helpers import EMBEDDING_DIM, FakeClock, small_config
 from online_layer.learner import OnlineLearner
 
 

@@ -18,7 +18,7 @@ from online_layer.ftrl import FTRLProximal
 from online_layer.model import OnlineModel
 from online_layer.reference import FTRLReference
 
-from ol_helpers import random_batch
+from tests.online_layer.ol_helpers import random_batch
 
 IMPLEMENTATIONS: list[type[OnlineModel]] = [FTRLProximal, FTRLReference]
 

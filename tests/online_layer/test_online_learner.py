@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from ol_helpers import START, FakeClock, feed, world_for
+from tests.online_layer.ol_helpers import START, FakeClock, feed, world_for
 from online_layer import load_snapshot, read_snapshot_header
 from online_layer.errors import BaseVersionMismatch, InputError, ServedRecordError
 from online_layer.learner import OnlineLearner, ReplayBatch

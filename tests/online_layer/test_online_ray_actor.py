@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ol_helpers import EMBEDDING_DIM, START, small_config
+from tests.online_layer.ol_helpers import EMBEDDING_DIM, START, small_config
 from online_layer import load_snapshot
 from online_layer.learner import OnlineLearner
 from online_layer.synthetic import SyntheticWorld

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ol_helpers import START, feed, world_for
+from tests.online_layer.ol_helpers import START, feed, world_for
 from online_layer.features import OnlineInputs
 from online_layer.join import ServedRecord
 from online_layer.learner import OnlineLearner, ReplayBatch

@@ -41,3 +41,138 @@ def test_main_runs_a_subcommand_inside_it(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert cli.main(["simulate", "--days", "1", "--out", str(out)]) == 0
     assert out.is_file()
     assert "PROMETHEUS_MULTIPROCESS_DIR" not in os.environ
+
+
+# -- user errors: one line on stderr, status 2, never a traceback ---------------------------
+BAD_ARGUMENTS = [
+    (["bogus"], "invalid choice"),
+    (["simulate", "--days", "two"], "--days"),
+    (["simulate", "--users", "0"], "n_users"),
+    (["data", "load", "{tmp}/missing.parquet"], "not found"),
+    (["data", "import", "ml-100k", "{tmp}/nowhere", "--out", "{tmp}/x.parquet"], "nowhere"),
+    (["features", "apply", "--config", "{tmp}/missing.toml"], "missing.toml does not exist"),
+    (["features", "compute"], "no events"),
+    (["features", "materialize", "--end", "yesterday"], "bad time 'yesterday'"),
+    (["train"], "has no event log"),
+    (["train", "--as-of", "yesterday"], "bad time 'yesterday'"),
+    (["train", "--every", "week"], "bad duration 'week'"),
+    (["train", "--set", "epochs"], "KEY=VALUE"),
+    (["serve", "--grpc-port", "http"], "--grpc-port"),
+    (["status", "--timeout", "soon"], "--timeout"),
+    (["demo", "--config", "{tmp}/bad.toml"], "grpc_prot"),
+    (["backtest", "--events", "x", "--set", "tiers.x=1"], "unknown section"),
+    (["backtest", "--events", "x", "--warmup", "two weeks"], "bad duration"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS, ids=[" ".join(a[:2]) for a, _ in BAD_ARGUMENTS])
+def test_a_bad_argument_is_one_line_on_stderr_and_status_2(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "bad.toml").write_text("[serving]\ngrpc_prot = 1\n")
+    monkeypatch.delenv("FRESHRANK_CONFIG", raising=False)
+    monkeypatch.setenv("FRESHRANK_WORKSPACE", str(tmp_path / "ws"))
+    status = cli.main([a.format(tmp=tmp_path) for a in argv])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("freshrank"), err
+
+
+def test_status_of_no_server_is_one_line_and_bounded() -> None:
+    """``freshrank status --target 127.0.0.1:1`` (nothing listens): the real console entry
+    point prints one line that says what to do, exits non-zero, and does not hang."""
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "status", "--target", "127.0.0.1:1", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "UNAVAILABLE" in lines[0] and "freshrank serve" in lines[0] and "--target" in lines[0]
+    assert time.monotonic() - started < 30
+
+
+def test_help_is_status_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "$FRESHRANK_WORKSPACE" in capsys.readouterr().out
+
+
+def test_simulate_without_out_writes_the_workspace_event_log(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    assert cli.main(["--workspace", str(ws), "simulate", "--days", "0.1", "--users", "20"]) == 0
+    assert any((ws / "events").iterdir())
+
+
+# -- one settings path: a [feature_store] value reaches the features, training and serving --
+def test_ctr_prior_in_the_config_reaches_features_training_set_and_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``feature_store.ctr_prior`` set in the file: the computed features, the training set
+    ``freshrank train`` builds, and the settings ``freshrank serve`` starts the app with all
+    use it (the training fit itself is replaced: the rows it would get are what matters)."""
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    import base_model.training
+    import serving.app
+
+    prior, strength = 0.2, 20.0
+    config = tmp_path / "freshrank.toml"
+    config.write_text(f"[feature_store]\nctr_prior = {prior}\n")
+    ws = tmp_path / "ws"
+    root = ["--config", str(config), "--workspace", str(ws)]
+    small = ["--days", "3", "--impressions-per-day", "600", "--users", "40", "--items-per-day", "40"]
+    assert cli.main([*root, "simulate", *small]) == 0
+    assert cli.main([*root, "features", "compute"]) == 0
+
+    def smoothed(clicks: np.ndarray, impressions: np.ndarray) -> np.ndarray:
+        return (clicks + strength * prior) / (impressions + strength)
+
+    features = ds.dataset(ws / "features" / "user_stats", format="parquet").to_table()
+    assert features.num_rows > 0
+    clk, imp = (features.column(c).to_numpy() for c in ("user_clk_7d", "user_imp_7d"))
+    np.testing.assert_allclose(features.column("user_ctr_7d").to_numpy(), smoothed(clk, imp), rtol=1e-5)
+
+    seen: dict[str, object] = {}
+
+    class Result:
+        def to_dict(self) -> dict[str, str]:
+            return {"status": "approved"}
+
+    def fake_train(cfg: object, table: object, registry: object, **kwargs: object) -> Result:
+        seen["table"] = table
+        return Result()
+
+    monkeypatch.setattr(base_model.training, "train_base_model", fake_train)
+    assert cli.main([*root, "train", "--backend", "local"]) == 0
+    table = seen["table"]
+    for entity, window in (("user", "7d"), ("item", "24h")):
+        clk = table.column(f"{entity}_clk_{window}").to_numpy()
+        imp = table.column(f"{entity}_imp_{window}").to_numpy()
+        ctr = table.column(f"{entity}_ctr_{window}").to_numpy()
+        np.testing.assert_allclose(ctr, smoothed(clk, imp), rtol=1e-5)
+    assert np.isclose(table.column("user_ctr_7d").to_numpy(), prior).any()  # no history: the prior
+
+    def fake_start(settings: object) -> None:
+        seen["settings"] = settings
+        raise KeyboardInterrupt  # stop before anything starts
+
+    monkeypatch.setattr(serving.app, "start", fake_start)
+    assert cli.main([*root, "serve"]) == 130
+    assert seen["settings"].feature_store.ctr_prior == prior
+    assert seen["settings"].workspace == ws

