@@ -95,7 +95,11 @@ class Learner:
             FreshCounterPusher(settings.feature_store), settings.serving.fresh_push_seconds
         )
         self._learner.start_ticker()
-        self._hub = observability.MetricsHub(self._learner.report, settings.feature_store)
+        self._hub = observability.MetricsHub(
+            self._learner.report,
+            settings.feature_store,
+            online_ttl_s=settings.serving.online_ttl_seconds,
+        )
         self._metrics_server = observability.serve_metrics(
             self._hub, settings.serving.host, settings.serving.metrics_port
         )
@@ -328,7 +332,6 @@ class Ranker:
             await self._flush_served()
         return outcome.to_response()
 
-    @observed
     @rpc(parse=_feedback_events)
     async def Feedback(
         self, events: pa.Table, grpc_context: RayServegRPCContext
@@ -343,7 +346,6 @@ class Ranker:
             rejected_detail=result["detail"],
         )
 
-    @observed
     @rpc()
     async def Status(
         self, request: pb.StatusRequest, grpc_context: RayServegRPCContext
@@ -373,11 +375,9 @@ class Ranker:
     # ------------------------------------------------ grpc.health.v1.Health (serving.health)
     # Serve routes these by method name from the Health servicer registered beside Ranker.
 
-    @observed
     async def Check(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
         return self._health.check(request, grpc_context)
 
-    @observed
     async def List(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
         return self._health.list(request, grpc_context)
 

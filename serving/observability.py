@@ -20,11 +20,12 @@ Counters are summed over replicas; a replica silent for ``REPLICA_TTL_SECONDS`` 
 and its counters are folded into a retired total, so sums never go down while the Learner
 lives. Replica-side values are at most one weight poll old.
 
-``METRICS`` below is the list of every exported name (the source of truth for dashboards).
-The breaker state comes from the learner report's ``breaker`` (or ``extra["breaker_state"]``)
-when the circuit breaker is wired in; until then it reads ``closed``. The event-log lag comes
-from the report's ``event_log_lag_s`` when the learner reports one, else from the newest event
-in the workspace event log.
+``METRICS`` below names every exported metric: the ``serving`` rows of
+infra/monitoring/metrics.txt, the one list alerts and the dashboard use (a test keeps the
+two equal). Two numbers belong to work in progress elsewhere and read 0 until the learner
+reports them: the breaker (``report.breaker`` / ``extra["breaker_state"]``: open or
+half-open -> ``freshrank_breaker_open`` 1), the learner lag (``learner_lag_s``) and the
+event-log lag (``event_log_lag_s``), each as a report attribute or an ``extra`` key.
 
 Structured logs
 ---------------
@@ -68,28 +69,21 @@ PROBE_CACHE_SECONDS = 15.0
 LOG_PACKAGES = ("serving", "online_layer", "feature_store", "base_model", "protos")
 REQUEST_ID_FIELD = "freshrank_request_id"
 
-# name -> (type, help). Every name is exported by ``MetricsHub.collect`` (a test checks).
+# name -> (type, help): every name ``MetricsHub.collect`` exports, no other. It is the
+# ``serving`` part of infra/monitoring/metrics.txt (the one list alerts and dashboards use;
+# a test checks the two agree and that a running application exports exactly these).
 METRICS: dict[str, tuple[str, str]] = {
-    "freshrank_rank_latency_seconds": ("histogram", "Rank latency inside the ingress replica (all outcomes)."),
-    "freshrank_rpc_calls_total": ("counter", "Calls answered by the ingress, by rpc and gRPC status code."),
-    "freshrank_rank_fallbacks_total": ("counter", "Rank calls answered by the base alone, by fallback reason."),
-    "freshrank_rank_candidates_total": ("counter", "Candidates scored by Rank calls."),
-    "freshrank_online_weights_loaded": ("gauge", "1 when the replica holds online weights for its base."),
-    "freshrank_online_weight_age_seconds": ("gauge", "Age of the online weights each replica serves (since published)."),
-    "freshrank_ranker_replicas": ("gauge", "Ranker replicas that reported within the last minute."),
-    "freshrank_breaker_state": ("gauge", "Circuit breaker state (1 for the current state; closed until the breaker is wired)."),
-    "freshrank_learner_lag_seconds": ("gauge", "Wall clock minus the learner's event-time watermark."),
-    "freshrank_learner_pending_examples": ("gauge", "Joined examples waiting for the next mini-batch."),
-    "freshrank_learner_pending_requests": ("gauge", "Served requests the learner still waits on for labels."),
-    "freshrank_learner_examples_learned_total": ("counter", "Examples learned by the current online layer."),
-    "freshrank_online_published_total": ("counter", "Online snapshots published by the current layer."),
-    "freshrank_online_publish_latency_seconds": ("gauge", "Feedback-to-publish latency of recent snapshots, by quantile."),
-    "freshrank_feedback_accepted_rows_total": ("counter", "Feedback rows joined to a served record."),
-    "freshrank_feedback_dropped_rows_total": ("counter", "Feedback rows dropped, by reason (late, retired, duplicate)."),
-    "freshrank_feedback_rejected_batches_total": ("counter", "Feedback batches rejected whole, by reason."),
-    "freshrank_feedback_rejected_rows_total": ("counter", "Rows in rejected feedback batches, by reason."),
-    "freshrank_feature_age_seconds": ("gauge", "Wall clock minus the newest row's event time, per online-store view."),
-    "freshrank_event_log_lag_seconds": ("gauge", "Wall clock minus the newest event in the event log."),
+    "freshrank_rank_requests_total": ("counter", "Rank calls, by gRPC status code."),
+    "freshrank_rank_latency_seconds": ("histogram", "Rank latency in the ingress replica (every outcome)."),
+    "freshrank_rank_fallback_total": ("counter", "Rank answers served by the base alone, by fallback reason."),
+    "freshrank_breaker_open": ("gauge", "1 while the online layer's circuit breaker is open or half-open, else 0 (0 until the learner reports a breaker)."),
+    "freshrank_online_weight_age_seconds": ("gauge", "Age of the online weights each replica applies (since published)."),
+    "freshrank_online_weight_ttl_seconds": ("gauge", "serving.online_ttl_seconds: online weights older than this are stale."),
+    "freshrank_learner_lag_seconds": ("gauge", "Event time between the newest feedback seen and the newest learnt (0 until the learner reports learner_lag_s)."),
+    "freshrank_feedback_events_total": ("counter", "Feedback events by outcome (accepted, dropped, rejected) and reason."),
+    "freshrank_event_log_lag_seconds": ("gauge", "Age of the oldest event accepted but not yet durable in the event log (0 until the learner reports event_log_lag_s)."),
+    "freshrank_feature_staleness_seconds": ("gauge", "Now minus the newest event time in the online store, by view."),
+    "freshrank_feature_ttl_seconds": ("gauge", "The feature view's TTL, by view."),
 }
 
 __all__ = [
@@ -167,24 +161,23 @@ class _Histogram:
 
 
 class RankerMetrics:
-    """One ingress replica's numbers: plain counters, cheap enough for every call."""
+    """One ingress replica's Rank numbers: plain counters, cheap enough for every call."""
 
     def __init__(self, replica: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.replica = replica or replica_name()
         self._clock = clock
-        self.calls: Counter[tuple[str, str]] = Counter()
+        self.codes: Counter[str] = Counter()
         self.rank_latency = _Histogram(RANK_BUCKETS)
         self.fallbacks: Counter[str] = Counter()
-        self.candidates = 0
 
     def observe_call(self, rpc: str, code: str, seconds: float) -> None:
-        self.calls[(rpc, code)] += 1
+        """A finished call (``observed``); only Rank is exported."""
         if rpc == "Rank":
+            self.codes[code] += 1
             self.rank_latency.observe(seconds)
 
     def observe_rank(self, outcome: RankOutcome) -> None:
-        """What a Rank did: candidates scored, the fallback and why (logged at DEBUG)."""
-        self.candidates += len(outcome.query.item_ids)
+        """What an answered Rank did: the fallback and why (a line at DEBUG)."""
         reason = ""
         if outcome.fallback is not None:
             reason = _reason_name(outcome.fallback.reason)
@@ -204,11 +197,9 @@ class RankerMetrics:
         return {
             "replica": self.replica,
             "time": now,
-            "calls": [[rpc, code, n] for (rpc, code), n in self.calls.items()],
+            "codes": dict(self.codes),
             "rank_latency": {"counts": list(self.rank_latency.counts), "sum": self.rank_latency.sum},
             "fallbacks": dict(self.fallbacks),
-            "candidates": self.candidates,
-            "online_loaded": slot is not None,
             "online_age_s": None if slot is None else max(0.0, now - slot.published_at),
         }
 
@@ -227,8 +218,8 @@ H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
 def observed(handler: H) -> H:
-    """Decorate an ingress rpc method (above ``@rpc``): counts the call by the status code the
-    door set, times Rank, and scopes the request id bound during the call to it."""
+    """Decorate an ingress rpc method (above ``@rpc``): counts a Rank by the status code the
+    door set and times it, and scopes the request id bound during the call to the call."""
     name = handler.__name__
 
     # The closure is pickled by value with the deployment class: it may name only picklable
@@ -281,7 +272,8 @@ class MetricsHub:
     """Every exported number, assembled at scrape time (a prometheus-client collector).
 
     ``report`` returns the learner's ``LearnerReport``; ``feature_store`` is the workspace
-    whose online store and event log are probed (at most every ``PROBE_CACHE_SECONDS``).
+    whose online store is probed for staleness (at most every ``PROBE_CACHE_SECONDS``);
+    ``online_ttl_s`` is ``serving.online_ttl_seconds``.
     """
 
     def __init__(
@@ -289,11 +281,13 @@ class MetricsHub:
         report: Callable[[], Any] | None = None,
         feature_store: FeatureStoreConfig | None = None,
         *,
+        online_ttl_s: float | None = None,
         clock: Callable[[], float] = time.time,
         replica_ttl_s: float = REPLICA_TTL_SECONDS,
     ) -> None:
         self._report = report
         self._feature_store = feature_store
+        self._online_ttl = online_ttl_s
         self._clock = clock
         self._ttl = replica_ttl_s
         self._lock = threading.Lock()
@@ -307,7 +301,7 @@ class MetricsHub:
             self._replicas[str(snapshot["replica"])] = _Replica(self._clock(), dict(snapshot))
 
     def describe(self) -> list[Any]:
-        return []  # metric names are known only at collect time; don't collect at register
+        return []  # names are known only at collect time; don't collect at register
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -322,6 +316,12 @@ class MetricsHub:
         totals.add_totals(self._retired)
         for replica in live.values():
             totals.add_snapshot(replica.snapshot)
+        report = None
+        if self._report is not None:
+            try:
+                report = self._report()
+            except Exception:
+                logger.exception("learner report failed; learner metrics read 0 this scrape")
 
         def gauge(name: str, labels: list[str] | None = None) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, METRICS[name][1], labels=labels)
@@ -329,6 +329,10 @@ class MetricsHub:
         def counter(name: str, labels: list[str] | None = None) -> CounterMetricFamily:
             return CounterMetricFamily(name.removesuffix("_total"), METRICS[name][1], labels=labels)
 
+        requests = counter("freshrank_rank_requests_total", ["code"])
+        for code, n in sorted(totals.codes.items()):
+            requests.add_metric([code], n)
+        yield requests
         latency = HistogramMetricFamily(
             "freshrank_rank_latency_seconds", METRICS["freshrank_rank_latency_seconds"][1]
         )
@@ -338,41 +342,48 @@ class MetricsHub:
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         latency.add_metric([], buckets, totals.latency_sum)
         yield latency
-
-        calls = counter("freshrank_rpc_calls_total", ["rpc", "code"])
-        for (rpc, code), n in sorted(totals.calls.items()):
-            calls.add_metric([rpc, code], n)
-        yield calls
-        fallbacks = counter("freshrank_rank_fallbacks_total", ["reason"])
+        fallbacks = counter("freshrank_rank_fallback_total", ["reason"])
         for reason, n in sorted(totals.fallbacks.items()):
             fallbacks.add_metric([reason], n)
         yield fallbacks
-        candidates = counter("freshrank_rank_candidates_total")
-        candidates.add_metric([], totals.candidates)
-        yield candidates
 
-        loaded = gauge("freshrank_online_weights_loaded", ["replica"])
+        breaker = gauge("freshrank_breaker_open")
+        breaker.add_metric([], 0.0 if _breaker_state(report) == "closed" else 1.0)
+        yield breaker
         age = gauge("freshrank_online_weight_age_seconds", ["replica"])
         for name, replica in sorted(live.items()):
-            snap = replica.snapshot
-            loaded.add_metric([name], 1.0 if snap.get("online_loaded") else 0.0)
-            if snap.get("online_age_s") is not None:
+            if replica.snapshot.get("online_age_s") is not None:
                 # The snapshot is up to one poll old: age it to now.
-                age.add_metric([name], float(snap["online_age_s"]) + max(0.0, now - replica.seen))
-        yield loaded
+                age.add_metric([name], float(replica.snapshot["online_age_s"]) + max(0.0, now - replica.seen))
         yield age
-        replicas = gauge("freshrank_ranker_replicas")
-        replicas.add_metric([], len(live))
-        yield replicas
+        ttl = gauge("freshrank_online_weight_ttl_seconds")
+        if self._online_ttl is not None:
+            ttl.add_metric([], float(self._online_ttl))
+        yield ttl
 
-        report = None
-        if self._report is not None:
-            try:
-                report = self._report()
-            except Exception:
-                logger.exception("learner report failed; learner metrics skipped this scrape")
-        yield from self._learner_families(report, now, gauge, counter)
-        yield from self._store_families(report, now, gauge)
+        for name, key in (
+            ("freshrank_learner_lag_seconds", "learner_lag_s"),
+            ("freshrank_event_log_lag_seconds", "event_log_lag_s"),
+        ):
+            family = gauge(name)
+            family.add_metric([], _reported(report, key))
+            yield family
+        feedback = counter("freshrank_feedback_events_total", ["outcome", "reason"])
+        if report is not None:
+            feedback.add_metric(["accepted", "joined"], float(getattr(report, "feedback_rows_accepted", 0)))
+            for outcome, attribute in (("dropped", "dropped_rows"), ("rejected", "rejected_rows")):
+                for reason, n in sorted((getattr(report, attribute, None) or {}).items()):
+                    feedback.add_metric([outcome, str(reason)], float(n))
+        yield feedback
+
+        staleness = gauge("freshrank_feature_staleness_seconds", ["view"])
+        for view, newest in sorted(self._cached("features", now, self._newest_features).items()):
+            staleness.add_metric([view], max(0.0, now - newest))
+        yield staleness
+        feature_ttl = gauge("freshrank_feature_ttl_seconds", ["view"])
+        for view, seconds in sorted(_feature_ttls().items()):
+            feature_ttl.add_metric([view], seconds)
+        yield feature_ttl
 
     # -- pieces
 
@@ -382,67 +393,6 @@ class MetricsHub:
                 self._retired.add_snapshot(self._replicas.pop(name).snapshot)
             return dict(self._replicas)
 
-    def _learner_families(
-        self, report: Any, now: float, gauge: Callable[..., Any], counter: Callable[..., Any]
-    ) -> Iterator[Any]:
-        breaker = gauge("freshrank_breaker_state", ["state"])
-        current = _breaker_state(report)
-        for state in ("closed", "open", "half_open"):
-            breaker.add_metric([state], 1.0 if state == current else 0.0)
-        yield breaker
-        if report is None:
-            return
-        lag = gauge("freshrank_learner_lag_seconds")
-        watermark = _parse_time(getattr(report, "watermark", None))
-        if watermark is not None:
-            lag.add_metric([], max(0.0, now - watermark))
-        yield lag
-        for name, attribute in (
-            ("freshrank_learner_pending_examples", "pending_examples"),
-            ("freshrank_learner_pending_requests", "pending_requests"),
-        ):
-            family = gauge(name)
-            family.add_metric([], float(getattr(report, attribute, 0)))
-            yield family
-        for name, attribute in (
-            ("freshrank_learner_examples_learned_total", "examples_learned"),
-            ("freshrank_online_published_total", "published"),
-            ("freshrank_feedback_accepted_rows_total", "feedback_rows_accepted"),
-        ):
-            family = counter(name)
-            family.add_metric([], float(getattr(report, attribute, 0)))
-            yield family
-        publish = gauge("freshrank_online_publish_latency_seconds", ["quantile"])
-        for quantile, attribute in (("0.5", "publish_latency_p50_s"), ("0.95", "publish_latency_p95_s")):
-            value = getattr(report, attribute, None)
-            if value is not None:
-                publish.add_metric([quantile], float(value))
-        yield publish
-        for name, attribute in (
-            ("freshrank_feedback_dropped_rows_total", "dropped_rows"),
-            ("freshrank_feedback_rejected_batches_total", "rejected_batches"),
-            ("freshrank_feedback_rejected_rows_total", "rejected_rows"),
-        ):
-            family = counter(name, ["reason"])
-            for reason, n in sorted((getattr(report, attribute, None) or {}).items()):
-                family.add_metric([str(reason)], float(n))
-            yield family
-
-    def _store_families(self, report: Any, now: float, gauge: Callable[..., Any]) -> Iterator[Any]:
-        features = gauge("freshrank_feature_age_seconds", ["view"])
-        for view, newest in sorted(self._cached("features", now, self._newest_features).items()):
-            features.add_metric([view], max(0.0, now - newest))
-        yield features
-        events = gauge("freshrank_event_log_lag_seconds")
-        reported_lag = getattr(report, "event_log_lag_s", None)  # the learner's own, if any
-        if reported_lag is not None:
-            events.add_metric([], float(reported_lag))
-        else:
-            newest_event = self._cached("events", now, self._newest_event)
-            if newest_event is not None:
-                events.add_metric([], max(0.0, now - newest_event))
-        yield events
-
     def _cached(self, key: str, now: float, probe: Callable[[], Any]) -> Any:
         seen = self._probes.get(key)
         if seen is not None and now - seen[0] < PROBE_CACHE_SECONDS:
@@ -451,7 +401,7 @@ class MetricsHub:
             value = probe()
         except Exception:
             logger.warning("metrics probe %s failed", key, exc_info=True)
-            value = {} if key == "features" else None
+            value = {}
         self._probes[key] = (now, value)
         return value
 
@@ -462,9 +412,10 @@ class MetricsHub:
             return {}
         prefix = f"{cfg.project}_"
         newest: dict[str, float] = {}
-        with sqlite3.connect(f"file:{cfg.online_store_path}?mode=ro", uri=True) as conn:
+        conn = sqlite3.connect(f"file:{cfg.online_store_path}?mode=ro", uri=True)
+        try:
             tables = [
-                row[0]
+                str(row[0])
                 for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 if str(row[0]).startswith(prefix)
             ]
@@ -473,54 +424,56 @@ class MetricsHub:
                 seconds = _parse_time(value)
                 if seconds is not None:
                     newest[table.removeprefix(prefix)] = seconds
+        finally:
+            conn.close()
         return newest
 
-    def _newest_event(self) -> float | None:
-        """The newest event time in the workspace event log (its newest hour's parts)."""
-        cfg = self._feature_store
-        if cfg is None:
-            return None
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        from feature_store.event_log import hour_parts, list_event_hours
+def _feature_ttls() -> dict[str, float]:
+    """The TTL of each feature view that has one (seconds)."""
+    try:
+        from feature_store.views import WINDOW_VIEWS
+    except Exception:
+        return {}
+    return {view.name: view.ttl_days * 86_400.0 for view in WINDOW_VIEWS}
 
-        hours = list_event_hours(cfg.events_dir)
-        if not hours:
-            return None
-        parts = hour_parts(cfg.events_dir, hours[-1])
-        if not parts:
-            return None
-        newest = max(pc.max(pq.read_table(p, columns=["ts"]).column("ts")).as_py() for p in parts)
-        return _parse_time(newest)
+
+def _reported(report: Any, key: str) -> float:
+    """A number the learner reports as ``report.<key>`` or ``report.extra[key]``; else 0."""
+    if report is None:
+        return 0.0
+    value = getattr(report, key, None)
+    if value is None:
+        value = (getattr(report, "extra", None) or {}).get(key)
+    try:
+        return float(value) if value is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 class _Totals:
     """Counters summed over replica snapshots."""
 
     def __init__(self) -> None:
-        self.calls: Counter[tuple[str, str]] = Counter()
+        self.codes: Counter[str] = Counter()
         self.latency_counts = [0] * (len(RANK_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.fallbacks: Counter[str] = Counter()
-        self.candidates = 0
 
     def add_snapshot(self, snap: Mapping[str, Any]) -> None:
-        for rpc, code, n in snap.get("calls", ()):
-            self.calls[(str(rpc), str(code))] += int(n)
+        for code, n in (snap.get("codes") or {}).items():
+            self.codes[str(code)] += int(n)
         latency = snap.get("rank_latency") or {}
         for i, n in enumerate(latency.get("counts", ())[: len(self.latency_counts)]):
             self.latency_counts[i] += int(n)
         self.latency_sum += float(latency.get("sum", 0.0))
         self.fallbacks.update({str(k): int(v) for k, v in (snap.get("fallbacks") or {}).items()})
-        self.candidates += int(snap.get("candidates", 0))
 
     def add_totals(self, other: _Totals) -> None:
-        self.calls.update(other.calls)
+        self.codes.update(other.codes)
         self.latency_counts = [a + b for a, b in zip(self.latency_counts, other.latency_counts, strict=True)]
         self.latency_sum += other.latency_sum
         self.fallbacks.update(other.fallbacks)
-        self.candidates += other.candidates
 
 
 def _breaker_state(report: Any) -> str:

@@ -100,12 +100,13 @@ def test_the_hub_sums_replicas_and_exports_every_declared_name_over_http() -> No
     from serving.ranking import Fallback
 
     now = [1_000.0]
-    hub = MetricsHub(fake_report, clock=lambda: now[0])
+    hub = MetricsHub(fake_report, online_ttl_s=900.0, clock=lambda: now[0])
     a, b = RankerMetrics("Ranker#a", clock=lambda: now[0]), RankerMetrics("Ranker#b", clock=lambda: now[0])
     a.observe_call("Rank", "OK", 0.0012)
     a.observe_rank(outcome("r1", 100))
     b.observe_call("Rank", "OK", 0.004)
     b.observe_call("Rank", "INVALID_ARGUMENT", 0.0001)
+    b.observe_call("Status", "OK", 0.5)  # not a Rank: not counted
     b.observe_rank(outcome("r2", 10, Fallback(pb.FALLBACK_REASON_ONLINE_ABSENT, "none yet")))
     slot: Any = SimpleNamespace(published_at=990.0)
     hub.update(a.snapshot(slot))
@@ -114,49 +115,56 @@ def test_the_hub_sums_replicas_and_exports_every_declared_name_over_http() -> No
     assert server is not None
     try:
         samples = scrape(server.address)
-        # Every declared family is there (the store probes with no samples: no workspace).
         assert families(server.address) == set(METRICS)
-        assert samples['freshrank_rpc_calls_total{code="OK",rpc="Rank"}'] == 2
-        assert samples['freshrank_rpc_calls_total{code="INVALID_ARGUMENT",rpc="Rank"}'] == 1
+        assert samples['freshrank_rank_requests_total{code="OK"}'] == 2
+        assert samples['freshrank_rank_requests_total{code="INVALID_ARGUMENT"}'] == 1
         assert samples["freshrank_rank_latency_seconds_count"] == 3
         assert samples['freshrank_rank_latency_seconds_bucket{le="0.002"}'] == 2
         assert samples['freshrank_rank_latency_seconds_bucket{le="+Inf"}'] == 3
-        assert samples['freshrank_rank_fallbacks_total{reason="online_absent"}'] == 1
-        assert samples["freshrank_rank_candidates_total"] == 110
+        assert samples['freshrank_rank_fallback_total{reason="online_absent"}'] == 1
         assert samples['freshrank_online_weight_age_seconds{replica="Ranker#a"}'] == 10.0
-        assert samples['freshrank_online_weights_loaded{replica="Ranker#b"}'] == 0.0
-        assert samples["freshrank_ranker_replicas"] == 2
-        assert samples['freshrank_breaker_state{state="closed"}'] == 1
-        assert samples["freshrank_feedback_accepted_rows_total"] == 700
-        assert samples['freshrank_feedback_dropped_rows_total{reason="late"}'] == 4
-        assert samples['freshrank_feedback_rejected_batches_total{reason="label_rate"}'] == 1
-        assert samples['freshrank_online_publish_latency_seconds{quantile="0.95"}'] == 0.9
-        assert samples["freshrank_learner_pending_examples"] == 5
+        assert not any("Ranker#b" in key for key in samples)  # b has no weights
+        assert samples["freshrank_online_weight_ttl_seconds"] == 900.0
+        assert samples["freshrank_breaker_open"] == 0
+        assert samples['freshrank_feedback_events_total{outcome="accepted",reason="joined"}'] == 700
+        assert samples['freshrank_feedback_events_total{outcome="dropped",reason="late"}'] == 4
+        assert samples['freshrank_feedback_events_total{outcome="rejected",reason="label_rate"}'] == 50
+        assert samples['freshrank_feature_ttl_seconds{view="item_fresh"}'] == 30 * 86_400
+        assert samples["freshrank_learner_lag_seconds"] == 0  # not reported yet
         # A replica that stops reporting is dropped; its counts stay in the sums.
         now[0] += observability.REPLICA_TTL_SECONDS + 1
         hub.update(a.snapshot(slot))
         later = scrape(server.address)
-        assert later["freshrank_ranker_replicas"] == 1
-        assert later['freshrank_rpc_calls_total{code="OK",rpc="Rank"}'] == 2
-        assert later["freshrank_rank_candidates_total"] == 110
+        assert later['freshrank_rank_requests_total{code="OK"}'] == 2
+        assert later["freshrank_rank_latency_seconds_count"] == 3
     finally:
         server.stop()
 
 
-def test_breaker_state_is_read_from_the_report_when_present() -> None:
+def test_metrics_are_the_serving_rows_of_the_monitoring_list() -> None:
+    listed = {}
+    path = pathlib.Path(__file__).resolve().parents[2] / "infra" / "monitoring" / "metrics.txt"
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, kind, exporter = line.split()[:3]
+            if exporter == "serving":
+                listed[name] = kind
+    assert listed == {name: kind for name, (kind, _) in METRICS.items()}
+
+
+def test_lags_and_breaker_are_read_from_the_report_when_present() -> None:
     for breaker, wanted in (
-        (None, "closed"),
-        (SimpleNamespace(state="open"), "open"),
-        ({"state": "half_open"}, "half_open"),
+        (None, 0.0),
+        (SimpleNamespace(state="open"), 1.0),
+        ({"state": "half_open"}, 1.0),
+        (SimpleNamespace(state="closed"), 0.0),
     ):
-        hub = MetricsHub(functools.partial(fake_report, breaker=breaker))
-        states = {
-            m.samples[i].labels["state"]: m.samples[i].value
-            for m in hub.collect()
-            if m.name == "freshrank_breaker_state"
-            for i in range(len(m.samples))
-        }
-        assert states[wanted] == 1 and sum(states.values()) == 1
+        report = fake_report(breaker=breaker, extra={"learner_lag_s": 2.5}, event_log_lag_s=7.0)
+        hub = MetricsHub(functools.partial(lambda r: r, report))
+        values = {m.name: m.samples[0].value for m in hub.collect() if m.samples and not m.samples[0].labels}
+        assert values["freshrank_breaker_open"] == wanted
+        assert values["freshrank_learner_lag_seconds"] == 2.5
+        assert values["freshrank_event_log_lag_seconds"] == 7.0
 
 
 def test_a_taken_metrics_port_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
@@ -170,13 +178,10 @@ def test_a_taken_metrics_port_is_logged_not_fatal(caplog: pytest.LogCaptureFixtu
         first.stop()
 
 
-def test_feature_age_and_event_log_lag_come_from_the_workspace(tmp_path: pathlib.Path) -> None:
+def test_feature_staleness_comes_from_the_online_store(tmp_path: pathlib.Path) -> None:
     import sqlite3
 
-    import pyarrow as pa
-
     from feature_store.config import FeatureStoreConfig
-    from feature_store.event_log import write_event_log
 
     cfg = FeatureStoreConfig.from_dict({"workspace": tmp_path})
     cfg.online_store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,25 +190,12 @@ def test_feature_age_and_event_log_lag_come_from_the_workspace(tmp_path: pathlib
         conn.execute(
             f'INSERT INTO "{cfg.project}_item_stats" VALUES (?, ?)', (b"k", "2026-01-01 00:00:00")
         )
-    ts = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
-    events = pa.table(
-        {
-            "request_id": ["r"],
-            "user_id": ["u"],
-            "item_id": ["i"],
-            "ts": pa.array([ts], pa.timestamp("us", tz="UTC")),
-            "label": [1.0],
-            "position": pa.array([0], pa.int32()),
-        }
-    )
-    write_event_log(events, cfg.events_dir)
-    now = ts.timestamp() + 60
+    now = datetime(2026, 1, 1, 0, 30, tzinfo=UTC).timestamp()
     hub = MetricsHub(feature_store=cfg, clock=lambda: now)
     samples = {
         (m.name, tuple(s.labels.values())): s.value for m in hub.collect() for s in m.samples
     }
-    assert samples[("freshrank_feature_age_seconds", ("item_stats",))] == 1800 + 60
-    assert samples[("freshrank_event_log_lag_seconds", ())] == 60
+    assert samples[("freshrank_feature_staleness_seconds", ("item_stats",))] == 1800
 
 
 def test_the_observed_decorator_counts_codes_and_scopes_the_request_id() -> None:
@@ -226,7 +218,7 @@ def test_the_observed_decorator_counts_codes_and_scopes_the_request_id() -> None
     asyncio.run(ingress.Rank("bad", grpc_context=FakeContext()))
     assert seen == ["req-1", "bad"]
     assert observability._REQUEST_ID.get() == ""
-    assert ingress._metrics.calls == {("Rank", "OK"): 1, ("Rank", "INVALID_ARGUMENT"): 1}
+    assert ingress._metrics.codes == {"OK": 1, "INVALID_ARGUMENT": 1}
 
 
 def test_request_id_filter_tags_records_of_a_bound_request() -> None:
@@ -464,16 +456,17 @@ def test_reflection_v1_lists_and_describes_the_ranker(running: Running) -> None:
 
 @pytest.mark.slow
 def test_metrics_move_after_rank_and_feedback(running: Running) -> None:
+    import pyarrow as pa
+
     from serving.client import RankerClient
 
     assert running.metrics_address.startswith("127.0.0.1:")
+    ok, bad = 'freshrank_rank_requests_total{code="OK"}', 'freshrank_rank_requests_total{code="INVALID_ARGUMENT"}'
+    accepted = 'freshrank_feedback_events_total{outcome="accepted",reason="joined"}'
     before = scrape(running.metrics_address)
-    ok = 'freshrank_rpc_calls_total{code="OK",rpc="Rank"}'
     request = first_request(running.events, 0)
     for n in range(3):
         rank(running, request, f"metrics-{n}")
-    import pyarrow as pa
-
     index = request.schema.get_field_index("request_id")
     feedback = request.set_column(index, "request_id", pa.array(["metrics-0"] * request.num_rows))
     with RankerClient(running.grpc_address, running.app_name) as client:
@@ -485,25 +478,20 @@ def test_metrics_move_after_rank_and_feedback(running: Running) -> None:
         after = scrape(running.metrics_address)
         if (
             after.get(ok, 0) >= before.get(ok, 0) + 3
-            and after.get("freshrank_feedback_accepted_rows_total", 0)
-            > before.get("freshrank_feedback_accepted_rows_total", 0)
-            and after.get('freshrank_rpc_calls_total{code="INVALID_ARGUMENT",rpc="Rank"}', 0) >= 1
+            and after.get(bad, 0) >= before.get(bad, 0) + 1
+            and after.get(accepted, 0) > before.get(accepted, 0)
         ):
             break
         time.sleep(0.3)
     assert after.get(ok, 0) >= before.get(ok, 0) + 3, after
-    assert after['freshrank_rpc_calls_total{code="INVALID_ARGUMENT",rpc="Rank"}'] >= 1
+    assert after[bad] >= before.get(bad, 0) + 1
+    assert after[accepted] > before.get(accepted, 0)
     assert after["freshrank_rank_latency_seconds_count"] >= before.get(
         "freshrank_rank_latency_seconds_count", 0
     ) + 4
-    assert after["freshrank_feedback_accepted_rows_total"] > before.get(
-        "freshrank_feedback_accepted_rows_total", 0
-    )
-    assert after['freshrank_rank_fallbacks_total{reason="online_absent"}'] >= 3
-    assert after["freshrank_ranker_replicas"] == 1
-    assert after.get('freshrank_rpc_calls_total{code="OK",rpc="Check"}', 0) >= 1  # the health test
-    assert any(k.startswith("freshrank_feature_age_seconds{") for k in after)
-    assert "freshrank_event_log_lag_seconds" in after
+    assert after['freshrank_rank_fallback_total{reason="online_absent"}'] >= 3
+    assert after["freshrank_online_weight_ttl_seconds"] == running.settings.serving.online_ttl_seconds
+    assert any(k.startswith("freshrank_feature_staleness_seconds{") for k in after)
     assert families(running.metrics_address) == set(METRICS)
 
 
