@@ -389,10 +389,10 @@ def running(ray_cluster, tmp_path_factory) -> Iterator[Running]:
         },
     )
     events = simulate(
-        SimulatorConfig(seed=3, days=3, impressions_per_day=2_500, n_users=300, items_per_day=100)
-    )
+        SimulatorConfig(seed=3, days=4, impressions_per_day=4_000, n_users=400, items_per_day=120)
+    )  # as in test_grpc_app: smaller logs trip the base's data gates
     start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
     prepare_base(settings, events, as_of, backend="local")
     started = app.start(settings)
     with grpc.insecure_channel(started.grpc_address) as channel:
