@@ -37,8 +37,9 @@ class ServingConfig:
             either way.
         metrics_port: Port of the Prometheus endpoint (``/metrics``), served by the Learner
             replica on ``host`` (loopback by default); 0 picks a free port (logged, and
-            returned by ``serving.app.start``). A port that cannot be bound is logged and
-            serving goes on without metrics. Names: ``serving.observability.METRICS``.
+            returned by ``serving.app.start``). A port that is taken is retried for a minute
+            (a redeployed Learner waits for the old one), then logged; serving never stops
+            for it. Names: ``serving.observability.METRICS``.
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
             files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """

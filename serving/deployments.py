@@ -30,7 +30,7 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
 from protos.freshrank.v1 import ranking_pb2 as pb
-from serving import observability
+from serving import metrics_hub, observability
 from serving.errors import NotReady
 from serving.health import HealthState
 from serving.ingress import rpc
@@ -95,12 +95,12 @@ class Learner:
             FreshCounterPusher(settings.feature_store), settings.serving.fresh_push_seconds
         )
         self._learner.start_ticker()
-        self._hub = observability.MetricsHub(
+        self._hub = metrics_hub.MetricsHub(
             self._learner.report,
             settings.feature_store,
             online_ttl_s=settings.serving.online_ttl_seconds,
         )
-        self._metrics_server = observability.serve_metrics(
+        self._metrics_server = metrics_hub.serve_metrics(
             self._hub, settings.serving.host, settings.serving.metrics_port
         )
 
@@ -109,8 +109,8 @@ class Learner:
         self._hub.update(snapshot)
 
     def metrics_address(self) -> str:
-        """``host:port`` of the Prometheus endpoint, "" when it could not be bound."""
-        return self._metrics_server.address if self._metrics_server is not None else ""
+        """``host:port`` of the Prometheus endpoint, "" while it is not bound."""
+        return self._metrics_server.address
 
     def record_served(self, records: list[ServedRecord]) -> int:
         return self._learner.record_served(records)

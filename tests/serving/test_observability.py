@@ -31,7 +31,8 @@ from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
 from protos.freshrank.v1 import ranking_pb2 as pb
 from serving import observability, reflection
 from serving.health import HealthState
-from serving.observability import METRICS, MetricsHub, RankerMetrics, serve_metrics
+from serving.metrics_hub import MetricsHub, serve_metrics
+from serving.observability import METRICS, RankerMetrics
 
 # ------------------------------------------------------------------ helpers
 
@@ -112,7 +113,6 @@ def test_the_hub_sums_replicas_and_exports_every_declared_name_over_http() -> No
     hub.update(a.snapshot(slot))
     hub.update(b.snapshot(None))
     server = serve_metrics(hub, "127.0.0.1", 0)
-    assert server is not None
     try:
         samples = scrape(server.address)
         assert families(server.address) == set(METRICS)
@@ -167,13 +167,23 @@ def test_lags_and_breaker_are_read_from_the_report_when_present() -> None:
         assert values["freshrank_event_log_lag_seconds"] == 7.0
 
 
-def test_a_taken_metrics_port_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_taken_metrics_port_is_retried_then_logged_never_fatal(caplog: pytest.LogCaptureFixture) -> None:
     first = serve_metrics(MetricsHub(), "127.0.0.1", 0)
-    assert first is not None
+    assert first.port is not None
     try:
-        with caplog.at_level(logging.ERROR, logger="serving.observability"):
-            assert serve_metrics(MetricsHub(), "127.0.0.1", first.port) is None
-        assert "not started" in caplog.text
+        with caplog.at_level(logging.ERROR, logger="serving.metrics_hub"):
+            refused = serve_metrics(MetricsHub(), "127.0.0.1", first.port, retry_s=0)
+        assert refused.address == "" and "not started" in caplog.text
+        # A redeployed Learner waits for the old one to let go of the port.
+        waiting = serve_metrics(MetricsHub(), "127.0.0.1", first.port, retry_s=30)
+        assert waiting.address == ""
+        first.stop()
+        deadline = time.monotonic() + 10
+        while waiting.port is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert waiting.port == first.port
+        assert "freshrank_breaker_open" in scrape(waiting.address)
+        waiting.stop()
     finally:
         first.stop()
 
