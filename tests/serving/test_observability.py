@@ -263,6 +263,18 @@ def test_health_answers_serving_not_serving_and_unknown() -> None:
     assert not_ready.status("") == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def test_health_rpcs_never_collide_with_ranker_rpcs() -> None:
+    """Serve routes by method name: a Health rpc named like a Ranker rpc would be misrouted."""
+    from serving.deployments import Ranker
+    from serving.ingress import RPCS
+
+    health = {m.name for m in health_pb2.DESCRIPTOR.services_by_name["Health"].methods}
+    assert health == {"Check", "List", "Watch"}
+    assert not health & set(RPCS)
+    for name in health:
+        assert callable(getattr(Ranker.func_or_class, name))
+
+
 def test_watch_sends_changes_and_ends_after_not_serving_on_drain() -> None:
     draining = [False]
     state = HealthState(lambda: True, draining=lambda: draining[0], poll_s=0.01)
