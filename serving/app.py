@@ -6,9 +6,14 @@ it on a Ray cluster: the one at ``settings.ray_address``, or a loopback-only loc
 
     serve run serving.app:app_builder config=freshrank.toml workspace=.freshrank
 
-(with Serve's gRPC options from ``infra/serve/config.yaml``, which names the servicer:
-``serving.ingress.add_ranker_to_server``, which hands the ingress raw request bytes so that
-its door can refuse a malformed protobuf with ``INVALID_ARGUMENT``).
+(with Serve's gRPC options from ``infra/serve/config.yaml``, which names the servicers,
+``SERVICERS``: ``serving.ingress.add_ranker_to_server``, which hands the ingress raw request
+bytes so that its door can refuse a malformed protobuf with ``INVALID_ARGUMENT``; the standard
+``grpc.health.v1.Health``, answered by the ingress (``serving.health``); and reflection v1,
+answered by the proxy (``serving.reflection``)).
+
+Logs are Serve's JSON logs (``logging_config`` ``encoding: JSON``); the Prometheus endpoint is
+the Learner's (``serving.observability``), on ``serving.host``:``serving.metrics_port``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVICER = "serving.ingress.add_ranker_to_server"
+# Serve's grpc_servicer_functions, in order (reflection v1 last: it lists what is registered).
+SERVICERS = [
+    SERVICER,
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+    "serving.reflection.add_reflection_v1_to_server",
+]
+
+
+def logging_config(settings: Settings) -> dict[str, object]:
+    """Serve's ``logging_config`` for the proxies and the deployments: JSON lines."""
+    return {
+        "encoding": "JSON",
+        "log_level": settings.serving.log_level,
+        "enable_access_log": settings.serving.access_log,
+    }
 
 
 def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Application:
@@ -51,16 +71,16 @@ def build_app(settings: Settings, *, online_enabled: bool | None = None) -> Appl
     # mypy keeps a decorated class's own type; ``@serve.deployment`` made each a Deployment.
     learner_deployment, ranker_deployment = cast(Deployment, Learner), cast(Deployment, Ranker)
     enabled = settings.serving.online_enabled if online_enabled is None else online_enabled
-    logging_config = {"enable_access_log": settings.serving.access_log}
+    logs = logging_config(settings)
     learner = learner_deployment.options(
-        ray_actor_options={"num_cpus": 0}, logging_config=logging_config
+        ray_actor_options={"num_cpus": 0}, logging_config=logs
     ).bind(settings)
     return ranker_deployment.options(
         num_replicas=settings.serving.ranker_replicas,
         max_ongoing_requests=settings.serving.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
         user_config={"online_enabled": enabled},
-        logging_config=logging_config,
+        logging_config=logs,
     ).bind(settings, learner, Secret(token) if (token := os.environ.get(TOKEN_ENV, "").strip()) else None)
 
 
@@ -76,6 +96,7 @@ class RunningServer:
     grpc_address: str
     http_address: str
     app_name: str
+    metrics_address: str = ""  # the Prometheus endpoint (host:port, path /metrics)
 
 
 def _free_port(host: str) -> int:
@@ -87,8 +108,8 @@ def _free_port(host: str) -> int:
 def start(settings: Settings) -> RunningServer:
     """Start Serve (gRPC + HTTP proxies) and deploy the application; returns its addresses.
 
-    Ports of 0 are replaced by free ones. Joins ``settings.ray_address`` if set, else
-    starts a loopback-only local Ray cluster.
+    Ports of 0 are replaced by free ones (the metrics port by the Learner, which binds it).
+    Joins ``settings.ray_address`` if set, else starts a loopback-only local Ray cluster.
     """
     from protos.ray_local import init_local_ray
 
@@ -104,13 +125,24 @@ def start(settings: Settings) -> RunningServer:
     http_port = cfg.http_port or _free_port(cfg.host)
     serve.start(
         http_options={"host": cfg.host, "port": http_port},
-        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER]),
-        logging_config={"enable_access_log": cfg.access_log},
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=SERVICERS),
+        logging_config=logging_config(settings),
     )
     serve.run(build_app(settings), name=cfg.app_name, blocking=False)
-    running = RunningServer(f"{cfg.host}:{grpc_port}", f"{cfg.host}:{http_port}", cfg.app_name)
+    running = RunningServer(
+        f"{cfg.host}:{grpc_port}", f"{cfg.host}:{http_port}", cfg.app_name, metrics_address(cfg.app_name)
+    )
     logger.info("freshrank serving gRPC on %s", running.grpc_address)
     return running
+
+
+def metrics_address(app_name: str, timeout_s: float = 30.0) -> str:
+    """Where the running application's Prometheus endpoint listens (``host:port``; "" if
+    the Learner could not bind it). Path: ``/metrics``."""
+    from ray import serve
+
+    learner = serve.get_deployment_handle("Learner", app_name=app_name)
+    return str(learner.metrics_address.remote().result(timeout_s=timeout_s))
 
 
 def set_online_enabled(

@@ -51,6 +51,13 @@ class ServingConfig:
             server clock is refused (a future time would move the learner's watermark).
         max_event_age_seconds: A request_time or event_time older than this is refused;
             0 (default) allows any age after 1970-01-01 (replays of logged data).
+        metrics_port: Port of the Prometheus endpoint (``/metrics``), served by the Learner
+            replica on ``host`` (loopback by default); 0 picks a free port (logged, and
+            returned by ``serving.app.start``). A port that is taken is retried for a minute
+            (a redeployed Learner waits for the old one), then logged; serving never stops
+            for it. Names: ``serving.observability.METRICS``.
+        log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
+            files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
 
     grpc_port: int = 9000
@@ -73,9 +80,11 @@ class ServingConfig:
     max_attribute_bytes: int = 256
     max_clock_skew_seconds: float = 300.0
     max_event_age_seconds: float = 0.0
+    metrics_port: int = 9464
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        for name in ("grpc_port", "http_port"):
+        for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"serving.{name} must be in [0, 65535], got {port}")
@@ -104,6 +113,10 @@ class ServingConfig:
             isinstance(name, str) for name in self.open_rpcs
         ):
             raise ValueError("serving.open_rpcs must be a list of rpc names")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(
+                f"serving.log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServingConfig:

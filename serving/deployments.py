@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -33,9 +34,12 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from protos.errors import FailedPrecondition, NotFound
 from protos.freshrank.v1 import ranking_pb2 as pb
+from serving import metrics_hub, observability
 from serving.auth import AccessPolicy, PeerPolicy, Secret, load_token
 from serving.errors import NotReady
+from serving.health import HealthState
 from serving.ingress import RPCS, caller_metadata, caller_peer, rpc
+from serving.observability import observed
 from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
 from serving.requests import (
     AdminAction,
@@ -84,6 +88,7 @@ class Learner:
         from serving.durability import DurableSink, LearnerDurability, StrictClock
         from serving.snapshots import RegistrySnapshotSink, champion_snapshot
 
+        observability.configure_replica_logging()
         registry = ModelRegistry(settings.registry_dir)
         champion = _champion_base(settings)
         base = BaseScorer.load(champion.path)
@@ -117,6 +122,22 @@ class Learner:
 
         self._settings = settings
         self._controls = Controls(audit_path(settings.workspace), settings.serving.online_enabled)
+        self._hub = metrics_hub.MetricsHub(
+            self._learner.report,
+            settings.feature_store,
+            online_ttl_s=settings.serving.online_ttl_seconds,
+        )
+        self._metrics_server = metrics_hub.serve_metrics(
+            self._hub, settings.serving.host, settings.serving.metrics_port
+        )
+
+    def observe_replica(self, snapshot: dict[str, Any]) -> None:
+        """A Ranker replica's metrics (``RankerMetrics.snapshot``), sent with its weight poll."""
+        self._hub.update(snapshot)
+
+    def metrics_address(self) -> str:
+        """``host:port`` of the Prometheus endpoint, "" while it is not bound."""
+        return self._metrics_server.address
 
     def record_served(self, records: list[ServedRecord]) -> int:
         return self._learner.record_served(records)
@@ -217,6 +238,9 @@ class Learner:
         counters = getattr(self, "_counters", None)
         if counters is not None:
             counters.stop()
+        metrics_server = getattr(self, "_metrics_server", None)
+        if metrics_server is not None:
+            metrics_server.stop()
 
 
 class _LearnerBackground:
@@ -331,6 +355,8 @@ class Ranker:
         from online_layer.features import OnlineFeaturizer
         from serving.snapshots import champion_snapshot
 
+        observability.configure_replica_logging()
+        self._metrics = observability.RankerMetrics()
         self._settings = settings
         self._learner = learner
         cfg_serving = settings.serving
@@ -369,6 +395,7 @@ class Ranker:
         self._last_poll = 0.0
         self._requests = 0
         self._fallbacks = 0
+        self._health = HealthState(lambda: bool(self._ranker.base_version))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live operator switches (Serve's ``user_config``), applied without a restart:
@@ -440,6 +467,7 @@ class Ranker:
         )
         if snapshot is not None:
             self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        await self._learner.observe_replica.remote(self._metrics.snapshot(self._ranker.online))
 
     def _install(self, version: str, blob: bytes, published_at: float) -> None:
         base_version = self._ranker.base_version
@@ -488,10 +516,13 @@ class Ranker:
     # Each goes through the door (``serving.ingress.rpc``): it decodes the request, maps bad
     # input to INVALID_ARGUMENT, a ``FreshrankError`` to its status, anything else to INTERNAL.
 
+    @observed
     @rpc(parse=_rank_query)
     async def Rank(self, query: RankQuery, grpc_context: RayServegRPCContext) -> pb.RankResponse:
+        observability.bind_request_id(query.request_id)
         self._ensure_background()
         outcome = self._ranker.rank(query)
+        self._metrics.observe_rank(outcome)
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
         self._remember(outcome)
@@ -574,3 +605,16 @@ class Ranker:
             control_serial=str(record["serial"]),
             detail=str(record.get("published_as", "")),
         )
+
+    # ------------------------------------------------ grpc.health.v1.Health (serving.health)
+    # Serve routes these by method name from the Health servicer registered beside Ranker.
+
+    async def Check(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._health.check(request, grpc_context)
+
+    async def List(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._health.list(request, grpc_context)
+
+    async def Watch(self, request: Any, grpc_context: RayServegRPCContext) -> AsyncIterator[Any]:
+        async for reply in self._health.watch(request, grpc_context):
+            yield reply

@@ -117,7 +117,7 @@ def test_the_embedded_serve_config_is_infra_serve_config_yaml_in_the_cluster() -
     assert set(cluster_app["args"]) <= {"config", "workspace"}
     assert cluster_app["args"]["workspace"].startswith("/")
     # ...and both are what the code builds (as tests/serving/test_serve_config.py checks).
-    assert embedded["grpc_options"]["grpc_servicer_functions"] == [app.SERVICER]
+    assert embedded["grpc_options"]["grpc_servicer_functions"] == app.SERVICERS
     assert cluster_app["name"] == ServingConfig().app_name
     module, _, attribute = cluster_app["import_path"].partition(":")
     assert (module, attribute) == (app.__name__, app.app_builder.__name__)

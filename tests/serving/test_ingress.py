@@ -191,6 +191,8 @@ def test_every_rpc_of_the_ingress_goes_through_the_door() -> None:
     ingress = Ranker.func_or_class
     for name in RPCS:
         method = getattr(ingress, name)
+        while getattr(method, "__observed__", False):  # serving.observability.observed, outside
+            method = method.__wrapped__
         assert method.__code__ is not method.__wrapped__.__code__, f"{name} bypasses the door"
         assert method.__code__.co_name == "door"
 
