@@ -121,7 +121,7 @@ def serve_pids() -> dict[str, set[int]]:
 
 @pytest.fixture(scope="module")
 def system(ray_cluster, tmp_path_factory) -> Iterator[object]:
-    from serve_system import running_system
+    from tests.serve_system import running_system
 
     # Two Ranker replicas: the one taking an admin call applies it at once, the other
     # follows on its poll (weight_poll_seconds = 0.2).
@@ -156,7 +156,7 @@ def learn_until_served(system, requests) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # includes the module fixture: base training, Serve start
 def test_toggles_and_a_rollback_under_load_fail_no_call_and_keep_the_learner(system) -> None:
-    from serve_system import requests_of
+    from tests.serve_system import requests_of
 
     requests = requests_of(system.events, 160)
     learn_until_served(system, requests[:80])
