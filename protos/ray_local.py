@@ -47,8 +47,13 @@ def apply_loopback_environment(env: MutableMapping[str, str] | None = None) -> N
 
 
 def init_local_ray(num_cpus: int | None = None, address: str | None = None, **kwargs: Any) -> None:
-    """Connect to ``address`` if given (an existing cluster), else start a loopback-only one.
+    """Connect to ``address`` (or ``$RAY_ADDRESS``, as in a Ray job), else start a
+    loopback-only cluster of this process's own.
 
+    Never joins a cluster merely because one runs on this machine (``ray start`` leaves its
+    address in ``/tmp/ray``, which a bare ``ray.init()`` would join): a local run gets its own
+    cluster, with Ray's token authentication on (Ray 2.60's default for a new local
+    cluster: every Ray port refuses a caller without the token; ``tests/test_ray_local.py``).
     Does nothing when Ray is already initialised in this process, so library code can call
     it unconditionally and tests can share one session cluster.
     """
@@ -56,6 +61,7 @@ def init_local_ray(num_cpus: int | None = None, address: str | None = None, **kw
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
@@ -63,7 +69,8 @@ def init_local_ray(num_cpus: int | None = None, address: str | None = None, **kw
     apply_loopback_environment()
     _loopback_after_import()
     logger.info("starting a local loopback Ray cluster (num_cpus=%s)", num_cpus)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    # "local": always a new cluster of our own, never one `ray start` left running here.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
 
 
 def _loopback_after_import() -> None:
