@@ -46,7 +46,7 @@ FRESH = {
         "readiness_tolerance": 1.0,
         "readiness_auc_tolerance": 1.0,
     },
-    "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2},
+    "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2},
     # This measures serving, not model quality: a small base is promoted even if it only
     # ties a constant.
     "base_model": {"min_gain_vs_constant": -0.5},

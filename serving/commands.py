@@ -122,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workspace = prepare_workspace(given if given is not None else args.settings.workspace / "demo")
     # The demo picks free ports so it never collides with a server already running.
     settings = _with_ray_address(args.settings, args).with_overrides(
-        {"feature_store": {"workspace": workspace}, "serving": {"grpc_port": 0, "http_port": 0}}
+        {"feature_store": {"workspace": workspace}, "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0}}
     )
     options = DemoOptions(
         workspace=workspace,

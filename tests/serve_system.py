@@ -60,7 +60,7 @@ def running_system(
     settings = load_settings(
         workspace=workspace,
         overrides={
-            "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2, **(serving or {})},
+            "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2, **(serving or {})},
             "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
             "online_layer": FAST_ONLINE,
         },

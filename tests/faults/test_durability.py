@@ -70,7 +70,7 @@ def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
     settings = load_settings(
         workspace=workspace,
         overrides={
-            "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2},
+            "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2},
             "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
             "online_layer": {
                 "emit": "on_arrival",
@@ -95,14 +95,17 @@ def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
     late = events.filter(pc.greater_equal(events.column("ts"), pa.scalar(as_of, events.column("ts").type)))
     ids = late.column("request_id").unique().to_pylist()
     by_id = {rid: late.filter(pc.equal(late.column("request_id"), rid)) for rid in ids[:400]}
-    running = app.start(settings)
-    client = _client(running.grpc_address, running.app_name)
-    system = System(settings, client, running.grpc_address, list(by_id.values()))
-    try:
-        yield system
-    finally:
-        system.client.close()
-        app.stop()
+    from serving.auth import session_token
+
+    with session_token():  # Feedback needs the ingress token; the client sends it
+        running = app.start(settings)
+        client = _client(running.grpc_address, running.app_name)
+        system = System(settings, client, running.grpc_address, list(by_id.values()))
+        try:
+            yield system
+        finally:
+            system.client.close()
+            app.stop()
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -22,7 +22,7 @@ def test_the_demo_replays_through_grpc_and_reports_base_and_hybrid_side_by_side(
         None,
         workspace=str(workspace),
         overrides={
-            "serving": {"weight_poll_seconds": 0.2},
+            "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2},
             "online_layer": {
                 "emit": "on_arrival",
                 "batch_size": 64,

@@ -416,19 +416,22 @@ def running(ray_cluster, tmp_path_factory) -> Iterator[Running]:
     start = events.column("ts")[0].as_py()
     as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
     prepare_base(settings, events, as_of, backend="local")
-    started = app.start(settings)
-    with grpc.insecure_channel(started.grpc_address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
-    try:
-        yield Running(
-            settings,
-            started.grpc_address,
-            started.metrics_address,
-            slice_events(events, as_of, None),
-            started.app_name,
-        )
-    finally:
-        app.stop()
+    from serving.auth import session_token
+
+    with session_token():  # Feedback needs the ingress token; RankerClient sends it
+        started = app.start(settings)
+        with grpc.insecure_channel(started.grpc_address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        try:
+            yield Running(
+                settings,
+                started.grpc_address,
+                started.metrics_address,
+                slice_events(events, as_of, None),
+                started.app_name,
+            )
+        finally:
+            app.stop()
 
 
 def first_request(events: Any, index: int) -> Any:
