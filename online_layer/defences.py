@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,8 +56,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GuardConfig:
-    """Bounds on what any group of users can teach the online layer (module doc)."""
+    """Bounds on what any group of users can teach the online layer (module doc).
 
+    Settings table ``[online_layer.guard]``. Times are the learner's event time (its join
+    watermark, which no request can move more than ``max_served_ahead_s`` past the wall
+    clock), so a replay screens like live traffic. Defaults fit the demo's scale (tens of
+    thousands of events a day, hundreds of users): a real user makes far fewer than
+    ``max_examples_per_user`` examples in six hours. ``enabled = false`` turns the screen
+    off (``max_correction`` still applies).
+    """
+
+    enabled: bool = True
     window_seconds: float = 6 * 3600.0
     max_examples_per_user: int = 500
     max_clicks_per_user: int = 50
@@ -67,18 +76,24 @@ class GuardConfig:
     burst_new_share: float = 0.6
     burst_min_users: int = 20
     max_correction: float = 2.0
-    max_tracked_users: int = 1_000_000
+    max_tracked_users: int = 200_000
+    max_window_examples: int = 1_000_000
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError("online_layer guard enabled must be true or false")
         for name in ("window_seconds", "new_user_seconds", "max_correction"):
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"online_layer guard {name} must be > 0")
         for name in ("max_examples_per_user", "max_clicks_per_user", "new_user_requests",
-                     "burst_min_users", "max_tracked_users"):
-            if getattr(self, name) < 1:
+                     "burst_min_users", "max_tracked_users", "max_window_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"online_layer guard {name} must be >= 1")
         for name in ("new_user_share", "burst_new_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"online_layer guard {name} must be in [0, 1]")
 
 
@@ -108,8 +123,15 @@ class _UserState:
 class FeedbackGuard:
     """Screens joined examples against per-user caps, a new-user budget and bursts."""
 
-    def __init__(self, config: GuardConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: GuardConfig | None = None,
+        established: Callable[[str], bool] | None = None,
+    ) -> None:
         self.config = config or GuardConfig()
+        # Users the system knew before this guard started (serving passes the base model's
+        # training vocabulary): never new, so a restart does not make everyone a stranger.
+        self._established = established
         self._users: OrderedDict[str, _UserState] = OrderedDict()
         # The window's learned examples: (time, user, item, clicked, new_user).
         self._window: deque[tuple[float, str, str, bool, bool]] = deque()
@@ -136,6 +158,8 @@ class FeedbackGuard:
 
     def is_new(self, user_id: str, now: float) -> bool:
         """A user the guard does not know, or knows only briefly or from few requests."""
+        if self._established is not None and self._established(user_id):
+            return False
         state = self._users.get(user_id)
         if state is None:
             return True
@@ -203,6 +227,8 @@ class FeedbackGuard:
 
     def _remember(self, now: float, user: str, item: str, click: bool, is_new: bool) -> None:
         self._window.append((now, user, item, click, is_new))
+        while len(self._window) > self.config.max_window_examples:
+            self._drop_oldest()
         self._per_user[user] += 1
         if is_new:
             self._new_examples += 1
@@ -216,24 +242,27 @@ class FeedbackGuard:
     def _forget(self, now: float) -> None:
         horizon = now - self.config.window_seconds
         while self._window and self._window[0][0] < horizon:
-            _, user, item, click, is_new = self._window.popleft()
-            self._per_user[user] -= 1
-            if self._per_user[user] <= 0:
-                del self._per_user[user]
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, user, item, click, is_new = self._window.popleft()
+        self._per_user[user] -= 1
+        if self._per_user[user] <= 0:
+            del self._per_user[user]
+        if is_new:
+            self._new_examples -= 1
+        if click:
+            self._clicks_per_user[user] -= 1
+            if self._clicks_per_user[user] <= 0:
+                del self._clicks_per_user[user]
+            self._item_clicks[item] -= 1
+            if self._item_clicks[item] <= 0:
+                del self._item_clicks[item]
             if is_new:
-                self._new_examples -= 1
-            if click:
-                self._clicks_per_user[user] -= 1
-                if self._clicks_per_user[user] <= 0:
-                    del self._clicks_per_user[user]
-                self._item_clicks[item] -= 1
-                if self._item_clicks[item] <= 0:
-                    del self._item_clicks[item]
-                if is_new:
-                    self._item_new_clicks[item] -= 1
-                    if self._item_new_clicks[item] <= 0:
-                        del self._item_new_clicks[item]
-                        self._item_new_users.pop(item, None)
+                self._item_new_clicks[item] -= 1
+                if self._item_new_clicks[item] <= 0:
+                    del self._item_new_clicks[item]
+                    self._item_new_users.pop(item, None)
 
     def report(self) -> dict[str, int]:
         """Quarantined examples by reason, since start."""

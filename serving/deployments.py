@@ -31,7 +31,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.errors import NotReady
 from serving.ingress import rpc
-from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
+from serving.ranking import HybridRanker, OnlineSlot, RankOutcome, fill_learner_status
 from serving.requests import RankQuery, parse_feedback_request, parse_rank_request
 from serving.settings import Settings
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from protos.registry import ModelVersion
     from feature_store.push import FreshCounterPusher
     from online_layer.join import ServedRecord
-    from online_layer.learner import LearnerReport, PublishedSnapshot
+    from online_layer.learner import LearnerReport, PublishedSnapshot, ServingView
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class Learner:
             base_version=base.version,
             embedding_dim=base.embedding_dim,
             snapshot_sink=RegistrySnapshotSink(registry, code_version()),
+            # Users the base was trained on are established: the manipulation guard never
+            # counts them as new, so a restart does not make every real user a stranger.
+            established_users=base.users.__contains__,
         )
         resumed = champion_snapshot(registry, base.version)
         if resumed is not None:
@@ -107,11 +110,17 @@ class Learner:
         }
 
     def latest_snapshot(self, known_version: str | None) -> PublishedSnapshot | None:
-        """The newest ready snapshot, or None when the caller already has it (or none)."""
+        """The newest ready snapshot, or None when the caller already has it (or none, or
+        the circuit breaker is not closed)."""
         snapshot = self._learner.latest_snapshot()
         if snapshot is None or snapshot.version == known_version:
             return None
         return snapshot
+
+    def serving_view(self, known_version: str | None) -> ServingView:
+        """The Ranker replicas' weight poll: withhold the layer (breaker not closed), or a
+        newer ready snapshot to install (``OnlineLearner.serving_view``)."""
+        return self._learner.serving_view(known_version)
 
     def report(self) -> LearnerReport:
         return self._learner.report()
@@ -245,18 +254,24 @@ class Ranker:
         if now - self._last_poll < self._settings.serving.weight_poll_seconds:
             return
         self._last_poll = now
-        snapshot = await self._learner.latest_snapshot.remote(
-            slot.version if slot is not None else None
-        )
-        if snapshot is not None:
+        view = await self._learner.serving_view.remote(slot.version if slot is not None else None)
+        if view.withhold:  # the learner's circuit breaker is not closed: base alone
+            self._ranker.apply_breaker(view.detail)
+            return
+        if view.snapshot is not None:
+            snapshot = view.snapshot
             self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        self._ranker.apply_breaker(None)
 
     def _install(self, version: str, blob: bytes, published_at: float) -> None:
         base_version = self._ranker.base_version
         from online_layer.factory import load_snapshot
 
         model = load_snapshot(blob, base_version, expected_layout=self._featurizer.layout())
-        self._ranker.install_online(OnlineSlot(model, version, base_version, published_at))
+        self._ranker.install_online(
+            OnlineSlot(model, version, base_version, published_at,
+                       max_correction=self._settings.online_layer.guard.max_correction)
+        )
         logger.info("installed online weights %s for base %s", version, base_version)
 
     async def _flush_served(self) -> None:
@@ -339,4 +354,5 @@ class Ranker:
             reply.fallback_detail = fallback.detail
         for reason, count in report.rejected_batches.items():
             reply.rejected_batches[reason] = count
+        fill_learner_status(reply, report)
         return reply
