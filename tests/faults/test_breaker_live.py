@@ -1,7 +1,8 @@
 """The circuit breaker through the real Serve app and a real gRPC channel.
 
 The layer is made to lose: first it learns that one half of the items (by a hash of the id)
-is clicked and the other is not, from logged requests of real users; then the world flips.
+is clicked more (+2.5 logits over the base) and the other less (-2.5), on logged requests
+of real users; then the world flips.
 On the flipped events the learned layer is worse than the base alone; the breaker must open,
 every Rank must fall back with ``FALLBACK_REASON_BREAKER_OPEN`` within 10 s of the onset,
 ``Status`` must show it; after the cool-down the half-open test on fresh (flipped, now
@@ -72,7 +73,7 @@ BREAKER = {
     "sustained_judgements": 2,
     "cooldown_seconds": 3.0,
     "half_open_events": 192,
-    "trip_margin": 0.002,
+    "trip_margin": 0.001,
 }
 
 
@@ -141,6 +142,9 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         app.stop()
 
 
+OFFSET = 2.5  # logits
+
+
 def group_of(item_id: str) -> int:
     return zlib.crc32(item_id.encode()) % 2
 
@@ -151,6 +155,7 @@ class Traffic:
     def __init__(self, live: Live) -> None:
         self.live = live
         self.next = 0
+        self.rng = np.random.default_rng(0)
         table = live.events
         self.by_request: dict[str, dict] = {}
         for row in table.select(["request_id", "user_id", "item_id", "ts"]).to_pylist():
@@ -159,9 +164,17 @@ class Traffic:
             if row["item_id"] not in entry["items"]:
                 entry["items"].append(row["item_id"])
 
+    def click(self, item: pb.ScoredItem, clicked_group: int) -> float:
+        """Truth = the base's logit + ``OFFSET`` for ``clicked_group``, - ``OFFSET`` for the
+        other: the layer wins or loses on which items, not on calibration."""
+        sign = 1.0 if group_of(item.item_id) == clicked_group else -1.0
+        p = min(max(item.base_score, 1e-6), 1 - 1e-6)
+        logit = math.log(p / (1 - p)) + sign * OFFSET
+        return float(self.rng.random() < 1.0 / (1.0 + math.exp(-logit)))
+
     def round(self, n: int, clicked_group: int, tag: str) -> list[pb.RankResponse]:
-        """Rank ``n`` logged requests, then one Feedback with every shown item labelled
-        1 if its group is ``clicked_group``, else 0. Returns the Rank responses."""
+        """Rank ``n`` logged requests, then one Feedback labelled by ``click``. Returns the
+        Rank responses."""
         responses, rows = [], []
         for _ in range(n):
             rid = self.live.request_ids[self.next % len(self.live.request_ids)]
@@ -174,7 +187,7 @@ class Traffic:
             for position, item in enumerate(response.items):
                 rows.append({"request_id": request_id, "user_id": logged["user"],
                              "item_id": item.item_id, "ts": logged["ts"],
-                             "label": float(group_of(item.item_id) == clicked_group),
+                             "label": self.click(item, clicked_group),
                              "position": position})
         reply = send_feedback(self.live.client, rows)
         assert not reply.rejected_reason, reply.rejected_detail
