@@ -53,9 +53,7 @@ from datetime import datetime
 from typing import Any
 
 from feature_store.catalog import FRESH_ITEM_FEATURES
-from online_layer.breaker import BreakerState, CircuitBreaker
 from online_layer.config import OnlineLayerConfig
-from online_layer.defences import FeedbackGuard
 from online_layer.errors import InputError
 from online_layer.features import OnlineFeaturizer
 from online_layer.intake import FeedbackIntake
@@ -65,6 +63,7 @@ from online_layer.model import OnlineModel
 from online_layer.publishing import PublishedSnapshot, ServingView, SnapshotSink, deliver
 from online_layer.readiness import Readiness, assess
 from online_layer.reports import FeedbackResult, LearnerReport, build_report
+from online_layer.safety import Safety
 from online_layer.served import Emitted, ServedRecord, to_us
 from online_layer.ticker import Ticker
 from online_layer.validation import BatchRejected, FeedbackEvents, LabelRateGuard, RejectReason
@@ -140,9 +139,7 @@ class OnlineLearner:
             cfg.label_rate_two_sided,
         )
         self._intake = FeedbackIntake(cfg)
-        self._defences = FeedbackGuard(cfg.guard, established_users)
-        self._breaker = CircuitBreaker(cfg.breaker)
-        self._breaker_rollbacks = 0
+        self._safety = Safety(cfg, established_users)
         self._sink_failures = 0
         self._layer = self._new_layer(base_version, embedding_dim, generation=0)
 
@@ -223,10 +220,7 @@ class OnlineLearner:
         with self._lock:
             now = self._clock()
             emitted, kept = self._intake.served(items, self.featurizer, now)
-            if self.config.guard.enabled:
-                event_now = self._event_now()
-                for record in kept:
-                    self._defences.record_request(record.user_id, event_now)
+            self._safety.note_requests([r.user_id for r in kept], self._event_now())
             self._layer.pending.add(emitted, now)
             self._drive(now)
             return len(kept)
@@ -294,14 +288,9 @@ class OnlineLearner:
     def _learn_emitted(self, batch: Emitted) -> int:
         """Screen, flood-check, then learn one mini-batch of joined examples and let the
         breaker judge it; 1 if learned, else 0."""
-        if self.config.guard.enabled:
-            screened = self._defences.screen(
-                batch.users.tolist(), batch.items.tolist(), batch.labels, self._event_now()
-            )
-            if not screened.keep.all():
-                batch = batch.rows(screened.keep)
-            if len(batch) == 0:
-                return 0
+        batch = self._safety.screen(batch, self._event_now())
+        if len(batch) == 0:
+            return 0
         verdict = self._guard.observe(batch.labels)
         if verdict is not None:
             self._intake.reject(BatchRejected(RejectReason.LABEL_FLOOD, verdict, len(batch)))
@@ -311,48 +300,16 @@ class OnlineLearner:
             batch.inputs, batch.positions, batch.labels, days, batch.arrived,
             self.config.replay_fraction,
         )
-        self._judge(batch.users.tolist(), hybrid_loss, base_loss)
+        if self._safety.judge(self._layer, batch.users.tolist(), hybrid_loss, base_loss,
+                              self._clock()):
+            self._publish(self._clock())  # closed on evidence: serve the layer at once
         return 1
 
-    # -- the circuit breaker --------------------------------------------------------------
-
-    def _judge(self, users: list[str], hybrid_loss: Any, base_loss: Any) -> None:
-        before = self._breaker.state
-        opened = self._opened_count()
-        self._breaker.observe(users, hybrid_loss, base_loss, now=self._clock())
-        self._after_breaker(before, opened)
-
-    def _opened_count(self) -> int:
-        return sum(n for move, n in self._breaker.transitions.items() if move.endswith("->open"))
-
-    def _after_breaker(self, before: BreakerState, opened_before: int) -> None:
-        if self._opened_count() > opened_before:
-            self._on_trip()
-        elif self._breaker.state is BreakerState.CLOSED and before is not BreakerState.CLOSED:
-            # Closed on evidence: serve the (rolled-back, re-judged) layer at once.
-            self._publish(self._clock())
-
-    def _on_trip(self) -> str | None:
-        """The breaker opened: roll back to the last good snapshot (logged, counted)."""
-        status = self._breaker.status()
-        version = self._layer.rollback(before=self._breaker.losing_since)
-        self._breaker_rollbacks += 1
-        if version is None:
-            logger.warning(
-                "online breaker open (%s); no good snapshot to roll back to: serving runs "
-                "the base alone until the breaker closes", status.reason,
-            )
-        else:
-            logger.warning("online breaker open (%s); rolled the layer back to %s",
-                           status.reason, version)
-        return version
-
     def force_breaker_open(self, reason: str) -> str | None:
-        """Open the breaker by operator decision: base alone, roll back, cool down, then
-        the half-open test. Returns the version rolled back to (None: none)."""
+        """Open the circuit breaker by operator decision: base alone, roll back, cool
+        down, then the half-open test. Returns the version rolled back to (None: none)."""
         with self._lock:
-            self._breaker.force_open(reason, self._clock())
-            return self._on_trip()
+            return self._safety.force_open(self._layer, reason, self._clock())
 
     def tick(self, event_time: datetime | None = None) -> int:
         """Run the time-based triggers now (learn a waiting partial batch, publish).
@@ -362,9 +319,8 @@ class OnlineLearner:
         """
         with self._lock:
             now = self._clock()
-            before, opened = self._breaker.state, self._opened_count()
-            self._breaker.poll(now)  # open -> half-open after the cool-down, without traffic
-            self._after_breaker(before, opened)
+            if self._safety.poll(self._layer, now):  # open -> half-open without traffic
+                self._publish(now)
             if event_time is not None:
                 self._layer.pending.add(
                     self._intake.joiner.advance(to_us(event_time), now), now
@@ -407,7 +363,7 @@ class OnlineLearner:
         is closed, else None (serving runs the base alone). ``include_unready`` returns it
         regardless."""
         with self._lock:
-            if not include_unready and not self._breaker.allows_online:
+            if not include_unready and not self._safety.allows_online:
                 return None
             return self._layer.publishing.for_serving(include_unready)
 
@@ -416,14 +372,7 @@ class OnlineLearner:
         not closed: apply no online weights, drop the ones it has), or install
         ``snapshot`` when it is newer than ``known_version`` (None: nothing new)."""
         with self._lock:
-            status = self._breaker.status()
-            if not self._breaker.allows_online:
-                return ServingView(None, True, status.state, f"circuit breaker {status.state}: "
-                                   f"{status.reason}")
-            snapshot = self._layer.publishing.for_serving()
-            if snapshot is not None and snapshot.version == known_version:
-                snapshot = None
-            return ServingView(snapshot, False, status.state, status.reason)
+            return self._safety.view(self._layer, known_version)
 
     def latest_version(self) -> str | None:
         """The version ``latest_snapshot()`` would return (cheap to poll: no blob)."""
@@ -449,22 +398,15 @@ class OnlineLearner:
         return assess(self.config, self._layer.examples, self._layer.rolling)
 
     def _serving_readiness(self) -> Readiness:
-        """``readiness()``, and not ready while the breaker is not closed (a snapshot
-        published then is neither served nor kept as a rollback target)."""
-        readiness = self.readiness()
-        if readiness.ready and not self._breaker.allows_online:
-            status = self._breaker.status()
-            return replace(readiness, ready=False,
-                           reason=f"circuit breaker {status.state}: {status.reason}")
-        return readiness
+        return self._safety.serving_readiness(self.readiness())
 
     def report(self) -> LearnerReport:
         with self._lock:
             return build_report(
                 self._layer, self._serving_readiness(), self._intake.counts,
                 self._intake.joiner, self._guard, self._sink_failures,
-                defences=self._defences, breaker=self._breaker.status(),
-                breaker_rollbacks=self._breaker_rollbacks,
+                defences=self._safety.guard, breaker=self._safety.status(),
+                breaker_rollbacks=self._safety.rollbacks,
             )
 
     # -- a background ticker for actors ---------------------------------------------------

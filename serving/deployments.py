@@ -275,12 +275,15 @@ class Ranker:
         logger.info("installed online weights %s for base %s", version, base_version)
 
     async def _flush_served(self) -> None:
+        # The lock is held until the learner has the batch: a Feedback call that flushes
+        # while the background poller's flush is in flight waits for it, so an impression
+        # always reaches the learner before its click (else: ``unknown_id``).
         async with self._served_lock:
             if not self._served:
                 return
             batch, self._served = self._served, []
             self._served_since = time.monotonic()
-        await self._learner.record_served.remote(batch)
+            await self._learner.record_served.remote(batch)
 
     def _remember(self, outcome: RankOutcome) -> None:
         from online_layer.join import ServedRecord
