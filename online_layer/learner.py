@@ -240,6 +240,13 @@ class OnlineLearner:
             self._layer.pending.add(emitted, now)
             return replace(result, batches_learned=self._drive(now))
 
+    def established_users(self, user_ids: Sequence[str]) -> Any:
+        """Boolean mask: which users the manipulation guard does not count as new now.
+        Serving feeds only their feedback to the fresh item counters, so made-up users
+        cannot move an item's live counters (and through them the base's score) either."""
+        with self._lock:
+            return self._safety.established(list(user_ids), self._event_now())
+
     def learn_replay(self, batches: Iterable[ReplayBatch]) -> int:
         """Learn already featurized examples (progressively validated, no flood check).
 

@@ -54,6 +54,13 @@ class Safety:
             for user in users:
                 self.guard.record_request(user, event_now)
 
+    def established(self, users: list[str], event_now: float) -> np.ndarray:
+        """Which of ``users`` the guard does not count as new (all, with it off)."""
+        if not self.screening:
+            return np.ones(len(users), dtype=bool)
+        return np.fromiter((not self.guard.is_new(u, event_now) for u in users), dtype=bool,
+                           count=len(users))
+
     def screen(self, batch: Emitted, event_now: float) -> Emitted:
         """The examples of ``batch`` that may be learned (possibly none)."""
         if not self.screening:

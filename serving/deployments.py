@@ -100,8 +100,13 @@ class Learner:
     def feedback(self, events: pa.Table) -> dict[str, Any]:
         result = self._learner.add_feedback(events)
         if result.rejected is None:
-            # Poisoned batches teach nothing: not the layer, not the fresh counters.
-            self._counters.add(events)
+            # Poisoned batches teach nothing: not the layer, not the fresh counters; nor
+            # do users the manipulation guard counts as new move the live counters.
+            trusted = self._learner.established_users(events.column("user_id").to_pylist())
+            if trusted.all():
+                self._counters.add(events)
+            elif trusted.any():
+                self._counters.add(events.filter(pa.array(trusted)))
         return {
             "accepted": result.accepted,
             "dropped": result.dropped,

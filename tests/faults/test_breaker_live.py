@@ -1,8 +1,8 @@
 """The circuit breaker through the real Serve app and a real gRPC channel.
 
 The layer is made to lose: first it learns that one half of the items (by a hash of the id)
-is clicked more (+2.5 logits over the base) and the other less (-2.5), on logged requests
-of real users; then the world flips.
+is clicked 1.9 times as often as the base predicts and the other 0.1 times, when real users
+(of logged requests, at their logged times) rank the same 12 items; then the world flips.
 On the flipped events the learned layer is worse than the base alone; the breaker must open,
 every Rank must fall back with ``FALLBACK_REASON_BREAKER_OPEN`` within 10 s of the onset,
 ``Status`` must show it; after the cool-down the half-open test on fresh (flipped, now
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -107,7 +108,10 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
     settings = load_settings(
         workspace=workspace,
         overrides={
-            "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2},
+            # No fresh-counter pushes: the base reads live item counters, and would follow
+            # the flip through them; here the base must stay what it is.
+            "serving": {"grpc_port": 0, "http_port": 0, "weight_poll_seconds": 0.2,
+                        "fresh_push_seconds": 3600.0},
             "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
             "online_layer": {
                 "emit": "on_arrival",
@@ -142,7 +146,6 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         app.stop()
 
 
-OFFSET = 2.5  # logits
 
 
 def group_of(item_id: str) -> int:
@@ -163,14 +166,19 @@ class Traffic:
                                                                    "ts": row["ts"], "items": []})
             if row["item_id"] not in entry["items"]:
                 entry["items"].append(row["item_id"])
+        # Every request ranks the same 12 items (6 of each group, the most shown ones), so
+        # each item gets enough examples for the layer to learn which group it is in.
+        counts = Counter(table.column("item_id").to_pylist())
+        ranked = [item for item, _ in counts.most_common()]
+        self.items = ([i for i in ranked if group_of(i) == 0][:6]
+                      + [i for i in ranked if group_of(i) == 1][:6])
 
     def click(self, item: pb.ScoredItem, clicked_group: int) -> float:
-        """Truth = the base's logit + ``OFFSET`` for ``clicked_group``, - ``OFFSET`` for the
-        other: the layer wins or loses on which items, not on calibration."""
-        sign = 1.0 if group_of(item.item_id) == clicked_group else -1.0
-        p = min(max(item.base_score, 1e-6), 1 - 1e-6)
-        logit = math.log(p / (1 - p)) + sign * OFFSET
-        return float(self.rng.random() < 1.0 / (1.0 + math.exp(-logit)))
+        """Truth: the base's probability times 1.9 for ``clicked_group``, times 0.1 for the
+        other. Half the items in each group: the base stays calibrated on average, so the
+        layer wins or loses on which items, not on calibration."""
+        factor = 1.9 if group_of(item.item_id) == clicked_group else 0.1
+        return float(self.rng.random() < min(1.0, item.base_score * factor))
 
     def round(self, n: int, clicked_group: int, tag: str) -> list[pb.RankResponse]:
         """Rank ``n`` logged requests, then one Feedback labelled by ``click``. Returns the
@@ -181,7 +189,7 @@ class Traffic:
             self.next += 1
             logged = self.by_request[rid]
             request_id = f"{tag}-{self.next}"
-            response = self.live.client.rank(request_id, logged["user"], logged["items"],
+            response = self.live.client.rank(request_id, logged["user"], self.items,
                                              request_time=logged["ts"])
             responses.append(response)
             for position, item in enumerate(response.items):

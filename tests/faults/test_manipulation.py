@@ -4,9 +4,10 @@ Many made-up users each Rank a target item among others and "click" only the tar
 into honest traffic (logged requests of real users with their logged labels). With the
 guard on (the defaults), the target's rank for real users must stay where it was, beyond
 noise, and ``Status`` must show the quarantined examples. How it is built: the target is
-the item real probe users rank lowest; its rank is measured for 30 probe users (each ranks
-it among 19 logged items) before and after the campaign; the campaign's users are ids the
-base never saw, so the guard counts them as new.
+the item the base ranks lowest for a real user; its rank is measured for 30 probe users
+(each ranks it among 19 logged items) after a stretch of honest traffic alone (the control:
+honest learning moves the layer too) and after a campaign mixed into as much honest
+traffic; the campaign's users are ids the base never saw, so the guard counts them as new.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         },
     )
     events = simulate(
-        SimulatorConfig(seed=8, days=4, impressions_per_day=5_000, n_users=300, items_per_day=60)
+        SimulatorConfig(seed=8, days=5, impressions_per_day=5_000, n_users=300, items_per_day=60)
     )
     start = events.column("ts")[0].as_py()
     as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -98,7 +99,8 @@ class Replay:
         """Rank ``n`` logged requests, then Feedback with their logged labels."""
         rows = []
         for _ in range(n):
-            logged = self.live.requests[self.next % len(self.live.requests)]
+            assert self.next < len(self.live.requests), "the replay must not wrap: time would jump back"
+            logged = self.live.requests[self.next]
             self.next += 1
             rid = f"honest-{self.next}"
             response = self.live.client.rank(rid, logged["user"], list(logged["items"]),
@@ -112,18 +114,21 @@ class Replay:
 
     @property
     def now(self):  # noqa: ANN201 - the event time of the replay
-        return self.live.requests[max(self.next - 1, 0) % len(self.live.requests)]["ts"]
+        return self.live.requests[max(self.next - 1, 0)]["ts"]
 
 
 def ranks_of(live: Live, target: str, probes: list[tuple[str, list[str]]], when, tag: str):  # noqa: ANN001, ANN201
     """The target's rank (0 = top) and score for each probe user."""
-    ranks, scores = [], []
+    ranks, base_ranks, scores = [], [], []
     for n, (user, others) in enumerate(probes):
         response = live.client.rank(f"{tag}-{n}", user, [target, *others], request_time=when)
         order = [item.item_id for item in response.items]
         ranks.append(order.index(target))
+        by_base = sorted(response.items, key=lambda i: -i.base_score)
+        base_ranks.append([i.item_id for i in by_base].index(target))
         scores.append(next(i.score for i in response.items if i.item_id == target))
-    return np.asarray(ranks, dtype=float), np.asarray(scores), response
+    return (np.asarray(ranks, dtype=float), np.asarray(scores), response,
+            np.asarray(base_ranks, dtype=float))
 
 
 def test_made_up_users_clicking_one_target_do_not_move_it_for_real_users(live: Live) -> None:
@@ -139,10 +144,16 @@ def test_made_up_users_clicking_one_target_do_not_move_it_for_real_users(live: L
     rng = np.random.default_rng(0)
     probe_items = [str(i) for i in rng.choice(items, size=20, replace=False)]
     first = live.client.rank("pick", users[0], probe_items, request_time=replay.now)
-    target = first.items[-1].item_id  # the item this real user ranks lowest
+    target = min(first.items, key=lambda i: i.base_score).item_id  # the base ranks it lowest
     others = [i for i in probe_items if i != target][:19]
     probes = [(u, others) for u in users[:30]]
-    before, score_before, _ = ranks_of(live, target, probes, replay.now, "before")
+    before, score_before, _, base_before = ranks_of(live, target, probes, replay.now, "before")
+    # The control: the same amount of honest traffic, no campaign. Honest learning moves
+    # the layer too; the campaign must not move the target beyond that.
+    for _ in range(30):
+        replay.honest(20)
+    time.sleep(1.5)
+    control, score_control, _, _ = ranks_of(live, target, probes, replay.now, "control")
 
     # The campaign: 600 made-up users, each ranks the target among 7 others and clicks only
     # it; 20 of them per round, each round followed by 20 honest requests.
@@ -167,14 +178,16 @@ def test_made_up_users_clicking_one_target_do_not_move_it_for_real_users(live: L
     time.sleep(1.5)  # the learner publishes, the replicas poll
     replay.honest(10)
     time.sleep(1.0)
-    after, score_after, response = ranks_of(live, target, probes, replay.now, "after")
+    after, score_after, response, base_after = ranks_of(live, target, probes, replay.now, "after")
     status = live.client.status()
     print(f"\nmanipulation through gRPC ({attack_seconds:.1f} s, 600 made-up users): target "
-          f"mean rank among 20 for 30 real users {before.mean():.2f} -> {after.mean():.2f}, "
+          f"mean rank among 20 for 30 real users {before.mean():.2f}, after as much honest "
+          f"traffic {control.mean():.2f}, after the campaign {after.mean():.2f} "
+          f"(by the base alone {base_before.mean():.2f} -> {base_after.mean():.2f}), "
           f"mean score {score_before.mean():.4f} -> {score_after.mean():.4f}; quarantined "
           f"{dict(status.quarantined_examples)}; online {status.online_version or 'none'}")
     assert not response.fallback, response.fallback_detail  # the layer still serves ...
     assert status.quarantined_examples["coordinated_burst"] > 0  # ... the campaign did not
-    assert abs(after.mean() - before.mean()) <= 1.5, (before, after)
-    assert score_after.mean() <= score_before.mean() * 1.5 + 0.01
+    assert abs(after.mean() - control.mean()) <= 2.0, (control, after)
+    assert score_after.mean() <= score_control.mean() * 1.5 + 0.01
     assert status.breaker_state == "closed"

@@ -367,3 +367,10 @@ def test_over_long_ids_never_grow_the_learner(make_learner) -> None:
     result = learner.add_feedback([{"request_id": "x" * 4_000_000, "user_id": "u1",
                                     "item_id": "i1", "ts": START, "label": 1.0}])
     assert result.rejected == "malformed_id" and len(result.detail) < 300
+
+
+def test_only_established_users_may_move_the_fresh_counters(make_learner) -> None:
+    learner = make_learner(emit="on_arrival")
+    assert learner.established_users(["u1", "bot7", "u2"]).tolist() == [True, False, True]
+    open_learner = make_learner(emit="on_arrival", guard={"enabled": False})
+    assert open_learner.established_users(["bot7"]).tolist() == [True]
