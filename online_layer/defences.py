@@ -82,8 +82,8 @@ class GuardConfig:
     new_user_requests: int = 5
     new_user_share: float = 0.2
     burst_new_share: float = 0.6
-    burst_min_users: int = 20
-    max_new_user_clicks_per_item: int = 5
+    burst_min_users: int = 10
+    max_new_user_clicks_per_item: int = 2
     max_correction: float = 2.0
     max_tracked_users: int = 200_000
     max_window_examples: int = 1_000_000

@@ -68,7 +68,7 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         },
     )
     events = simulate(
-        SimulatorConfig(seed=8, days=5, impressions_per_day=5_000, n_users=300, items_per_day=60)
+        SimulatorConfig(seed=8, days=6, impressions_per_day=5_000, n_users=300, items_per_day=60)
     )
     start = events.column("ts")[0].as_py()
     as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -133,7 +133,7 @@ def ranks_of(live: Live, target: str, probes: list[tuple[str, list[str]]], when,
 
 def test_made_up_users_clicking_one_target_do_not_move_it_for_real_users(live: Live) -> None:
     replay = Replay(live)
-    for _ in range(15):  # warm-up: the layer learns from honest traffic and serves
+    for _ in range(10):  # warm-up: the layer learns from honest traffic and serves
         replay.honest(20)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and live.client.status().fallback:
@@ -150,15 +150,15 @@ def test_made_up_users_clicking_one_target_do_not_move_it_for_real_users(live: L
     before, score_before, _, base_before = ranks_of(live, target, probes, replay.now, "before")
     # The control: the same amount of honest traffic, no campaign. Honest learning moves
     # the layer too; the campaign must not move the target beyond that.
-    for _ in range(30):
-        replay.honest(20)
+    for _ in range(25):
+        replay.honest(16)
     time.sleep(1.5)
     control, score_control, _, _ = ranks_of(live, target, probes, replay.now, "control")
 
-    # The campaign: 600 made-up users, each ranks the target among 7 others and clicks only
-    # it; 20 of them per round, each round followed by 20 honest requests.
+    # The campaign: 500 made-up users, each ranks the target among 7 others and clicks only
+    # it; 20 of them per round, each round followed by 16 honest requests.
     started = time.monotonic()
-    for round_ in range(30):
+    for round_ in range(25):
         rows = []
         when = replay.now
         for b in range(20):
@@ -173,14 +173,14 @@ def test_made_up_users_clicking_one_target_do_not_move_it_for_real_users(live: L
                              "position": position})
         reply = send_feedback(live.client, rows)
         assert not reply.rejected_reason, reply.rejected_detail  # valid feedback, every row
-        replay.honest(20)
+        replay.honest(16)
     attack_seconds = time.monotonic() - started
     time.sleep(1.5)  # the learner publishes, the replicas poll
     replay.honest(10)
     time.sleep(1.0)
     after, score_after, response, base_after = ranks_of(live, target, probes, replay.now, "after")
     status = live.client.status()
-    print(f"\nmanipulation through gRPC ({attack_seconds:.1f} s, 600 made-up users): target "
+    print(f"\nmanipulation through gRPC ({attack_seconds:.1f} s, 500 made-up users): target "
           f"mean rank among 20 for 30 real users {before.mean():.2f}, after as much honest "
           f"traffic {control.mean():.2f}, after the campaign {after.mean():.2f} "
           f"(by the base alone {base_before.mean():.2f} -> {base_after.mean():.2f}), "
