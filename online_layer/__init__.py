@@ -15,9 +15,13 @@ from typing import Any
 
 __all__ = [
     "BaseVersionMismatch",
+    "BreakerConfig",
+    "CircuitBreaker",
     "FTRLProximal",
     "FTRLReference",
+    "FeedbackGuard",
     "FeedbackResult",
+    "GuardConfig",
     "InputError",
     "LearnerReport",
     "OnlineFeaturizer",
@@ -32,12 +36,20 @@ __all__ = [
     "ReplayBatch",
     "ServedRecord",
     "ServedRecordError",
+    "ServingView",
     "SnapshotError",
+    "clip_correction",
     "load_snapshot",
     "read_snapshot_header",
 ]
 
 _WHERE = {
+    "BreakerConfig": "breaker",
+    "CircuitBreaker": "breaker",
+    "FeedbackGuard": "defences",
+    "GuardConfig": "defences",
+    "clip_correction": "defences",
+    "ServingView": "publishing",
     "BaseVersionMismatch": "errors",
     "InputError": "errors",
     "OnlineLayerError": "errors",

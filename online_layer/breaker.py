@@ -58,9 +58,14 @@ class BreakerState(str, Enum):
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    """When the breaker judges, trips and recovers.
+    """When the breaker judges, trips and recovers (settings table ``[online_layer.breaker]``).
+
+    Times are the learner's wall clock. Defaults fit the demo's scale: a judgement needs
+    1,000 paired events from 50 users, so the breaker says nothing on a trickle, and a
+    layer losing by 0.002 nats/example for three batches in a row is taken off serving.
 
     Attributes:
+        enabled: False never opens (the losses are still judged and reported).
         window_events: Paired losses kept in the rolling window.
         min_events: No judgement on fewer events (a few examples say nothing).
         min_users: No judgement on fewer distinct users (a few accounts must not decide).
@@ -72,6 +77,7 @@ class BreakerConfig:
         half_open_events: Fresh events the half-open test judges on.
     """
 
+    enabled: bool = True
     window_events: int = 4000
     min_events: int = 1000
     min_users: int = 50
@@ -83,6 +89,17 @@ class BreakerConfig:
     half_open_events: int = 1000
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError("breaker enabled must be true or false")
+        for name in ("window_events", "min_events", "min_users", "sustained_judgements",
+                     "half_open_events"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"breaker {name} must be an integer, got {value!r}")
+        for name in ("trim_share", "loss_clip", "trip_margin", "cooldown_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"breaker {name} must be a number, got {value!r}")
         if self.window_events < 1 or self.min_events < 1 or self.half_open_events < 1:
             raise ValueError("breaker window_events, min_events and half_open_events must be >= 1")
         if self.min_events > self.window_events or self.half_open_events > self.window_events:
@@ -141,11 +158,18 @@ class CircuitBreaker:
         self._half_open_seen = 0
         self._reason = "no judgement yet"
         self._last_excess: float | None = None
+        self._losing_since: float | None = None
         self.transitions: Counter[str] = Counter()
 
     @property
     def state(self) -> BreakerState:
         return self._state
+
+    @property
+    def losing_since(self) -> float | None:
+        """When the current run of losing judgements began (None: the layer is not losing).
+        Snapshots published before it are the rollback's candidates for "last good"."""
+        return self._losing_since
 
     @property
     def allows_online(self) -> bool:
@@ -171,14 +195,8 @@ class CircuitBreaker:
                 f"{len(users)}, {hybrid.shape}, {base.shape}"
             )
         finite = np.isfinite(hybrid) & np.isfinite(base)
-        if self._state is BreakerState.OPEN:
-            if self._opened_at is not None and now - self._opened_at >= self.config.cooldown_seconds:
-                self._move(BreakerState.HALF_OPEN, "cool-down over: judging again", now)
-                self._users.clear()
-                self._excess.clear()
-                self._half_open_seen = 0
-            else:
-                return self.status()
+        if self._state is BreakerState.OPEN and not self.poll(now):
+            return self.status()
         for user, h, b, ok in zip(users, hybrid, base, finite, strict=True):
             if ok:
                 self._users.append(str(user))
@@ -189,6 +207,18 @@ class CircuitBreaker:
                 return self.status()
         self._judge(now)
         return self.status()
+
+    def poll(self, now: float) -> bool:
+        """Move from open to half-open once the cool-down is over (also called on a timer,
+        so the state is right without traffic); True when the breaker is not open."""
+        if self._state is BreakerState.OPEN:
+            if self._opened_at is None or now - self._opened_at < self.config.cooldown_seconds:
+                return False
+            self._move(BreakerState.HALF_OPEN, "cool-down over: judging again", now)
+            self._users.clear()
+            self._excess.clear()
+            self._half_open_seen = 0
+        return True
 
     def _judge(self, now: float) -> None:
         cfg = self.config
@@ -207,10 +237,15 @@ class CircuitBreaker:
                 self._open(f"half-open test: still worse than the base by {excess:.4f} nats", now)
             else:
                 self._losing = 0
+                self._losing_since = None
                 self._move(BreakerState.CLOSED, f"half-open test passed ({excess:+.4f} nats)", now)
             return
+        if losing and self._losing == 0:
+            self._losing_since = now
         self._losing = self._losing + 1 if losing else 0
-        if self._losing >= cfg.sustained_judgements:
+        if not losing:
+            self._losing_since = None
+        if self._losing >= cfg.sustained_judgements and cfg.enabled:
             self._open(
                 f"worse than the base by {excess:.4f} nats/example for {self._losing} "
                 f"judgements in a row",
@@ -221,6 +256,8 @@ class CircuitBreaker:
 
     def _open(self, reason: str, now: float) -> None:
         self._opened_at = now
+        if self._losing_since is None:
+            self._losing_since = now
         self._losing = 0
         self._move(BreakerState.OPEN, reason, now)
 
@@ -241,6 +278,7 @@ class CircuitBreaker:
         self._users.clear()
         self._excess.clear()
         self._losing = 0
+        self._losing_since = None
         self._opened_at = None
         self._last_excess = None
         if self._state is not BreakerState.CLOSED:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from online_layer.breaker import BreakerConfig
+from online_layer.defences import GuardConfig
 from protos.settings_io import from_section
 
 IMPLEMENTATIONS = ("cython", "numpy")
@@ -69,6 +71,17 @@ class OnlineLayerConfig:
     max_clock_skew_s : float
         Feedback more than this far ahead of the learner's watermark, or before its
         request, is out of range.
+    max_served_ahead_s : float
+        A served request time (``Rank``'s ``context.request_time``) or feedback time more
+        than this ahead of the learner's wall clock is clamped to it (counted as
+        ``clamped_future_times`` in the report): one request from the future must not move
+        the join watermark and close every current window. Keep it well below
+        ``join_window_s``.
+    max_id_chars : int
+        Served records with a request, user or item id longer than this are not kept
+        (counted ``served_refused``): the ingress refuses them first; this bounds the
+        learner's memory whatever its callers do. Feedback ids have the same limit
+        (``online_layer.validation.MAX_ID_LENGTH``).
     max_pending_requests : int
         Served records kept for joining; the oldest are closed early beyond this.
     replay_fraction : float
@@ -105,6 +118,12 @@ class OnlineLayerConfig:
         Published snapshots kept in memory for ``rollback``.
     seed : int
         Seed of the replay sampler (runs are deterministic given their inputs).
+    guard : GuardConfig
+        The manipulation defences (table ``[online_layer.guard]``,
+        ``online_layer.defences``): per-user caps, a new-user budget, coordinated-burst
+        quarantine, and ``max_correction``, the most logits the layer may move a score.
+    breaker : BreakerConfig
+        The circuit breaker (table ``[online_layer.breaker]``, ``online_layer.breaker``).
     """
 
     alpha: float = 0.05
@@ -137,10 +156,22 @@ class OnlineLayerConfig:
     readiness_auc_tolerance: float = 0.005
     keep_snapshots: int = 4
     seed: int = 0
+    max_served_ahead_s: float = 60.0
+    max_id_chars: int = 512
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
     def __post_init__(self) -> None:
+        # Sub-tables arrive as mappings (TOML, or ``asdict`` through Ray): unknown keys are
+        # refused by name, like the section's own.
+        for name, cls in (("guard", GuardConfig), ("breaker", BreakerConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, from_section(cls, value, f"online_layer.{name}"))
+            elif not isinstance(value, cls):
+                raise ValueError(f"online_layer.{name} must be a table, got {value!r}")
         positive = ("alpha", "max_batch_delay_s", "publish_every_s", "label_rate_halflife",
-                    "label_rate_factor", "join_window_s")
+                    "label_rate_factor", "join_window_s", "max_served_ahead_s")
         for name in positive:
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
@@ -153,7 +184,7 @@ class OnlineLayerConfig:
                 raise ValueError(f"online_layer.{name} must be a finite number >= 0, got {value!r}")
         at_least_one = ("batch_size", "max_pending_requests", "replay_capacity",
                         "publish_every_batches", "readiness_window", "keep_snapshots",
-                        "max_position")
+                        "max_position", "max_id_chars")
         for name in at_least_one:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

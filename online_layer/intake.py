@@ -44,7 +44,9 @@ class FeedbackIntake:
             cfg.max_pending_requests,
             cfg.emit,
             cfg.implicit_negatives,
+            cfg.max_served_ahead_s,
         )
+        self.max_id_chars = cfg.max_id_chars
         self.counts = FeedbackCounts()
 
     def reject(self, rejection: BatchRejected) -> None:
@@ -54,9 +56,11 @@ class FeedbackIntake:
                        rejection.reason.value, rejection.detail)
 
     def served(
-        self, records: Sequence[ServedRecord], featurizer: OnlineFeaturizer
-    ) -> list[Emitted]:
-        """Keep served records for joining; returns examples emitted by windows they close.
+        self, records: Sequence[ServedRecord], featurizer: OnlineFeaturizer, now: float
+    ) -> tuple[list[Emitted], list[ServedRecord]]:
+        """Keep served records for joining; returns examples emitted by windows they close,
+        and the records kept. A record with an id longer than ``max_id_chars`` is not kept
+        (counted ``served_refused["id_too_long"]``): ids must never grow the learner.
 
         Raises
         ------
@@ -69,9 +73,20 @@ class FeedbackIntake:
                     f"record_served takes ServedRecord objects, got {type(record).__name__}"
                 )
         emitted: list[Emitted] = []
+        kept: list[ServedRecord] = []
+        limit = self.max_id_chars
         for record in records:
-            emitted.extend(self.joiner.add(record, check_served_inputs(record.inputs, featurizer)))
-        return emitted
+            if (
+                len(record.request_id) > limit
+                or len(record.user_id) > limit
+                or any(len(item) > limit for item in record.item_ids)
+            ):
+                self.counts.served_refused["id_too_long"] += 1
+                continue
+            problem = check_served_inputs(record.inputs, featurizer)
+            emitted.extend(self.joiner.add(record, problem, now))
+            kept.append(record)
+        return emitted, kept
 
     def feedback(
         self, events: FeedbackEvents, base_version: str, now: float

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from online_layer.served import Emitted, ServedRecord, to_us
-from online_layer.validation import BatchRejected, FeedbackColumns, RejectReason
+from online_layer.validation import BatchRejected, FeedbackColumns, RejectReason, short_id
 
 # ``ServedRecord``, ``Emitted`` and ``to_us`` live in ``online_layer.served``; they are
 # named here too because serving imports ``ServedRecord`` from the join.
@@ -70,6 +70,8 @@ class _Entry:
             self.position[rows].copy(),
             np.full(rows.shape[0], self.ts_us, dtype=np.int64),
             self.arrived[rows].copy(),
+            np.full(rows.shape[0], self.record.user_id, dtype=object),
+            np.asarray(self.record.item_ids, dtype=object)[rows],
         )
 
     def closing_rows(self, implicit_negatives: bool) -> np.ndarray:
@@ -101,8 +103,12 @@ class FeedbackJoiner:
         max_pending: int,
         emit: str = "window_close",
         implicit_negatives: bool = False,
+        max_ahead_s: float | None = None,
     ) -> None:
         self.window_us = int(round(join_window_s * 1e6))
+        self.ahead_us = None if max_ahead_s is None else int(round(max_ahead_s * 1e6))
+        # Request or feedback times clamped to the wall clock + ``max_ahead_s``.
+        self.clamped_future = 0
         self.skew_us = int(round(max_clock_skew_s * 1e6))
         self.max_pending = max_pending
         self.emit = emit
@@ -125,6 +131,16 @@ class FeedbackJoiner:
         """The requests whose window is open (read-only use: durability marks)."""
         return list(self._entries.values())
 
+    def _ceiling(self, ts_us: int, now_s: float | None) -> int:
+        """``ts_us``, or the latest time the wall clock ``now_s`` allows (counted)."""
+        if now_s is None or self.ahead_us is None:
+            return ts_us
+        ceiling = int(now_s * 1e6) + self.ahead_us
+        if ts_us > ceiling:
+            self.clamped_future += 1
+            return ceiling
+        return ts_us
+
     def _advance(self, ts_us: int) -> None:
         if self.watermark_us is None or ts_us > self.watermark_us:
             self.watermark_us = ts_us
@@ -135,9 +151,19 @@ class FeedbackJoiner:
         while len(self._closed) > self._closed_capacity:
             self._closed.popitem(last=False)
 
-    def add(self, record: ServedRecord, problem: tuple[RejectReason, str] | None) -> list[Emitted]:
-        """Keep a served record for joining; returns examples emitted by closing windows."""
-        ts_us = to_us(record.request_time)
+    def add(
+        self,
+        record: ServedRecord,
+        problem: tuple[RejectReason, str] | None,
+        now_s: float | None = None,
+    ) -> list[Emitted]:
+        """Keep a served record for joining; returns examples emitted by closing windows.
+
+        ``now_s`` is the learner's wall clock: a request time more than ``max_ahead_s``
+        past it is clamped there (a request "from next year" would otherwise move the
+        watermark and close every current window).
+        """
+        ts_us = self._ceiling(to_us(record.request_time), now_s)
         old = self._entries.get(record.request_id)
         if old is not None:
             logger.warning("request %s was recorded twice; keeping the first", record.request_id)
@@ -177,20 +203,21 @@ class FeedbackJoiner:
                     dropped[why] += 1
                     continue
                 raise BatchRejected(
-                    RejectReason.UNKNOWN_ID, f"request_id {rid!r} at row {i} was never served", n
+                    RejectReason.UNKNOWN_ID, f"request_id {short_id(rid)} at row {i} was never served", n
                 )
             row = entry.index.get(cols.item_id[i])
             if row is None:
                 raise BatchRejected(
                     RejectReason.UNKNOWN_ID,
-                    f"item_id {cols.item_id[i]!r} at row {i} was not served in request {rid!r}",
+                    f"item_id {short_id(cols.item_id[i])} at row {i} was not served in request "
+                    f"{short_id(rid)}",
                     n,
                 )
             if cols.user_id[i] != entry.record.user_id:
                 raise BatchRejected(
                     RejectReason.UNKNOWN_ID,
-                    f"user_id {cols.user_id[i]!r} at row {i} differs from the user served "
-                    f"in request {rid!r}",
+                    f"user_id {short_id(cols.user_id[i])} at row {i} differs from the user "
+                    f"served in request {short_id(rid)}",
                     n,
                 )
             if cols.base_version is not None:
@@ -198,20 +225,20 @@ class FeedbackJoiner:
                 if claimed is not None and claimed != entry.record.base_version:
                     raise BatchRejected(
                         RejectReason.BASE_VERSION,
-                        f"row {i} claims base {claimed!r}; request {rid!r} was served by "
+                        f"row {i} claims base {claimed!r}; request {short_id(rid)} was served by "
                         f"base {entry.record.base_version!r}",
                         n,
                     )
             if entry.record.base_version != base_version:
                 raise BatchRejected(
                     RejectReason.BASE_VERSION,
-                    f"request {rid!r} at row {i} was served by base "
+                    f"request {short_id(rid)} at row {i} was served by base "
                     f"{entry.record.base_version!r}; this layer corrects base {base_version!r}",
                     n,
                 )
             if entry.problem is not None:
                 reason, detail = entry.problem
-                raise BatchRejected(reason, f"request {rid!r} at row {i}: {detail}", n)
+                raise BatchRejected(reason, f"request {short_id(rid)} at row {i}: {detail}", n)
             ts = int(cols.ts_us[i])
             if ts < entry.ts_us - self.skew_us:
                 raise BatchRejected(
@@ -262,13 +289,13 @@ class FeedbackJoiner:
         for entry, rows in ready.values():
             out.append(entry.emit(np.unique(np.asarray(rows, dtype=np.int64))))
         if plan.max_ts_us >= 0:
-            self._advance(plan.max_ts_us)
+            self._advance(self._ceiling(plan.max_ts_us, arrived))
         out.extend(self.close_expired())
         return out, dropped
 
-    def advance(self, ts_us: int) -> list[Emitted]:
+    def advance(self, ts_us: int, now_s: float | None = None) -> list[Emitted]:
         """Move the watermark (e.g. to "now" on an idle live stream) and close windows."""
-        self._advance(ts_us)
+        self._advance(self._ceiling(ts_us, now_s))
         return self.close_expired()
 
     def _close_next(self, early: bool = False) -> list[Emitted]:

@@ -9,6 +9,7 @@ sink) stays with the learner.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from online_layer.batching import PendingExamples
+from online_layer.defences import clip_correction
 from online_layer.factory import new_model
 from online_layer.features import OnlineFeaturizer, OnlineInputs
 from online_layer.metrics import ProgressiveMetrics, RollingWindow
 from online_layer.model import OnlineModel
 from online_layer.publishing import PublishState
 from online_layer.replay import ReplayBuffer
+from protos.metrics import log_losses_from_logits
 
 if TYPE_CHECKING:
     from online_layer.config import OnlineLayerConfig
@@ -52,6 +55,7 @@ class Layer:
     learn_seconds: float = 0.0
     first_day: int | None = None
     last_day: int | None = None
+    max_correction: float = math.inf  # the most logits the layer may move a score
 
     @classmethod
     def start(
@@ -84,6 +88,7 @@ class Layer:
             metrics=ProgressiveMetrics(),
             rolling=RollingWindow(cfg.readiness_window),
             publishing=PublishState(keep_snapshots=cfg.keep_snapshots, last_publish_at=now),
+            max_correction=cfg.guard.max_correction,
         )
 
     @property
@@ -98,19 +103,21 @@ class Layer:
         days: np.ndarray,
         arrived: np.ndarray,
         replay_fraction: float,
-    ) -> None:
-        """Progressive validation, then one ``learn_many``.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Progressive validation, then one ``learn_many``; returns the per-example log
+        losses (hybrid, base) of the progressive scoring, for the circuit breaker.
 
-        The batch is first scored as serving scored it (``served``: rank-time position
-        token) and by the base alone; then learned with the positions it was shown at,
+        The batch is first scored as serving scores it (``served``: rank-time position
+        token; the correction clipped to ``max_correction``) and by the base alone; then
+        learned with the positions it was shown at,
         plus ``replay_fraction`` of its size sampled from the replay buffer. ``days``
         (datetime64[D]) buckets the metrics, ``arrived`` (unix seconds, NaN: unknown)
         feeds the publish latency.
         """
         n = labels.shape[0]
         start = time.perf_counter()
-        hybrid = self.model.predict_many(served)
         base = served.base_logit
+        hybrid = self.score(served)
         self.metrics.update(days, labels, hybrid, base)
         self.rolling.add(labels, hybrid, base)
         shown = self.featurizer.with_positions(served, positions)
@@ -133,6 +140,15 @@ class Layer:
             hi = int(valid_days.max().astype(np.int64))
             self.first_day = lo if self.first_day is None else min(self.first_day, lo)
             self.last_day = hi if self.last_day is None else max(self.last_day, hi)
+        return log_losses_from_logits(labels, hybrid), log_losses_from_logits(labels, base)
+
+    def score(self, inputs: OnlineInputs) -> np.ndarray:
+        """Hybrid logits as serving computes them: the correction clipped to
+        ``max_correction`` (``online_layer.defences.clip_correction``)."""
+        logits = self.model.predict_many(inputs)
+        if math.isfinite(self.max_correction):
+            logits = clip_correction(inputs.base_logit, logits, self.max_correction)
+        return logits
 
     def warm_start_from(
         self, checked: CheckedReplay, batch_size: int, replay_fraction: float
@@ -156,10 +172,11 @@ class Layer:
             learned += 1
         return learned
 
-    def rollback(self) -> str | None:
-        """Restore the last ready snapshot; the rolling window restarts, so readiness must
-        be earned again. Returns the restored version, or None when there is none."""
-        snap = self.publishing.last_ready()
+    def rollback(self, before: float | None = None) -> str | None:
+        """Restore the last ready snapshot (with ``before``: the newest one published
+        before that time, else the oldest kept); the rolling window restarts, so readiness
+        must be earned again. Returns the restored version, or None when there is none."""
+        snap = self.publishing.last_ready(before)
         if snap is None:
             return None
         self.model.restore(snap.blob, self.base_version)

@@ -13,9 +13,27 @@
    click-flood check, is scored as serving would score it (rank-time position token) and
    by the base alone (progressive validation), and is then learned with the position it
    was shown at, plus an optional sample from the replay buffer (``online_layer.layer``).
-4. Every ``publish_every_batches`` batches or ``publish_every_s`` seconds it publishes a
+   Before that, the manipulation guard (``online_layer.defences.FeedbackGuard``, settings
+   ``[online_layer.guard]``) screens the mini-batch: examples beyond a user's caps, over
+   the new-user budget, or new users' clicks in a coordinated burst are quarantined
+   (counted by reason, never learned, never scored). Only kept examples are scored and
+   learned, so readiness and the breaker are judged on data an attacker cannot dominate;
+   every hybrid score (progressive and serving) clips the correction to ``max_correction``.
+4. The circuit breaker (``online_layer.breaker``, ``[online_layer.breaker]``) gets every
+   learned batch's per-example hybrid and base log losses with their users, on the
+   learner's wall clock. When it opens, the layer rolls back to its last good snapshot
+   (the newest ready one published before the losing run began), ``latest_snapshot``
+   returns nothing and ``serving_view`` tells serving to run the base alone
+   (``FALLBACK_REASON_BREAKER_OPEN``); learning goes on, and after the cool-down the
+   half-open test on fresh events decides whether it closes (then a snapshot is
+   published at once).
+5. Every ``publish_every_batches`` batches or ``publish_every_s`` seconds it publishes a
    snapshot (``online_layer.publishing``, ``online_layer.lineage``): kept for
    ``latest_snapshot`` and handed to the injected ``snapshot_sink`` (the model registry).
+
+Time: the join, the watermark and the guard run on event time; no request or feedback
+time may move the watermark more than ``max_served_ahead_s`` past the wall clock (it is
+clamped there and counted), so one call "from next year" cannot stop learning.
 
 A layer is bound to one base version: all its state is one ``Layer``. ``rebase`` retires
 it (pending feedback for the old base is dropped) and starts a new ``Layer`` for the new
@@ -44,9 +62,10 @@ from online_layer.intake import FeedbackIntake
 from online_layer.layer import Layer
 from online_layer.lineage import snapshot_of
 from online_layer.model import OnlineModel
-from online_layer.publishing import PublishedSnapshot, SnapshotSink, deliver
+from online_layer.publishing import PublishedSnapshot, ServingView, SnapshotSink, deliver
 from online_layer.readiness import Readiness, assess
 from online_layer.reports import FeedbackResult, LearnerReport, build_report
+from online_layer.safety import Safety
 from online_layer.served import Emitted, ServedRecord, to_us
 from online_layer.ticker import Ticker
 from online_layer.validation import BatchRejected, FeedbackEvents, LabelRateGuard, RejectReason
@@ -61,6 +80,7 @@ __all__ = [
     "PublishedSnapshot",
     "Readiness",
     "ReplayBatch",
+    "ServingView",
     "SnapshotSink",
 ]
 
@@ -86,6 +106,11 @@ class OnlineLearner:
         failures are logged and counted, never raised into the learning loop.
     clock : callable
         Wall clock in unix seconds (injectable for tests).
+    established_users : callable, optional
+        ``established_users(user_id) -> bool``: users the system knew before this learner
+        started (serving passes the base model's training vocabulary). The guard never
+        counts them as new. Without it every user starts new and earns tenure from its
+        served requests (``[online_layer.guard]`` ``new_user_seconds``/``new_user_requests``).
     """
 
     def __init__(
@@ -96,6 +121,7 @@ class OnlineLearner:
         fresh_features: Sequence[str] = FRESH_ITEM_FEATURES,
         snapshot_sink: SnapshotSink | None = None,
         clock: Callable[[], float] = time.time,
+        established_users: Callable[[str], bool] | None = None,
     ) -> None:
         if isinstance(config, OnlineLayerConfig):
             cfg = config
@@ -115,6 +141,7 @@ class OnlineLearner:
             cfg.label_rate_two_sided,
         )
         self._intake = FeedbackIntake(cfg)
+        self._safety = Safety(cfg, established_users)
         self._sink_failures = 0
         self._layer = self._new_layer(base_version, embedding_dim, generation=0)
 
@@ -193,11 +220,12 @@ class OnlineLearner:
         """
         items = [records] if isinstance(records, ServedRecord) else list(records)
         with self._lock:
-            emitted = self._intake.served(items, self.featurizer)
             now = self._clock()
+            emitted, kept = self._intake.served(items, self.featurizer, now)
+            self._safety.note_requests([r.user_id for r in kept], self._event_now())
             self._layer.pending.add(emitted, now)
             self._drive(now)
-            return len(items)
+            return len(kept)
 
     def add_feedback(self, events: FeedbackEvents) -> FeedbackResult:
         """Validate one feedback batch (events schema: Arrow table or list of dicts), join
@@ -213,6 +241,13 @@ class OnlineLearner:
                 return result
             self._layer.pending.add(emitted, now)
             return replace(result, batches_learned=self._drive(now))
+
+    def established_users(self, user_ids: Sequence[str]) -> Any:
+        """Boolean mask: which users the manipulation guard does not count as new now.
+        Serving feeds only their feedback to the fresh item counters, so made-up users
+        cannot move an item's live counters (and through them the base's score) either."""
+        with self._lock:
+            return self._safety.established(list(user_ids), self._event_now())
 
     def learn_replay(self, batches: Iterable[ReplayBatch]) -> int:
         """Learn already featurized examples (progressively validated, no flood check).
@@ -254,16 +289,36 @@ class OnlineLearner:
         self._maybe_publish(now, force=force)
         return learned
 
+    def _event_now(self) -> float:
+        """The learner's event time (its join watermark; the wall clock before any)."""
+        watermark = self._intake.joiner.watermark_us
+        return self._clock() if watermark is None else watermark / 1e6
+
     def _learn_emitted(self, batch: Emitted) -> int:
-        """Flood check, then learn one mini-batch of joined examples; 1 if learned, else 0."""
+        """Screen, flood-check, then learn one mini-batch of joined examples and let the
+        breaker judge it; 1 if learned, else 0."""
+        batch = self._safety.screen(batch, self._event_now())
+        if len(batch) == 0:
+            return 0
         verdict = self._guard.observe(batch.labels)
         if verdict is not None:
             self._intake.reject(BatchRejected(RejectReason.LABEL_FLOOD, verdict, len(batch)))
             return 0
         days = batch.request_us.astype("datetime64[us]").astype("datetime64[D]")
-        self._layer.learn(batch.inputs, batch.positions, batch.labels, days, batch.arrived,
-                          self.config.replay_fraction)
+        hybrid_loss, base_loss = self._layer.learn(
+            batch.inputs, batch.positions, batch.labels, days, batch.arrived,
+            self.config.replay_fraction,
+        )
+        if self._safety.judge(self._layer, batch.users.tolist(), hybrid_loss, base_loss,
+                              self._clock()):
+            self._publish(self._clock())  # closed on evidence: serve the layer at once
         return 1
+
+    def force_breaker_open(self, reason: str) -> str | None:
+        """Open the circuit breaker by operator decision: base alone, roll back, cool
+        down, then the half-open test. Returns the version rolled back to (None: none)."""
+        with self._lock:
+            return self._safety.force_open(self._layer, reason, self._clock())
 
     def tick(self, event_time: datetime | None = None) -> int:
         """Run the time-based triggers now (learn a waiting partial batch, publish).
@@ -273,8 +328,12 @@ class OnlineLearner:
         """
         with self._lock:
             now = self._clock()
+            if self._safety.poll(self._layer, now):  # open -> half-open without traffic
+                self._publish(now)
             if event_time is not None:
-                self._layer.pending.add(self._intake.joiner.advance(to_us(event_time)), now)
+                self._layer.pending.add(
+                    self._intake.joiner.advance(to_us(event_time), now), now
+                )
             return self._drive(now)
 
     def flush(self, close_pending: bool = False) -> int:
@@ -300,7 +359,7 @@ class OnlineLearner:
             return self._publish(self._clock())
 
     def _publish(self, now: float) -> PublishedSnapshot:
-        readiness = self.readiness()
+        readiness = self._serving_readiness()
         snap = snapshot_of(self._layer, readiness, self.config.ftrl_params(), now)
         self._layer.publishing.record(snap)
         logger.info("published %s (ready=%s: %s)", snap.version, readiness.ready, readiness.reason)
@@ -309,10 +368,20 @@ class OnlineLearner:
         return snap
 
     def latest_snapshot(self, include_unready: bool = False) -> PublishedSnapshot | None:
-        """The latest published snapshot if it passed its readiness check, else None
-        (serving runs the base alone). ``include_unready`` returns it regardless."""
+        """The latest published snapshot if it passed its readiness check and the breaker
+        is closed, else None (serving runs the base alone). ``include_unready`` returns it
+        regardless."""
         with self._lock:
+            if not include_unready and not self._safety.allows_online:
+                return None
             return self._layer.publishing.for_serving(include_unready)
+
+    def serving_view(self, known_version: str | None = None) -> ServingView:
+        """What a serving replica polling for weights must do now: ``withhold`` (breaker
+        not closed: apply no online weights, drop the ones it has), or install
+        ``snapshot`` when it is newer than ``known_version`` (None: nothing new)."""
+        with self._lock:
+            return self._safety.view(self._layer, known_version)
 
     def latest_version(self) -> str | None:
         """The version ``latest_snapshot()`` would return (cheap to poll: no blob)."""
@@ -320,9 +389,9 @@ class OnlineLearner:
         return None if snap is None else snap.version
 
     def rollback(self) -> str | None:
-        """Restore the last ready snapshot of this layer (after the circuit breaker
-        tripped); the rolling metric restarts, so readiness must be earned again. Returns
-        the restored version, or None when there is none."""
+        """Restore the last ready snapshot of this layer (the circuit breaker does this
+        when it opens; an operator may too); the rolling metric restarts, so readiness must
+        be earned again. Returns the restored version, or None when there is none."""
         with self._lock:
             version = self._layer.rollback()
             if version is not None:
@@ -337,11 +406,16 @@ class OnlineLearner:
         base's, within their tolerances."""
         return assess(self.config, self._layer.examples, self._layer.rolling)
 
+    def _serving_readiness(self) -> Readiness:
+        return self._safety.serving_readiness(self.readiness())
+
     def report(self) -> LearnerReport:
         with self._lock:
             return build_report(
-                self._layer, self.readiness(), self._intake.counts, self._intake.joiner,
-                self._guard, self._sink_failures,
+                self._layer, self._serving_readiness(), self._intake.counts,
+                self._intake.joiner, self._guard, self._sink_failures,
+                defences=self._safety.guard, breaker=self._safety.status(),
+                breaker_rollbacks=self._safety.rollbacks,
             )
 
     def durability_marks(self) -> tuple[int | None, float | None]:

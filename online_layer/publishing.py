@@ -44,6 +44,21 @@ class PublishedSnapshot:
     feedback_newest: float | None
 
 
+@dataclass(frozen=True, eq=False)
+class ServingView:
+    """The answer to a serving replica's weight poll (``OnlineLearner.serving_view``).
+
+    ``withhold``: apply no online weights at all (the circuit breaker is not closed; drop
+    any installed ones); ``detail`` says why, for ``FALLBACK_REASON_BREAKER_OPEN``.
+    Otherwise ``snapshot`` is a newer ready snapshot to install, or None (nothing new).
+    """
+
+    snapshot: PublishedSnapshot | None
+    withhold: bool
+    breaker_state: str
+    detail: str
+
+
 @dataclass(eq=False)
 class PublishState:
     """One layer's publishing: cadence, latest and ready snapshots, latencies."""
@@ -105,8 +120,15 @@ class PublishState:
             return None
         return snap
 
-    def last_ready(self) -> PublishedSnapshot | None:
-        return self.ready_history[-1] if self.ready_history else None
+    def last_ready(self, before: float | None = None) -> PublishedSnapshot | None:
+        """The newest kept ready snapshot; with ``before``, the newest published before
+        that time, or the oldest kept when all are later (the least exposed)."""
+        if not self.ready_history:
+            return None
+        if before is None:
+            return self.ready_history[-1]
+        earlier = [snap for snap in self.ready_history if snap.published_at < before]
+        return earlier[-1] if earlier else self.ready_history[0]
 
     def rolled_back(self) -> None:
         """The model went back to ``last_ready()``: nothing is served until it is ready again."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from online_layer.metrics import ProgressiveSummary
@@ -14,6 +14,8 @@ from online_layer.readiness import Readiness
 from online_layer.validation import BatchRejected
 
 if TYPE_CHECKING:
+    from online_layer.breaker import BreakerStatus
+    from online_layer.defences import FeedbackGuard
     from online_layer.join import FeedbackJoiner
     from online_layer.layer import Layer
     from online_layer.validation import LabelRateGuard
@@ -39,6 +41,7 @@ class FeedbackCounts:
     rejected_rows: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     accepted_rows: int = 0
+    served_refused: Counter[str] = field(default_factory=Counter)  # served records not kept
 
     def reject(self, rejection: BatchRejected) -> None:
         reason = rejection.reason.value
@@ -77,6 +80,20 @@ class LearnerReport:
     nonzero_weights: int
     watermark: str | None = None
     extra: dict[str, float] = field(default_factory=dict)  # closed_early, label_rate
+    # The manipulation guard: examples quarantined (never learned), by reason.
+    quarantined: dict[str, int] = field(default_factory=dict)
+    # The circuit breaker: state ("closed", "open", "half_open"), why, the last judgement
+    # (trimmed per-user excess log loss of hybrid over base), transition counts
+    # ("closed->open": n), and how many rollbacks it made.
+    breaker_state: str = "closed"
+    breaker_reason: str = ""
+    breaker_excess_loss: float | None = None
+    breaker_transitions: dict[str, int] = field(default_factory=dict)
+    breaker_rollbacks: int = 0
+    # Request or feedback times clamped to the wall clock + max_served_ahead_s, and served
+    # records not kept (by why: "id_too_long").
+    clamped_future_times: int = 0
+    served_refused: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,8 +106,12 @@ def build_report(
     joiner: FeedbackJoiner,
     guard: LabelRateGuard,
     sink_failures: int,
+    defences: FeedbackGuard | None = None,
+    breaker: BreakerStatus | None = None,
+    breaker_rollbacks: int = 0,
 ) -> LearnerReport:
-    """The report of a learner whose current layer is ``layer``."""
+    """The report of a learner whose current layer is ``layer``. Total: no value the
+    learner holds (a watermark in year 9999, say) can make it raise."""
     publishing = layer.publishing
     latest = publishing.latest
     watermark = joiner.watermark_us
@@ -120,8 +141,28 @@ def build_report(
         sink_failures=sink_failures,
         rollbacks=publishing.rollbacks,
         nonzero_weights=layer.model.nnz(),
-        watermark=(
-            None if watermark is None else datetime.fromtimestamp(watermark / 1e6, UTC).isoformat()
-        ),
+        watermark=None if watermark is None else format_us(watermark),
         extra={"closed_early": joiner.closed_early, "label_rate": guard.rate},
+        quarantined={} if defences is None else defences.report(),
+        breaker_state="closed" if breaker is None else breaker.state,
+        breaker_reason="" if breaker is None else breaker.reason,
+        breaker_excess_loss=None if breaker is None else breaker.excess_loss,
+        breaker_transitions={} if breaker is None else dict(breaker.transitions),
+        breaker_rollbacks=breaker_rollbacks,
+        clamped_future_times=joiner.clamped_future,
+        served_refused=dict(counts.served_refused),
     )
+
+
+def format_us(us: int) -> str:
+    """ISO 8601 of microseconds since the epoch; total (any int gives a string).
+
+    >>> format_us(0)
+    '1970-01-01T00:00:00+00:00'
+    >>> format_us(253_402_300_800 * 10**6)  # year 10000: not a datetime
+    '253402300800000000 us since the epoch (out of the datetime range)'
+    """
+    try:
+        return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))).isoformat()
+    except (OverflowError, ValueError):
+        return f"{int(us)} us since the epoch (out of the datetime range)"

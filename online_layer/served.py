@@ -91,14 +91,17 @@ class Emitted:
     positions: np.ndarray  # (M,) int64 position shown
     request_us: np.ndarray  # (M,) int64 request time
     arrived: np.ndarray  # (M,) float64 wall time the first feedback arrived (NaN: none)
+    users: np.ndarray  # (M,) object: the user served (the guard and the breaker judge by user)
+    items: np.ndarray  # (M,) object: the item shown
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def rows(self, part: slice) -> Emitted:
+    def rows(self, part: slice | np.ndarray) -> Emitted:
+        """The rows ``part`` selects (a slice, or a boolean or index array)."""
         return Emitted(
             self.inputs.take(part), self.labels[part], self.positions[part],
-            self.request_us[part], self.arrived[part],
+            self.request_us[part], self.arrived[part], self.users[part], self.items[part],
         )
 
     def split(self, k: int) -> tuple[Emitted, Emitted]:
@@ -115,4 +118,6 @@ class Emitted:
             np.concatenate([p.positions for p in parts]),
             np.concatenate([p.request_us for p in parts]),
             np.concatenate([p.arrived for p in parts]),
+            np.concatenate([p.users for p in parts]),
+            np.concatenate([p.items for p in parts]),
         )

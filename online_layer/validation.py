@@ -45,6 +45,20 @@ if TYPE_CHECKING:
 FeedbackEvents: TypeAlias = "pa.Table | pa.RecordBatch | Sequence[Mapping[str, Any]]"
 
 MAX_ID_LENGTH = 512
+
+
+def short_id(value: object, limit: int = 64) -> str:
+    """``repr`` of an id for a message, cut to about ``limit`` characters (an attacker's
+    4 MB id must not come back as a 4 MB message, nor be logged whole).
+
+    >>> short_id("x" * 100, limit=10)
+    "'xxxxxxxxxx'... (100 chars)"
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} chars)"
+    return repr(value)
+
+
 # Columns the learner cannot join without (request_id is optional in the events contract,
 # but feedback that cannot be joined to what was served cannot be learned).
 JOIN_COLUMNS: tuple[str, ...] = ("request_id", "user_id", "item_id", "ts", "label")
@@ -180,7 +194,7 @@ def check_feedback(table: pa.Table, max_position: int) -> FeedbackColumns:
             if not value or len(value) > MAX_ID_LENGTH:
                 raise BatchRejected(
                     RejectReason.MALFORMED_ID,
-                    f"{name} at row {row} is {value!r}: ids must be 1..{MAX_ID_LENGTH} chars",
+                    f"{name} at row {row} is {short_id(value)}: ids must be 1..{MAX_ID_LENGTH} chars",
                     n,
                 )
         ids[name] = values

@@ -40,7 +40,7 @@ from serving.errors import NotReady
 from serving.health import HealthState
 from serving.ingress import RPCS, caller_metadata, caller_peer, rpc
 from serving.observability import observed
-from serving.ranking import HybridRanker, OnlineSlot, RankOutcome
+from serving.ranking import HybridRanker, OnlineSlot, RankOutcome, fill_learner_status
 from serving.requests import (
     AdminAction,
     Limits,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from protos.registry import ModelVersion
     from feature_store.push import FreshCounterPusher
     from online_layer.join import ServedRecord
-    from online_layer.learner import LearnerReport, PublishedSnapshot
+    from online_layer.learner import LearnerReport, PublishedSnapshot, ServingView
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ class Learner:
             embedding_dim=base.embedding_dim,
             snapshot_sink=sink,
             clock=clock,
+            # Users the base was trained on are established: the manipulation guard never
+            # counts them as new, so a restart does not make every real user a stranger.
+            established_users=base.users.__contains__,
         )
         resumed = champion_snapshot(registry, base.version)
         covered = None
@@ -146,8 +149,13 @@ class Learner:
         # Joined, learned, and (if accepted) fsynced to the feedback log before the reply.
         result = self._durability.feedback(events)
         if result.rejected is None:
-            # Poisoned batches teach nothing: not the layer, not the fresh counters.
-            self._counters.add(events)
+            # Poisoned batches teach nothing: not the layer, not the fresh counters; nor
+            # do users the manipulation guard counts as new move the live counters.
+            trusted = self._learner.established_users(events.column("user_id").to_pylist())
+            if trusted.all():
+                self._counters.add(events)
+            elif trusted.any():
+                self._counters.add(events.filter(pa.array(trusted)))
         return {
             "accepted": result.accepted,
             "dropped": result.dropped,
@@ -156,11 +164,17 @@ class Learner:
         }
 
     def latest_snapshot(self, known_version: str | None) -> PublishedSnapshot | None:
-        """The newest ready snapshot, or None when the caller already has it (or none)."""
+        """The newest ready snapshot, or None when the caller already has it (or none, or
+        the circuit breaker is not closed)."""
         snapshot = self._learner.latest_snapshot()
         if snapshot is None or snapshot.version == known_version:
             return None
         return snapshot
+
+    def serving_view(self, known_version: str | None) -> ServingView:
+        """The Ranker replicas' weight poll: withhold the layer (breaker not closed), or a
+        newer ready snapshot to install (``OnlineLearner.serving_view``)."""
+        return self._learner.serving_view(known_version)
 
     def report(self) -> LearnerReport:
         from dataclasses import replace
@@ -462,11 +476,14 @@ class Ranker:
         if now - self._last_poll < self._settings.serving.weight_poll_seconds:
             return
         self._last_poll = now
-        snapshot = await self._learner.latest_snapshot.remote(
-            slot.version if slot is not None else None
-        )
-        if snapshot is not None:
-            self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        view = await self._learner.serving_view.remote(slot.version if slot is not None else None)
+        if view.withhold:  # the learner's circuit breaker is not closed: base alone
+            self._ranker.apply_breaker(view.detail)
+        else:
+            if view.snapshot is not None:
+                snapshot = view.snapshot
+                self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+            self._ranker.apply_breaker(None)
         await self._learner.observe_replica.remote(self._metrics.snapshot(self._ranker.online))
 
     def _install(self, version: str, blob: bytes, published_at: float) -> None:
@@ -474,7 +491,10 @@ class Ranker:
         from online_layer.factory import load_snapshot
 
         model = load_snapshot(blob, base_version, expected_layout=self._featurizer.layout())
-        self._ranker.install_online(OnlineSlot(model, version, base_version, published_at))
+        self._ranker.install_online(
+            OnlineSlot(model, version, base_version, published_at,
+                       max_correction=self._settings.online_layer.guard.max_correction)
+        )
         logger.info("installed online weights %s for base %s", version, base_version)
 
     async def _flush_served(self) -> None:
@@ -566,6 +586,7 @@ class Ranker:
             reply.fallback_detail = fallback.detail
         for reason, count in report.rejected_batches.items():
             reply.rejected_batches[reason] = count
+        fill_learner_status(reply, report)
         reply.online_enabled = self._online_enabled
         reply.control_serial = self._control_serial or ""
         reply.control_detail = self._control_detail[:500]

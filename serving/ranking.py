@@ -9,6 +9,7 @@ consistent (weights, version, base version) triple while a poller installs new w
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from base_model.artifact import BaseScorer
     from feature_store.online import OnlineFeatureReader
     from online_layer.features import OnlineFeaturizer, OnlineInputs
+    from online_layer.reports import LearnerReport
     from online_layer.model import OnlineModel
     from serving.config import ServingConfig
 
@@ -41,12 +43,25 @@ class OnlineSlot:
         version: The snapshot's version.
         base_version: The base version the weights were trained against.
         published_at: Unix time the learner published them (for the TTL).
+        max_correction: The most logits the correction may move a score
+            (``[online_layer.guard] max_correction``; the learner's progressive metrics
+            clip the same way).
     """
 
     model: OnlineModel
     version: str
     base_version: str
     published_at: float
+    max_correction: float = math.inf
+
+    def score(self, inputs: OnlineInputs) -> np.ndarray:
+        """Hybrid logits: base plus the correction, clipped to ``max_correction``."""
+        from online_layer.defences import clip_correction
+
+        logits = self.model.predict_many(inputs)
+        if math.isfinite(self.max_correction):
+            logits = clip_correction(inputs.base_logit, logits, self.max_correction)
+        return logits
 
 
 @dataclass(frozen=True)
@@ -61,14 +76,18 @@ def choose_fallback(
     now: float,
     ttl_seconds: float,
     enabled: bool,
+    breaker_detail: str | None = None,
 ) -> Fallback | None:
     """Decide whether this request must be scored by the base alone, and why.
 
-    The order matters only for the reported reason: an operator's switch first, then a
+    The order matters only for the reported reason: an operator's switch first, then the
+    learner's circuit breaker (``breaker_detail`` is set while it is not closed), then a
     missing layer, a layer for another base (never applied, whatever its age), then age.
     """
     if not enabled:
         return Fallback(Reason.FALLBACK_REASON_ONLINE_DISABLED, "online layer disabled by config")
+    if breaker_detail is not None:
+        return Fallback(Reason.FALLBACK_REASON_BREAKER_OPEN, breaker_detail)
     if slot is None:
         return Fallback(Reason.FALLBACK_REASON_ONLINE_ABSENT, "no online weights loaded")
     if slot.base_version != base_version:
@@ -156,6 +175,7 @@ class HybridRanker:
         self._fresh_columns = np.array([ITEM_FEATURES.index(n) for n in FRESH_ITEM_FEATURES])
         self._online: OnlineSlot | None = None
         self._enabled = bool(config.online_enabled)
+        self._breaker: str | None = None
 
     @property
     def base_version(self) -> str:
@@ -176,6 +196,22 @@ class HybridRanker:
     def set_enabled(self, enabled: bool) -> None:
         self._enabled = bool(enabled)
 
+    @property
+    def breaker_detail(self) -> str | None:
+        return self._breaker
+
+    def apply_breaker(self, detail: str | None) -> None:
+        """The learner's circuit breaker as the last poll saw it: ``detail`` while it is
+        not closed (every request falls back with ``FALLBACK_REASON_BREAKER_OPEN`` and the
+        installed weights are dropped: they are what the breaker judged), None once closed."""
+        if detail is not None:
+            self._online = None
+            if self._breaker is None:
+                logger.warning("online layer off serving: %s", detail)
+        elif self._breaker is not None:
+            logger.info("circuit breaker closed: the online layer may serve again")
+        self._breaker = detail
+
     def current_fallback(self) -> Fallback | None:
         return choose_fallback(
             self._online,
@@ -183,6 +219,7 @@ class HybridRanker:
             self._clock(),
             self._config.online_ttl_seconds,
             self._enabled,
+            self._breaker,
         )
 
     def rank(self, query: RankQuery) -> RankOutcome:
@@ -211,11 +248,12 @@ class HybridRanker:
             self._clock(),
             self._config.online_ttl_seconds,
             self._enabled,
+            self._breaker,
         )
         final = base_logits
         if fallback is None and slot is not None:
             try:
-                final = slot.model.predict_many(inputs)
+                final = slot.score(inputs)
             except Exception as error:  # the base must still answer
                 logger.exception("online layer %s failed; serving base alone", slot.version)
                 fallback = Fallback(Reason.FALLBACK_REASON_ONLINE_ERROR, str(error))
@@ -232,3 +270,16 @@ class HybridRanker:
             fallback=fallback,
             inputs=inputs,
         )
+
+
+def fill_learner_status(reply: ranking_pb2.StatusReply, report: LearnerReport) -> None:
+    """Copy the learner's defences into ``Status``: the breaker's state, reason and
+    transition counts, and the guard's quarantined examples by reason."""
+    reply.breaker_state = report.breaker_state
+    reply.breaker_reason = report.breaker_reason
+    for move, count in report.breaker_transitions.items():
+        reply.breaker_transitions[move] = count
+    for reason, count in report.quarantined.items():
+        reply.quarantined_examples[reason] = count
+    reply.breaker_rollbacks = report.breaker_rollbacks
+    reply.clamped_future_times = report.clamped_future_times

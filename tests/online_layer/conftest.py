@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.online_layer.ol_helpers import EMBEDDING_DIM, FakeClock, small_config
+from tests.online_layer.ol_helpers import EMBEDDING_DIM, FakeClock, small_config, synthetic_user
 from online_layer.learner import OnlineLearner
 
 
@@ -18,9 +18,15 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def make_learner(clock: FakeClock) -> Callable[..., OnlineLearner]:
-    def build(sink: Any = None, base_version: str = "base-1", **overrides: Any) -> OnlineLearner:
+    def build(
+        sink: Any = None,
+        base_version: str = "base-1",
+        established: Callable[[str], bool] | None = synthetic_user,
+        **overrides: Any,
+    ) -> OnlineLearner:
         return OnlineLearner(
-            small_config(**overrides), base_version, EMBEDDING_DIM, snapshot_sink=sink, clock=clock
+            small_config(**overrides), base_version, EMBEDDING_DIM, snapshot_sink=sink,
+            clock=clock, established_users=established,
         )
 
     return build

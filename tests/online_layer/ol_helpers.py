@@ -35,11 +35,17 @@ def random_batch(
 class FakeClock:
     """A wall clock the test moves by hand (unix seconds)."""
 
-    def __init__(self, now: float = 1_000_000.0) -> None:
+    def __init__(self, now: float = 1_798_761_600.0) -> None:  # 2027-01-01: after START
         self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+
+def synthetic_user(user_id: str) -> bool:
+    """``SyntheticWorld``'s users (``u0``, ``u1``, ...) are the established population: the
+    guard treats them as known from the start (as serving does the base's vocabulary)."""
+    return user_id.startswith("u") and user_id[1:].isdigit()
 
 
 def small_config(**overrides: Any) -> OnlineLayerConfig:

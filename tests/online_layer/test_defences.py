@@ -16,6 +16,7 @@ CFG = GuardConfig(
     window_seconds=6 * HOUR,
     max_examples_per_user=200,
     max_clicks_per_user=20,
+    max_clicks_per_user_item=1000,  # the per-item cap has its own test
     new_user_seconds=24 * HOUR,
     new_user_requests=5,
     new_user_share=0.2,
@@ -167,3 +168,24 @@ def test_the_correction_is_clipped_both_ways() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="one length"):
         FeedbackGuard().screen(["a"], ["x", "y"], [1.0], now=0.0)
+
+
+def test_one_account_clicking_one_item_over_and_over_is_capped() -> None:
+    guard = FeedbackGuard(GuardConfig(max_clicks_per_user_item=3), established=lambda u: True)
+    result = guard.screen(["known1"] * 10, ["item3"] * 10, np.ones(10), now=0.0)
+    assert int(result.keep.sum()) == 3 and result.counts == {"user_cap": 7}
+    assert guard.screen(["known1"], ["item4"], np.ones(1), now=1.0).keep.all()
+
+
+def test_burst_evidence_counts_clicks_the_budget_quarantined() -> None:
+    """Most of a campaign's users are kept out by the new-user budget; their clicks still
+    show the burst, so the few let in cannot push the target either."""
+    guard = FeedbackGuard(GuardConfig(new_user_share=0.05, burst_min_users=10),
+                          established=lambda u: u.startswith("known"))
+    known = [f"known{i}" for i in range(200)]
+    guard.screen(known, [f"i{i % 50}" for i in range(200)], np.zeros(200), now=0.0)
+    bots = [f"bot{i}" for i in range(30)]
+    result = guard.screen(bots, ["target"] * 30, np.ones(30), now=1.0)
+    assert result.counts.get("coordinated_burst", 0) + result.counts.get("new_user_budget", 0) == 30
+    later = guard.screen(["bot99"], ["target"], np.ones(1), now=2.0)
+    assert later.counts == {"coordinated_burst": 1}

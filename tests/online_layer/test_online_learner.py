@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from tests.online_layer.ol_helpers import START, FakeClock, feed, world_for
+from tests.online_layer.ol_helpers import START, FakeClock, feed, synthetic_user, world_for
 from online_layer import load_snapshot, read_snapshot_header
 from online_layer.errors import BaseVersionMismatch, InputError, ServedRecordError
 from online_layer.learner import OnlineLearner, ReplayBatch
@@ -355,7 +355,8 @@ def test_report_is_plain_data(make_learner) -> None:
 
 def test_the_ticker_learns_a_waiting_batch_without_any_call(make_learner) -> None:
     learner = OnlineLearner(
-        {"batch_size": 1000, "emit": "on_arrival", "max_batch_delay_s": 0.05}, "base-1", 8
+        {"batch_size": 1000, "emit": "on_arrival", "max_batch_delay_s": 0.05}, "base-1", 8,
+        established_users=synthetic_user,
     )
     feed(learner, world_for(learner), 2)
     learner.start_ticker(interval_s=0.02)

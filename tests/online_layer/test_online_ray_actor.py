@@ -24,10 +24,13 @@ def test_the_learner_as_a_ray_actor(ray_cluster: None, tmp_path: pathlib.Path) -
     def sink(version: str, blob: bytes, lineage: dict) -> None:  # runs inside the actor
         (out / f"{version}.snapshot").write_bytes(blob)
 
+    def established(user_id: str) -> bool:  # the world's users are known (pickled by value)
+        return user_id.startswith("u")
+
     actor: Any = ray.remote(OnlineLearner).options(num_cpus=0).remote(
-        config, "base-1", EMBEDDING_DIM, snapshot_sink=sink
+        config, "base-1", EMBEDDING_DIM, snapshot_sink=sink, established_users=established
     )
-    local = OnlineLearner(config, "base-1", EMBEDDING_DIM)
+    local = OnlineLearner(config, "base-1", EMBEDDING_DIM, established_users=established)
     world = SyntheticWorld(local.featurizer, seed=1)
     pending = []
     for record, events in world.stream(40, START):
