@@ -9,7 +9,12 @@ group may be split across two batches freely.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
 
 from online_layer.served import Emitted
 
@@ -57,3 +62,19 @@ class PendingExamples:
         if not self._groups:
             self.since = None
         return Emitted.concat(parts)
+
+
+def oldest_unlearned(entries: Iterable[Any], pending: PendingExamples) -> float | None:
+    """The earliest arrival (learner clock) of accepted feedback not learned yet: waiting in
+    an open join window (``entries``, ``FeedbackJoiner.pending_entries()``) or in a
+    mini-batch still being filled (``pending``); None when nothing waits."""
+    oldest = math.inf
+    for entry in entries:
+        waiting = ~entry.emitted & ~np.isnan(entry.label)
+        if waiting.any():
+            oldest = min(oldest, float(np.nanmin(entry.arrived[waiting])))
+    for group in pending.groups():
+        seen = group.arrived[np.isfinite(group.arrived)]
+        if seen.size:
+            oldest = min(oldest, float(seen.min()))
+    return None if oldest == math.inf else oldest

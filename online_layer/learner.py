@@ -58,6 +58,7 @@ from feature_store.catalog import FRESH_ITEM_FEATURES
 from online_layer.config import OnlineLayerConfig
 from online_layer.errors import InputError
 from online_layer.features import OnlineFeaturizer
+from online_layer.batching import oldest_unlearned
 from online_layer.intake import FeedbackIntake
 from online_layer.layer import Layer
 from online_layer.lineage import snapshot_of
@@ -423,19 +424,9 @@ class OnlineLearner:
         log's checkpoint: every feedback that arrived (learner clock) before the second
         value is learned or refused; None when nothing accepted waits (in an open join
         window or a waiting mini-batch)."""
-        import math
-
         with self._lock:
-            oldest = math.inf
-            for entry in self._intake.joiner.pending_entries():
-                waiting = ~entry.emitted & ~np.isnan(entry.label)
-                if waiting.any():
-                    oldest = min(oldest, float(np.nanmin(entry.arrived[waiting])))
-            for group in self._layer.pending.groups():
-                seen = group.arrived[np.isfinite(group.arrived)]
-                if seen.size:
-                    oldest = min(oldest, float(seen.min()))
-            return self._intake.joiner.watermark_us, (None if oldest == math.inf else oldest)
+            oldest = oldest_unlearned(self._intake.joiner.pending_entries(), self._layer.pending)
+            return self._intake.joiner.watermark_us, oldest
 
     # -- a background ticker for actors ---------------------------------------------------
 

@@ -1,0 +1,349 @@
+"""The Ranker deployment: the gRPC ingress implementing ``freshrank.v1.Ranker``.
+
+Method names equal the rpc names. Rank: validate -> ``HybridRanker`` (features, base, online
+correction, sort) -> reply; what was shown is appended to the replica's served log before
+the reply (``serving.served_log``), so the learner always knows an impression before its
+click. A background task polls the learner for newer online weights, the breaker's verdict
+and the operator controls, and applies them in place. Every rpc goes through one door
+(``serving.ingress.rpc``): bad input is ``INVALID_ARGUMENT`` naming the field, a
+``FreshrankError`` its own status, anything else ``INTERNAL`` with a short message. The
+standard ``grpc.health.v1.Health`` methods are served here too (``serving.health``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+
+from protos.freshrank.v1 import ranking_pb2 as pb
+from serving import observability
+from serving.auth import AccessPolicy, PeerPolicy, Secret, load_token
+from serving.health import HealthState
+from serving.ingress import RPCS, caller_metadata, caller_peer, rpc
+from serving.observability import observed
+from serving.ranking import HybridRanker, OnlineSlot, RankOutcome, fill_learner_status
+from serving.learner_deployment import champion_base
+from serving.requests import (
+    AdminAction,
+    Limits,
+    RankQuery,
+    parse_admin_request,
+    parse_feedback_request,
+    parse_rank_request,
+)
+from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from online_layer.join import ServedRecord
+
+logger = logging.getLogger(__name__)
+
+
+def _rank_query(ranker: Ranker, request: pb.RankRequest) -> RankQuery:
+    cfg = ranker._settings.serving
+    return parse_rank_request(request, cfg.max_candidates, limits=ranker._limits)
+
+
+def _feedback_events(ranker: Ranker, request: pb.FeedbackRequest) -> pa.Table:
+    cfg = ranker._settings.serving
+    return parse_feedback_request(
+        request, cfg.max_feedback_events, limits=ranker._limits, max_position=cfg.max_candidates
+    )
+
+
+def _admin_action(ranker: Ranker, request: Any) -> AdminAction:
+    return parse_admin_request(request, ranker._limits)
+
+
+@serve.deployment(name="Ranker")
+class Ranker:
+    """gRPC ingress implementing ``freshrank.v1.Ranker`` (every rpc through ``ingress.rpc``)."""
+
+    def __init__(
+        self, settings: Settings, learner: DeploymentHandle, token: Secret | None = None
+    ) -> None:
+        from base_model.artifact import BaseScorer
+        from protos.registry import ModelRegistry
+        from feature_store.online import OnlineFeatureReader
+        from online_layer.features import OnlineFeaturizer
+        from serving.snapshots import champion_snapshot
+
+        observability.configure_replica_logging()
+        self._metrics = observability.RankerMetrics()
+        self._settings = settings
+        self._learner = learner
+        cfg_serving = settings.serving
+        unknown_rpcs = sorted(set(cfg_serving.open_rpcs) - set(RPCS))
+        if unknown_rpcs:
+            raise ValueError(f"serving.open_rpcs names no rpc: {', '.join(unknown_rpcs)}")
+        self._access = AccessPolicy(
+            token.value if token is not None else load_token(cfg_serving.token_file),
+            open_rpcs=frozenset(cfg_serving.open_rpcs),
+        )
+        self._peers = PeerPolicy.for_host(cfg_serving.host)
+        self._limits = Limits.of(cfg_serving)
+        logger.info("ingress access: %s", self._access.describe())
+        self._online_enabled = bool(cfg_serving.online_enabled)
+        self._control_serial: str | None = None
+        self._control_detail = ""
+        self._last_control_poll = 0.0
+        champion = champion_base(settings)
+        base = BaseScorer.load(champion.path)
+        cfg = settings.online_layer
+        self._featurizer = OnlineFeaturizer(
+            base.embedding_dim, hash_bits=cfg.hash_bits, position_buckets=cfg.position_buckets
+        )
+        self._ranker = HybridRanker(
+            OnlineFeatureReader(settings.feature_store), base, self._featurizer, settings.serving
+        )
+        resumed = champion_snapshot(ModelRegistry(settings.registry_dir), base.version)
+        if resumed is not None:
+            self._install(*resumed)
+        # What Rank served goes to this replica's own write-ahead log before the reply;
+        # the learner follows it (serving.served_log).
+        from serving.served_log import ServedLogWriter
+
+        self._served_log = ServedLogWriter(settings.workspace)
+        self._background: asyncio.Task[None] | None = None
+        self._last_poll = 0.0
+        self._requests = 0
+        self._fallbacks = 0
+        self._health = HealthState(lambda: bool(self._ranker.base_version))
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live operator switches (Serve's ``user_config``), applied without a restart:
+        ``online_enabled`` (False serves the base alone)."""
+        unknown = sorted(set(user_config) - {"online_enabled"})
+        if unknown:
+            raise ValueError(f"unknown Ranker user_config key(s): {', '.join(unknown)}")
+        if "online_enabled" in user_config:
+            self._online_enabled = bool(user_config["online_enabled"])
+            self._ranker.set_enabled(self._online_enabled)
+            logger.info("online layer %s by operator", "enabled" if user_config["online_enabled"] else "disabled")
+
+    # ----------------------------------------------------------------- background work
+
+    def _ensure_background(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        period = self._settings.serving.weight_poll_seconds
+        while True:
+            try:
+                await self._poll_controls()
+                await self._poll_weights()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("background weight poll failed; keeping current weights")
+            await asyncio.sleep(period)
+
+    async def _poll_controls(self) -> None:
+        """Follow the learner's operator controls (``serving.admin``): in place, no restart."""
+        now = time.monotonic()
+        if now - self._last_control_poll < self._settings.serving.weight_poll_seconds:
+            return
+        self._last_control_poll = now
+        view = await self._learner.admin_controls.remote(self._control_serial)
+        if view is not None:
+            self._apply_controls(view)
+
+    def _apply_controls(self, view: dict[str, Any]) -> None:
+        snapshot = view.get("snapshot")
+        if snapshot is not None and (
+            self._ranker.online is None or self._ranker.online.version != snapshot.version
+        ):
+            self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        enabled = bool(view["online_enabled"])
+        if enabled != self._online_enabled:
+            logger.info("online layer %s by operator", "enabled" if enabled else "disabled")
+        self._online_enabled = enabled
+        self._ranker.set_enabled(enabled)
+        self._control_serial = str(view["serial"])
+        self._control_detail = str(view.get("detail", ""))
+
+    def _authorize(self, rpc_name: str, grpc_context: Any) -> None:
+        """The door's first step: callers from other hosts (while serving.host is loopback)
+        get PERMISSION_DENIED, callers without the token UNAUTHENTICATED (``serving.auth``)."""
+        self._peers.check(rpc_name, caller_peer(grpc_context))
+        self._access.check(rpc_name, caller_metadata(grpc_context))
+
+    async def _poll_weights(self) -> None:
+        slot = self._ranker.online
+        now = time.monotonic()
+        if now - self._last_poll < self._settings.serving.weight_poll_seconds:
+            return
+        self._last_poll = now
+        view = await self._learner.serving_view.remote(slot.version if slot is not None else None)
+        if view.withhold:  # the learner's circuit breaker is not closed: base alone
+            self._ranker.apply_breaker(view.detail)
+        else:
+            if view.snapshot is not None:
+                snapshot = view.snapshot
+                self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+            self._ranker.apply_breaker(None)
+        await self._learner.observe_replica.remote(self._metrics.snapshot(self._ranker.online))
+
+    def _install(self, version: str, blob: bytes, published_at: float) -> None:
+        base_version = self._ranker.base_version
+        from online_layer.factory import load_snapshot
+
+        model = load_snapshot(blob, base_version, expected_layout=self._featurizer.layout())
+        self._ranker.install_online(
+            OnlineSlot(model, version, base_version, published_at,
+                       max_correction=self._settings.online_layer.guard.max_correction)
+        )
+        logger.info("installed online weights %s for base %s", version, base_version)
+
+    async def _flush_served(self) -> None:
+        """Make every served record of this replica durable (fsync; a timer does it too).
+        Feedback calls it first, so an acknowledged click is never durable while its
+        impression is not. The learner reads the records from the log itself."""
+        await asyncio.to_thread(self._served_log.sync)
+
+    def _remember(self, outcome: RankOutcome) -> None:
+        """Log what was shown (to the OS before the reply: it survives this replica's death)."""
+        from online_layer.join import ServedRecord
+        from serving.served_log import ServedEntry
+
+        query = outcome.query
+        shown = outcome.order
+        record = ServedRecord(
+            request_id=query.request_id,
+            user_id=query.user_id,
+            request_time=query.request_time,
+            base_version=outcome.base_version,
+            item_ids=tuple(query.item_ids[i] for i in shown.tolist()),
+            inputs=outcome.inputs.take(shown),
+            online_version=outcome.online_version if outcome.fallback is None else "",
+        )
+        fallback = "" if outcome.fallback is None else pb.FallbackReason.Name(outcome.fallback.reason)
+        categories = outcome.item_categories
+        self._served_log.append(
+            ServedEntry(
+                record,
+                outcome.final_logits[shown],
+                tuple(str(categories[i]) if categories[i] is not None else "" for i in shown.tolist())
+                if len(categories) == len(query.item_ids) else (),
+                fallback,
+                time.time(),
+            )
+        )
+
+    # ----------------------------------------------------------------------- the rpcs
+    # Each goes through the door (``serving.ingress.rpc``): it decodes the request, maps bad
+    # input to INVALID_ARGUMENT, a ``FreshrankError`` to its status, anything else to INTERNAL.
+
+    @observed
+    @rpc(parse=_rank_query)
+    async def Rank(self, query: RankQuery, grpc_context: RayServegRPCContext) -> pb.RankResponse:
+        observability.bind_request_id(query.request_id)
+        self._ensure_background()
+        outcome = self._ranker.rank(query)
+        self._metrics.observe_rank(outcome)
+        self._requests += 1
+        self._fallbacks += outcome.fallback is not None
+        self._remember(outcome)
+        return outcome.to_response()
+
+    @rpc(parse=_feedback_events)
+    async def Feedback(
+        self, events: pa.Table, grpc_context: RayServegRPCContext
+    ) -> pb.FeedbackReply:
+        self._ensure_background()
+        await self._flush_served()  # impressions are durable before their clicks
+        result = await self._learner.feedback.remote(events)
+        return pb.FeedbackReply(
+            accepted=result["accepted"],
+            dropped=result["dropped"],
+            rejected_reason=result["rejected"],
+            rejected_detail=result["detail"],
+        )
+
+    @rpc()
+    async def Status(
+        self, request: pb.StatusRequest, grpc_context: RayServegRPCContext
+    ) -> pb.StatusReply:
+        self._ensure_background()
+        report = await self._learner.report.remote()
+        slot = self._ranker.online
+        fallback = self._ranker.current_fallback()
+        reply = pb.StatusReply(
+            base_version=self._ranker.base_version,
+            online_version=slot.version if slot else "",
+            online_base_version=slot.base_version if slot else "",
+            online_weight_age_seconds=(time.time() - slot.published_at) if slot else -1.0,
+            fallback=fallback is not None,
+            online_updates=report.batches_learned,
+            requests_served=self._requests,
+            requests_fallback=self._fallbacks,
+            feature_service=self._ranker.feature_service,
+        )
+        if fallback is not None:
+            reply.fallback_reason = fallback.reason
+            reply.fallback_detail = fallback.detail
+        for reason, count in report.rejected_batches.items():
+            reply.rejected_batches[reason] = count
+        fill_learner_status(reply, report)
+        reply.online_enabled = self._online_enabled
+        reply.control_serial = self._control_serial or ""
+        reply.control_detail = self._control_detail[:500]
+        return reply
+
+    # ------------------------------------------------------------ admin rpcs (token only)
+
+    @rpc(parse=_admin_action)
+    async def SetOnlineEnabled(
+        self, action: AdminAction, grpc_context: RayServegRPCContext
+    ) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_set_online_enabled.remote(
+            bool(action.enabled), action.reason, action.actor
+        )
+        return await self._after_admin(record)
+
+    @rpc(parse=_admin_action)
+    async def RollbackOnline(
+        self, action: AdminAction, grpc_context: RayServegRPCContext
+    ) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_rollback.remote(
+            action.to_version, action.reason, action.actor
+        )
+        return await self._after_admin(record)
+
+    async def _after_admin(self, record: dict[str, Any]) -> pb.AdminReply:
+        """Apply the new controls here at once (other replicas follow on their poll)."""
+        view = await self._learner.admin_controls.remote(None)
+        if view is not None:
+            self._apply_controls(view)
+        return pb.AdminReply(
+            action=str(record["action"]),
+            previous=str(record["previous"]),
+            current=str(record["current"]),
+            control_serial=str(record["serial"]),
+            detail=str(record.get("published_as", "")),
+        )
+
+    # ------------------------------------------------ grpc.health.v1.Health (serving.health)
+    # Serve routes these by method name from the Health servicer registered beside Ranker.
+
+    async def Check(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._health.check(request, grpc_context)
+
+    async def List(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._health.list(request, grpc_context)
+
+    async def Watch(self, request: Any, grpc_context: RayServegRPCContext) -> AsyncIterator[Any]:
+        async for reply in self._health.watch(request, grpc_context):
+            yield reply
