@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MARKER = ".freshrank-demo"
+# Feedback of this many requests goes in one call, as a service batching its click stream
+# would send it (each call fsyncs the served and feedback logs once).
+FEEDBACK_BATCH_REQUESTS = 8
 
 
 @dataclass(frozen=True)
@@ -285,10 +288,12 @@ def _replay(
     refreshes: list[float] = []
     day_end = replay_start + timedelta(days=1)
     day_rows: list[np.ndarray] = []
+    pending_feedback: list[pa.Table] = []
     started = time.perf_counter()
     for n, rows in enumerate(groups):
         when = datetime.fromtimestamp(ts_us[rows].min() / 1e6, tz=UTC)
         if when >= day_end:
+            _send_feedback(client, pending_feedback)
             refreshes.append(_nightly(settings, replay, day_rows, day_end, progress))
             day_rows = []
             day_end += timedelta(days=1)
@@ -303,12 +308,17 @@ def _replay(
             served_online += 1
             online_versions.add(response.online_version)
             first_online = n if first_online is None else first_online
-        feedback = replay.take(pa.array(rows)).set_column(
-            replay.schema.get_field_index("request_id"),
-            "request_id",
-            pa.array([request_id] * len(rows), pa.string()),
+        pending_feedback.append(
+            _with_positions(
+                replay.take(pa.array(rows)).set_column(
+                    replay.schema.get_field_index("request_id"),
+                    "request_id",
+                    pa.array([request_id] * len(rows), pa.string()),
+                )
+            )
         )
-        client.feedback(_with_positions(feedback))
+        if len(pending_feedback) >= FEEDBACK_BATCH_REQUESTS:
+            _send_feedback(client, pending_feedback)
         day_rows.append(rows)
         if (n + 1) % 1000 == 0:
             progress(
@@ -316,6 +326,7 @@ def _replay(
                 f"({(n + 1) / (time.perf_counter() - started):.0f}/s), "
                 f"fallbacks so far {sum(fallbacks.values()):,}"
             )
+    _send_feedback(client, pending_feedback)
     replay_seconds = time.perf_counter() - started
     learner = serve.get_deployment_handle("Learner", settings.serving.app_name)
     learner.flush.remote().result()
@@ -336,6 +347,14 @@ def _replay(
         feature_refresh_seconds=refreshes,
         replay_seconds=replay_seconds,
     )
+
+
+def _send_feedback(client: RankerClient, pending: list[pa.Table]) -> None:
+    """Send the feedback of the last few requests in one call (as a service batching its
+    click stream would), then forget it."""
+    if pending:
+        client.feedback(pa.concat_tables(pending))
+        pending.clear()
 
 
 def _with_positions(feedback: pa.Table) -> pa.Table:
