@@ -222,18 +222,23 @@ class WriteAheadLog:
                 self._file.close()
 
 
+def _read_record(f: BinaryIO) -> bytes | None:
+    """The next whole, checksummed record at ``f``'s position, or None (end, or torn)."""
+    header = f.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    length, crc = _HEADER.unpack(header)
+    if length > MAX_RECORD_BYTES:
+        return None
+    payload = f.read(length)
+    if len(payload) < length or zlib.crc32(payload) != crc:
+        return None
+    return payload
+
+
 def _records(segment: Path) -> Iterator[bytes]:
     with open(segment, "rb") as f:
-        while True:
-            header = f.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                return
-            length, crc = _HEADER.unpack(header)
-            if length > MAX_RECORD_BYTES:
-                return
-            payload = f.read(length)
-            if len(payload) < length or zlib.crc32(payload) != crc:
-                return
+        while (payload := _read_record(f)) is not None:
             yield payload
 
 
@@ -354,16 +359,10 @@ class WalTailer:
         with f:
             f.seek(self._offset)
             while len(out) < limit:
-                header = f.read(_HEADER.size)
-                if len(header) < _HEADER.size:
+                payload = _read_record(f)
+                if payload is None:
                     break
-                length, crc = _HEADER.unpack(header)
-                if length > MAX_RECORD_BYTES:
-                    break
-                payload = f.read(length)
-                if len(payload) < length or zlib.crc32(payload) != crc:
-                    break
-                self._offset += _HEADER.size + length
+                self._offset += _HEADER.size + len(payload)
                 seq = self._next_seq
                 self._next_seq += 1
                 got += 1

@@ -97,3 +97,15 @@ def requests_of(events: pa.Table, limit: int) -> list[pa.Table]:
     """The first ``limit`` logged requests (each its rows), in log order."""
     ids = events.column("request_id").unique()[:limit]
     return [events.filter(pc.equal(events.column("request_id"), rid)) for rid in ids]
+
+
+FEEDBACK_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")), ("label", pa.float32()), ("position", pa.int32()),
+])
+
+
+def send_feedback(client: RankerClient, rows: list[dict[str, Any]]) -> Any:
+    """One Feedback call of ``rows`` (dicts of the columns above) through ``RankerClient``,
+    which carries the ingress token."""
+    return client.feedback(pa.Table.from_pylist(rows, schema=FEEDBACK_SCHEMA))

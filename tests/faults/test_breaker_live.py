@@ -28,6 +28,7 @@ import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.ranking import OnlineSlot, choose_fallback
+from tests.serve_system import send_feedback
 
 # -- serving's side, in-process -----------------------------------------------------------------
 
@@ -85,15 +86,6 @@ class Live:
     request_ids: list[str]
 
 
-def send_feedback(client, rows: list[dict]):  # noqa: ANN001, ANN201
-    """One Feedback call (through ``RankerClient``: where a credential would be added)."""
-    return client.feedback(pa.Table.from_pylist(rows, schema=_FEEDBACK_SCHEMA))
-
-
-_FEEDBACK_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")), ("label", pa.float32()), ("position", pa.int32()),
-])
 
 
 @pytest.fixture(scope="module")

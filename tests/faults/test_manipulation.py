@@ -21,17 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tests.serve_system import send_feedback
+
 pytestmark = pytest.mark.slow
 
-_FEEDBACK_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")), ("label", pa.float32()), ("position", pa.int32()),
-])
-
-
-def send_feedback(client, rows: list[dict]):  # noqa: ANN001, ANN201
-    """One Feedback call (through ``RankerClient``: where a credential would be added)."""
-    return client.feedback(pa.Table.from_pylist(rows, schema=_FEEDBACK_SCHEMA))
 
 
 @dataclass
