@@ -91,6 +91,55 @@ class RankerClient:
             timeout=self._timeout,
         )
 
+    # -- the live loop (token required; ``serving.plan``) --------------------------------
+
+    def stage_candidate(
+        self, base_version: str, phase: str, reason: str, actor: str, canary_share: float = 0.0
+    ) -> ranking_pb2.AdminReply:
+        """Stage ``base_version`` beside the champion: ``phase`` "shadow" or "canary"."""
+        phases = {"shadow": ranking_pb2.CANDIDATE_PHASE_SHADOW,
+                  "canary": ranking_pb2.CANDIDATE_PHASE_CANARY}
+        if phase not in phases:
+            raise ValueError(f"phase must be 'shadow' or 'canary', got {phase!r}")
+        return self._stub.StageCandidate(
+            ranking_pb2.StageCandidateRequest(
+                base_version=base_version, phase=phases[phase], canary_share=canary_share,
+                reason=reason, actor=actor,
+            ),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def promote_base(self, reason: str, actor: str, base_version: str = "") -> ranking_pb2.AdminReply:
+        """Promote the staged candidate (or ``base_version``) in place."""
+        return self._stub.PromoteBase(
+            ranking_pb2.PromoteBaseRequest(base_version=base_version, reason=reason, actor=actor),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def rollback_base(self, reason: str, actor: str, to_version: str = "") -> ranking_pb2.AdminReply:
+        """Restore the previous champion base (or ``to_version``) and its online layer."""
+        return self._stub.RollbackBase(
+            ranking_pb2.RollbackBaseRequest(to_version=to_version, reason=reason, actor=actor),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def abort_candidate(self, reason: str, actor: str) -> ranking_pb2.AdminReply:
+        """Stop the shadow or canary: the champion serves every user."""
+        return self._stub.AbortCandidate(
+            ranking_pb2.AbortCandidateRequest(reason=reason, actor=actor),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def candidate_report(self) -> ranking_pb2.CandidateReportReply:
+        """The staged candidate's comparison with the champion (shadow and canary)."""
+        return self._stub.CandidateReport(
+            ranking_pb2.CandidateReportRequest(), metadata=self._metadata, timeout=self._timeout
+        )
+
     def close(self) -> None:
         self._channel.close()
 

@@ -56,6 +56,12 @@ class ServingConfig:
             returned by ``serving.app.start``). A port that is taken is retried for a minute
             (a redeployed Learner waits for the old one), then logged; serving never stops
             for it. Names: ``serving.observability.METRICS``.
+        compact_seconds: How often the Learner turns the served write-ahead logs into the
+            workspace's hourly Parquet event log (impressions whose join window closed).
+        shadow_share: Share of the champion's requests a staged candidate base also scores
+            (shadow comparison; never served), off the reply path.
+        base_cache: Base versions each Ranker replica keeps loaded (champion, candidate, and
+            the previous champion, so a rollback is a switch, not a load).
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
             files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
@@ -82,8 +88,17 @@ class ServingConfig:
     max_event_age_seconds: float = 0.0
     metrics_port: int = 9464
     log_level: str = "INFO"
+    compact_seconds: float = 60.0
+    shadow_share: float = 1.0
+    base_cache: int = 3
 
     def __post_init__(self) -> None:
+        if not self.compact_seconds > 0:
+            raise ValueError("serving.compact_seconds must be > 0")
+        if not 0.0 <= self.shadow_share <= 1.0:
+            raise ValueError(f"serving.shadow_share must be in [0, 1], got {self.shadow_share}")
+        if self.base_cache < 2:
+            raise ValueError("serving.base_cache must be >= 2 (champion and candidate)")
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
