@@ -13,10 +13,11 @@ import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from protos.wal import WalTailer, read_checkpoint, truncate_segments, write_checkpoint
@@ -97,7 +98,16 @@ class LearnerDurability:
         self.restored = 0  # events the restored snapshot covered
         self._prefix_at = -math.inf
         self._served: dict[str, _ServedProgress] = {}
-        self._seen_ids: set[str] = set()
+        # request id -> the base that served it (bounded): routes records and feedback to the
+        # layer of that base (the champion's, the canary's) or drops them (a retired base).
+        self._base_of: dict[str, str] = {}
+        self.canary: OnlineLearner | None = None  # the canary base's own layer, if any
+        self.other_base_rows = 0  # feedback rows for a base no layer corrects now (dropped)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while feedback is ingested and learned: a base swap holds it too."""
+        return self._lock
 
     # -- start ----------------------------------------------------------------------------
     def start(self, covered: dict[str, Any] | None) -> None:
@@ -167,13 +177,27 @@ class LearnerDurability:
         return t_us
 
     def _record_served(self, records: list[ServedRecord]) -> None:
-        fresh = [r for r in records if r.request_id not in self._seen_ids]
-        self._seen_ids.update(r.request_id for r in fresh)
-        if len(self._seen_ids) > 1_000_000:
-            self._seen_ids.clear()
-        if fresh:
-            self.replayed_served += len(fresh)
-            self._learner.record_served(fresh)
+        self.replayed_served += self._route_records(records)
+
+    def _route_records(self, records: list[ServedRecord]) -> int:
+        """Hand each new record to the layer of the base that served it; returns how many
+        were new. Records of a base no layer corrects now (a retired champion, an aborted
+        candidate) are remembered for routing their feedback, and not learned."""
+        fresh = [r for r in records if r.request_id not in self._base_of]
+        if len(self._base_of) + len(fresh) > 1_000_000:
+            for key in list(self._base_of)[: len(self._base_of) // 2]:
+                del self._base_of[key]
+        for record in fresh:
+            self._base_of[record.request_id] = record.base_version
+        champion = [r for r in fresh if r.base_version == self._learner.base_version]
+        if champion:
+            self._learner.record_served(champion)
+        canary = self.canary
+        if canary is not None:
+            mine = [r for r in fresh if r.base_version == canary.base_version]
+            if mine:
+                canary.record_served(mine)
+        return len(fresh)
 
     def ingest_served(self) -> int:
         """Hand the learner every served record written since the last call."""
@@ -194,15 +218,47 @@ class LearnerDurability:
                 self._note_served(progress, seq, entry)
                 records.append(entry.record)
         if records:
-            fresh = [r for r in records if r.request_id not in self._seen_ids]
-            self._seen_ids.update(r.request_id for r in fresh)
-            if fresh:
-                self._learner.record_served(fresh)
+            self._route_records(records)
         return len(records)
 
     # -- feedback -------------------------------------------------------------------------
     def _learn(self, events: pa.Table) -> FeedbackResult:
-        return self._learner.add_feedback(events)
+        """Each row goes to the layer of the base that served its request: the champion's,
+        the canary's, or none (a retired or aborted base: dropped and counted, never
+        refused, so a client's batch that straddles a promotion is not lost whole). Rows
+        of requests never served go to the champion layer, which refuses them."""
+        canary = self.canary
+        champion_base = self._learner.base_version
+        bases = [self._base_of.get(rid) for rid in events.column("request_id").to_pylist()]
+        canary_base = canary.base_version if canary is not None else None
+        if all(b is None or b == champion_base for b in bases):
+            return self._learner.add_feedback(events)
+        to_canary = np.fromiter((b is not None and b == canary_base for b in bases), bool, len(bases))
+        elsewhere = np.fromiter(
+            (b is not None and b not in (canary_base, champion_base) for b in bases), bool, len(bases))
+        to_champion = ~(to_canary | elsewhere)
+        if to_champion.any():
+            result = self._learner.add_feedback(events.filter(pa.array(to_champion)))
+        else:
+            from online_layer.reports import FeedbackResult as Result
+
+            result = Result(accepted=0, dropped=0, rejected=None, detail="", batches_learned=0)
+        if result.rejected is not None:
+            return result  # a batch is rejected whole: the canary learns none of it either
+        canary_rows = int(to_canary.sum())
+        accepted, dropped, learned = result.accepted, result.dropped, result.batches_learned
+        if canary_rows and canary is not None:
+            part = canary.add_feedback(events.filter(pa.array(to_canary)))
+            if part.rejected is None:
+                accepted += part.accepted
+                dropped += part.dropped
+                learned += part.batches_learned
+            else:
+                dropped += canary_rows
+                logger.warning("canary layer refused %d rows: %s", canary_rows, part.detail)
+        other = int(elsewhere.sum())
+        self.other_base_rows += other
+        return replace(result, accepted=accepted, dropped=dropped + other, batches_learned=learned)
 
     def _note_batch(self, seq: int, accepted: int) -> None:
         with self._track:
@@ -230,6 +286,10 @@ class LearnerDurability:
                 return self._learned_seq, self._learned_through
         self._prefix_at = now
         _, oldest = self._learner.durability_marks()
+        if self.canary is not None:
+            _, canary_oldest = self.canary.durability_marks()
+            if canary_oldest is not None:
+                oldest = canary_oldest if oldest is None else min(oldest, canary_oldest)
         with self._track:
             while self._batches and (oldest is None or self._batches[0].arrived_by < oldest):
                 batch = self._batches.popleft()

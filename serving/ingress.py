@@ -41,8 +41,14 @@ RPCS: dict[str, tuple[type[Message], type[Message]]] = {
     "Status": (ranking_pb2.StatusRequest, ranking_pb2.StatusReply),
     "SetOnlineEnabled": (ranking_pb2.SetOnlineEnabledRequest, ranking_pb2.AdminReply),
     "RollbackOnline": (ranking_pb2.RollbackOnlineRequest, ranking_pb2.AdminReply),
+    "StageCandidate": (ranking_pb2.StageCandidateRequest, ranking_pb2.AdminReply),
+    "PromoteBase": (ranking_pb2.PromoteBaseRequest, ranking_pb2.AdminReply),
+    "RollbackBase": (ranking_pb2.RollbackBaseRequest, ranking_pb2.AdminReply),
+    "AbortCandidate": (ranking_pb2.AbortCandidateRequest, ranking_pb2.AdminReply),
+    "CandidateReport": (ranking_pb2.CandidateReportRequest, ranking_pb2.CandidateReportReply),
 }
-ADMIN_RPCS = frozenset({"SetOnlineEnabled", "RollbackOnline"})
+ADMIN_RPCS = frozenset({"SetOnlineEnabled", "RollbackOnline", "StageCandidate", "PromoteBase",
+                        "RollbackBase", "AbortCandidate", "CandidateReport"})
 MAX_DETAILS = 1_000  # characters of an error message sent back to the client
 _ID_IN_LOG = 64  # characters of a caller's request id quoted in logs and messages
 

@@ -82,6 +82,12 @@ class Learner:
             covered = online.lineage.get("durability") if online is not None else None
             logger.info("learner resumed from online snapshot %s", resumed[0])
         self._durability = LearnerDurability(settings.workspace, self._learner, clock)
+        from serving.admin import audit_path as _audit_path
+        from serving.base_switch import BaseSwitch
+
+        # Before the replay: a canary in the saved plan gets its layer back from the logs.
+        self._switch = BaseSwitch(settings, registry, self._learner, self._durability,
+                                  _audit_path(settings.workspace))
         self._durability.start(covered)
         sink.durability = self._durability
         self._counters = _CounterPushLoop(
@@ -210,6 +216,34 @@ class Learner:
         extra["published_as"] = snapshot.version
         return self._controls.rolled_back(previous, current, snapshot, reason, actor, **extra)
 
+    # -- the live loop (serving.base_switch): in place, audited, followed by every Ranker ----
+
+    def plan_view(self, known_serial: str | None) -> dict[str, Any] | None:
+        """The serving plan (and a rollback's pinned snapshot), or None if ``known_serial``."""
+        return self._switch.view(known_serial)
+
+    def layer_view(self, base_version: str, known_version: str | None) -> ServingView | None:
+        """The weight poll for the layer of ``base_version`` (champion or canary)."""
+        return self._switch.layer_view(base_version, known_version)
+
+    def observe_shadow(self, replica: str, stats: dict[str, Any]) -> None:
+        self._switch.observe_shadow(replica, stats)
+
+    def candidate_report(self) -> dict[str, Any]:
+        return self._switch.report()
+
+    def admin_stage(self, version: str, phase: str, share: float, reason: str, actor: str) -> dict[str, Any]:
+        return self._switch.stage(version, phase, share, reason, actor)
+
+    def admin_promote(self, version: str, reason: str, actor: str) -> dict[str, Any]:
+        return self._switch.promote(version, reason, actor)
+
+    def admin_rollback_base(self, to_version: str, reason: str, actor: str) -> dict[str, Any]:
+        return self._switch.rollback(to_version, reason, actor)
+
+    def admin_abort_candidate(self, reason: str, actor: str) -> dict[str, Any]:
+        return self._switch.abort(reason, actor)
+
     def __del__(self) -> None:
         background = getattr(self, "_background", None)
         if background is not None:
@@ -220,6 +254,10 @@ class Learner:
         counters = getattr(self, "_counters", None)
         if counters is not None:
             counters.stop()
+        durability = getattr(self, "_durability", None)
+        canary = getattr(durability, "canary", None)
+        if canary is not None:
+            canary.stop_ticker()
         metrics_server = getattr(self, "_metrics_server", None)
         if metrics_server is not None:
             metrics_server.stop()
@@ -230,7 +268,7 @@ class _LearnerBackground:
     into the event log every ``COMPACT_SECONDS`` (daemon threads)."""
 
     def __init__(self, durability: Any, settings: Settings) -> None:
-        from serving.served_log import COMPACT_SECONDS, INGEST_SECONDS
+        from serving.served_log import INGEST_SECONDS
 
         self._durability = durability
         self._settings = settings
@@ -238,7 +276,7 @@ class _LearnerBackground:
         self._threads = [
             threading.Thread(target=self._every, args=(INGEST_SECONDS, self._ingest),
                              name="served-ingest", daemon=True),
-            threading.Thread(target=self._every, args=(COMPACT_SECONDS, self._compact),
+            threading.Thread(target=self._every, args=(settings.serving.compact_seconds, self._compact),
                              name="served-compact", daemon=True),
         ]
         for thread in self._threads:

@@ -28,6 +28,7 @@ from serving.auth import AccessPolicy, PeerPolicy, Secret, load_token
 from serving.health import HealthState
 from serving.ingress import RPCS, caller_metadata, caller_peer, rpc
 from serving.observability import observed
+from serving.replies import admin_reply, candidate_report_reply, fill_plan_status
 from serving.ranking import HybridRanker, OnlineSlot, RankOutcome, fill_learner_status
 from serving.learner_deployment import champion_base
 from serving.requests import (
@@ -102,9 +103,14 @@ class Ranker:
         self._featurizer = OnlineFeaturizer(
             base.embedding_dim, hash_bits=cfg.hash_bits, position_buckets=cfg.position_buckets
         )
-        self._ranker = HybridRanker(
-            OnlineFeatureReader(settings.feature_store), base, self._featurizer, settings.serving
-        )
+        features = OnlineFeatureReader(settings.feature_store)
+        self._ranker = HybridRanker(features, base, self._featurizer, settings.serving)
+        # The live loop's bases (serving.replica_bases): champion, candidate, kept ones.
+        from serving.replica_bases import ReplicaBases
+
+        self._bases = ReplicaBases(settings, features, self._ranker)
+        self._plan_serial: str | None = None
+        self._shadow_tasks: set[asyncio.Future[None]] = set()
         resumed = champion_snapshot(ModelRegistry(settings.registry_dir), base.version)
         if resumed is not None:
             self._install(*resumed)
@@ -127,7 +133,7 @@ class Ranker:
             raise ValueError(f"unknown Ranker user_config key(s): {', '.join(unknown)}")
         if "online_enabled" in user_config:
             self._online_enabled = bool(user_config["online_enabled"])
-            self._ranker.set_enabled(self._online_enabled)
+            self._bases.set_enabled(self._online_enabled)
             logger.info("online layer %s by operator", "enabled" if user_config["online_enabled"] else "disabled")
 
     # ----------------------------------------------------------------- background work
@@ -140,6 +146,7 @@ class Ranker:
         period = self._settings.serving.weight_poll_seconds
         while True:
             try:
+                await self._poll_plan()
                 await self._poll_controls()
                 await self._poll_weights()
             except asyncio.CancelledError:
@@ -168,7 +175,7 @@ class Ranker:
         if enabled != self._online_enabled:
             logger.info("online layer %s by operator", "enabled" if enabled else "disabled")
         self._online_enabled = enabled
-        self._ranker.set_enabled(enabled)
+        self._bases.set_enabled(enabled)
         self._control_serial = str(view["serial"])
         self._control_detail = str(view.get("detail", ""))
 
@@ -178,28 +185,63 @@ class Ranker:
         self._peers.check(rpc_name, caller_peer(grpc_context))
         self._access.check(rpc_name, caller_metadata(grpc_context))
 
+    async def _poll_plan(self) -> None:
+        """Follow the serving plan (``serving.base_switch``): load its bases in a thread,
+        then switch by reference, so no request fails during a swap."""
+        view = await self._learner.plan_view.remote(self._plan_serial)
+        if view is not None:
+            await self._apply_plan(view)
+
+    async def _apply_plan(self, view: dict[str, Any]) -> None:
+        plan = view["plan"]
+        await asyncio.to_thread(self._bases.load, plan)
+        changed = self._bases.apply(plan)
+        self._ranker = self._bases.champion
+        snapshot = view.get("snapshot")
+        if snapshot is not None and snapshot.base_version == plan.champion:
+            self._install(snapshot.version, snapshot.blob, snapshot.published_at)
+        self._plan_serial = plan.serial
+        if changed:
+            self._last_poll = 0.0  # fetch the new roles' weights at once
+            logger.info("serving plan %s: champion %s, candidate %s (%s)", plan.serial,
+                        plan.champion, plan.candidate or "-", plan.phase or "none")
+
     async def _poll_weights(self) -> None:
-        slot = self._ranker.online
         now = time.monotonic()
         if now - self._last_poll < self._settings.serving.weight_poll_seconds:
             return
         self._last_poll = now
-        view = await self._learner.serving_view.remote(slot.version if slot is not None else None)
-        if view.withhold:  # the learner's circuit breaker is not closed: base alone
-            self._ranker.apply_breaker(view.detail)
-        else:
-            if view.snapshot is not None:
-                snapshot = view.snapshot
-                self._install(snapshot.version, snapshot.blob, snapshot.published_at)
-            self._ranker.apply_breaker(None)
+        for ranker, is_champion in ((self._bases.champion, True), (self._bases.candidate, False)):
+            if ranker is None:
+                continue
+            slot = ranker.online
+            view = await self._learner.layer_view.remote(
+                ranker.base_version, slot.version if slot is not None else None
+            )
+            if view is None:  # no layer corrects this base (yet): keep what is installed
+                continue
+            if view.withhold:  # that layer's circuit breaker is not closed: base alone
+                ranker.apply_breaker(view.detail)
+            else:
+                if view.snapshot is not None:
+                    snapshot = view.snapshot
+                    self._install(snapshot.version, snapshot.blob, snapshot.published_at,
+                                  ranker=ranker)
+                ranker.apply_breaker(None)
         await self._learner.observe_replica.remote(self._metrics.snapshot(self._ranker.online))
+        if self._bases.candidate is not None:
+            from serving.served_log import replica_id
 
-    def _install(self, version: str, blob: bytes, published_at: float) -> None:
-        base_version = self._ranker.base_version
+            await self._learner.observe_shadow.remote(replica_id(), self._bases.shadow_stats())
+
+    def _install(self, version: str, blob: bytes, published_at: float,
+                 ranker: HybridRanker | None = None) -> None:
+        ranker = ranker or self._ranker
+        base_version = ranker.base_version
         from online_layer.factory import load_snapshot
 
-        model = load_snapshot(blob, base_version, expected_layout=self._featurizer.layout())
-        self._ranker.install_online(
+        model = load_snapshot(blob, base_version, expected_layout=ranker.featurizer.layout())
+        ranker.install_online(
             OnlineSlot(model, version, base_version, published_at,
                        max_correction=self._settings.online_layer.guard.max_correction)
         )
@@ -249,7 +291,15 @@ class Ranker:
     async def Rank(self, query: RankQuery, grpc_context: RayServegRPCContext) -> pb.RankResponse:
         observability.bind_request_id(query.request_id)
         self._ensure_background()
-        outcome = self._ranker.rank(query)
+        ranker, by_candidate = self._bases.route(query.user_id)
+        outcome = ranker.rank(query)
+        candidate = self._bases.wants_shadow(by_candidate)
+        if candidate is not None:  # after the reply is built, in a thread: never served
+            task = asyncio.get_running_loop().run_in_executor(
+                None, self._bases.shadow_score, query, ranker, candidate
+            )
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
         self._metrics.observe_rank(outcome)
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
@@ -298,6 +348,7 @@ class Ranker:
         reply.online_enabled = self._online_enabled
         reply.control_serial = self._control_serial or ""
         reply.control_detail = self._control_detail[:500]
+        fill_plan_status(reply, self._bases.plan, report)
         return reply
 
     # ------------------------------------------------------------ admin rpcs (token only)
@@ -321,6 +372,48 @@ class Ranker:
             action.to_version, action.reason, action.actor
         )
         return await self._after_admin(record)
+
+    # -- the live loop (serving.base_switch; token only) -----------------------------------
+
+    @rpc(parse=_admin_action)
+    async def StageCandidate(self, action: AdminAction, grpc_context: RayServegRPCContext) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_stage.remote(
+            action.base_version, action.phase, action.share, action.reason, action.actor
+        )
+        return await self._after_plan(record)
+
+    @rpc(parse=_admin_action)
+    async def PromoteBase(self, action: AdminAction, grpc_context: RayServegRPCContext) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_promote.remote(action.base_version, action.reason, action.actor)
+        return await self._after_plan(record)
+
+    @rpc(parse=_admin_action)
+    async def RollbackBase(self, action: AdminAction, grpc_context: RayServegRPCContext) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_rollback_base.remote(action.to_version, action.reason, action.actor)
+        return await self._after_plan(record)
+
+    @rpc(parse=_admin_action)
+    async def AbortCandidate(self, action: AdminAction, grpc_context: RayServegRPCContext) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_abort_candidate.remote(action.reason, action.actor)
+        return await self._after_plan(record)
+
+    @rpc()
+    async def CandidateReport(
+        self, request: pb.CandidateReportRequest, grpc_context: RayServegRPCContext
+    ) -> pb.CandidateReportReply:
+        self._ensure_background()
+        return candidate_report_reply(dict(await self._learner.candidate_report.remote()))
+
+    async def _after_plan(self, record: dict[str, Any]) -> pb.AdminReply:
+        """Apply the new plan on this replica before answering (others follow on their poll)."""
+        view = await self._learner.plan_view.remote(None)
+        if view is not None:
+            await self._apply_plan(view)
+        return admin_reply(record, str(record.get("note", record.get("online", ""))))
 
     async def _after_admin(self, record: dict[str, Any]) -> pb.AdminReply:
         """Apply the new controls here at once (other replicas follow on their poll)."""

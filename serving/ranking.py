@@ -77,6 +77,7 @@ def choose_fallback(
     ttl_seconds: float,
     enabled: bool,
     breaker_detail: str | None = None,
+    absent_detail: str = "no online weights loaded",
 ) -> Fallback | None:
     """Decide whether this request must be scored by the base alone, and why.
 
@@ -89,7 +90,7 @@ def choose_fallback(
     if breaker_detail is not None:
         return Fallback(Reason.FALLBACK_REASON_BREAKER_OPEN, breaker_detail)
     if slot is None:
-        return Fallback(Reason.FALLBACK_REASON_ONLINE_ABSENT, "no online weights loaded")
+        return Fallback(Reason.FALLBACK_REASON_ONLINE_ABSENT, absent_detail)
     if slot.base_version != base_version:
         return Fallback(
             Reason.FALLBACK_REASON_BASE_VERSION_MISMATCH,
@@ -176,10 +177,16 @@ class HybridRanker:
         self._online: OnlineSlot | None = None
         self._enabled = bool(config.online_enabled)
         self._breaker: str | None = None
+        self.absent_detail = "no online weights loaded"  # why, when no layer is installed
 
     @property
     def base_version(self) -> str:
         return str(self._base.version)
+
+    @property
+    def featurizer(self) -> OnlineFeaturizer:
+        """The online layer's featurizer for this base (its layout is in every snapshot)."""
+        return self._featurizer
 
     @property
     def feature_service(self) -> str:
@@ -220,7 +227,19 @@ class HybridRanker:
             self._config.online_ttl_seconds,
             self._enabled,
             self._breaker,
+            self.absent_detail,
         )
+
+    def base_logits(self, query: RankQuery) -> np.ndarray:
+        """The base's logits for the query's candidates, in candidate order (the shadow
+        comparison: features looked up and scored as ``rank`` does, nothing else)."""
+        n = len(query.item_ids)
+        found = self._features.get(query.user_id, query.item_ids, now=query.request_time)
+        user_rows = np.broadcast_to(found.user, (n, found.user.shape[0]))
+        scores = self._base.score(
+            [query.user_id] * n, query.item_ids, user_rows, found.items, found.item_categories
+        )
+        return np.asarray(scores.logits, dtype=np.float64)
 
     def rank(self, query: RankQuery) -> RankOutcome:
         items = query.item_ids
@@ -249,6 +268,7 @@ class HybridRanker:
             self._config.online_ttl_seconds,
             self._enabled,
             self._breaker,
+            self.absent_detail,
         )
         final = base_logits
         if fallback is None and slot is not None:

@@ -274,23 +274,55 @@ class AdminAction:
     """A validated admin call: what to do, who asks and why (all go to the audit log)."""
 
     enabled: bool | None  # SetOnlineEnabled
-    to_version: str  # RollbackOnline: "" = the learner's last ready snapshot
+    to_version: str  # RollbackOnline / RollbackBase: "" = the default target
     reason: str
     actor: str
+    base_version: str = ""  # StageCandidate / PromoteBase
+    phase: str = ""  # StageCandidate: "shadow" or "canary"
+    share: float = 0.0  # StageCandidate, canary: the share of users
 
 
-def parse_admin_request(
-    request: ranking_pb2.SetOnlineEnabledRequest | ranking_pb2.RollbackOnlineRequest,
-    limits: Limits = DEFAULT_LIMITS,
-) -> AdminAction:
-    """Validate an admin request: ``reason`` and ``actor`` are required and bounded.
+AdminRequest = (
+    ranking_pb2.SetOnlineEnabledRequest | ranking_pb2.RollbackOnlineRequest
+    | ranking_pb2.StageCandidateRequest | ranking_pb2.PromoteBaseRequest
+    | ranking_pb2.RollbackBaseRequest | ranking_pb2.AbortCandidateRequest
+)
+_PHASES = {ranking_pb2.CANDIDATE_PHASE_SHADOW: "shadow", ranking_pb2.CANDIDATE_PHASE_CANARY: "canary"}
+
+
+def parse_admin_request(request: AdminRequest, limits: Limits = DEFAULT_LIMITS) -> AdminAction:
+    """Validate an admin request: ``reason`` and ``actor`` are required and bounded, and
+    each rpc's own fields are checked (versions bounded; a phase named; a canary share in
+    (0, 0.5], finite).
 
     Raises:
-        InvalidRequest: empty or over-long reason, actor or to_version.
+        InvalidRequest: naming the field.
     """
+    import math
+
+    from serving.plan import MAX_CANARY_SHARE
+
     check_text(request.reason, "reason", limits.max_reason_bytes)
     check_text(request.actor, "actor", limits.max_id_bytes)
     if isinstance(request, ranking_pb2.SetOnlineEnabledRequest):
         return AdminAction(bool(request.enabled), "", request.reason, request.actor)
+    if isinstance(request, ranking_pb2.AbortCandidateRequest):
+        return AdminAction(None, "", request.reason, request.actor)
+    if isinstance(request, ranking_pb2.StageCandidateRequest):
+        check_text(request.base_version, "base_version", limits.max_id_bytes)
+        phase = _PHASES.get(request.phase)
+        if phase is None:
+            raise InvalidRequest(
+                f"phase is {request.phase}: CANDIDATE_PHASE_SHADOW (1) or CANDIDATE_PHASE_CANARY (2)"
+            )
+        share = float(request.canary_share)
+        if phase == "canary" and not (math.isfinite(share) and 0.0 < share <= MAX_CANARY_SHARE):
+            raise InvalidRequest(f"canary_share is {share!r}; a canary needs a share in (0, {MAX_CANARY_SHARE}]")
+        if phase == "shadow" and share != 0.0:
+            raise InvalidRequest(f"canary_share is {share!r}; a shadow serves no users (leave it 0)")
+        return AdminAction(None, "", request.reason, request.actor, request.base_version, phase, share)
+    if isinstance(request, ranking_pb2.PromoteBaseRequest):
+        check_text(request.base_version, "base_version", limits.max_id_bytes, required=False)
+        return AdminAction(None, "", request.reason, request.actor, request.base_version)
     check_text(request.to_version, "to_version", limits.max_id_bytes, required=False)
     return AdminAction(None, request.to_version, request.reason, request.actor)

@@ -1,0 +1,206 @@
+"""The live loop in a running app, through real gRPC calls under steady load:
+stage a candidate base (shadow, then canary), promote it in place, roll it back, and
+refuse what must never serve; no call fails and no reply pairs a base with an online
+layer trained for another base."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.freshrank.v1 import ranking_pb2 as pb
+from protos.registry import ModelRegistry
+from serving.client import RankerClient
+from tests.serve_system import requests_of, running_system, send_feedback
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _train_candidate(settings, *, approve: bool = True) -> str:
+    """A second base trained on the workspace's log (not promoted); ``approve`` marks it
+    approved if its gate judged it otherwise (the test is about serving, not the gate)."""
+    from base_model.training import train_base_model
+    from serving.training_sources import training_set_from_log
+
+    table, as_of = training_set_from_log(settings.feature_store, "data-end", settings.base_model.train_days)
+    result = train_base_model(settings.base_model, table, settings.registry_dir, parent="champion",
+                              as_of=as_of, promote=False, backend="local")
+    registry = ModelRegistry(settings.registry_dir)
+    if approve and result.status != "approved":
+        registry.set_status("base", result.version, "approved", reason="test: serving, not the gate")
+    if not approve:
+        registry.set_status("base", result.version, "rejected", {"offline": {"passed": False}},
+                            reason="test: a candidate its gate rejected")
+    return result.version
+
+
+class Load:
+    """Rank calls in a thread until stopped; counts failures and mismatched pairs."""
+
+    def __init__(self, address: str, app: str, requests) -> None:
+        self._client = RankerClient(address, app)
+        self._requests = requests
+        self._stop = threading.Event()
+        self.calls = 0
+        self.failures: list[str] = []
+        self.mismatched: list[tuple[str, str]] = []
+        self.bases: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter()
+        self.served: list[tuple[str, str, str]] = []  # (request_id, user, base)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._client.close()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            req = self._requests[i % len(self._requests)]
+            i += 1
+            rid = f"load-{i}"
+            user = req.column("user_id")[0].as_py()
+            try:
+                reply = self._client.rank(rid, user, req.column("item_id").to_pylist())
+            except grpc.RpcError as error:
+                self.failures.append(f"{error.code().name}: {error.details()}")
+                continue
+            self.calls += 1
+            self.bases[reply.base_version] += 1
+            self.served.append((rid, user, reply.base_version))
+            if reply.fallback:
+                self.fallbacks[pb.FallbackReason.Name(reply.fallback_reason)] += 1
+            if reply.online_version and not reply.online_version.startswith(f"ol-{reply.base_version}-"):
+                self.mismatched.append((reply.base_version, reply.online_version))
+            time.sleep(0.005)
+
+
+def _wait(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    with running_system(tmp_path_factory.mktemp("live-loop"), serving={"shadow_share": 1.0}) as running:
+        yield running
+
+
+def test_a_full_cycle_under_load_fails_no_call_and_never_mismatches_a_pair(system):
+    client = system.client
+    champion = system.base_version
+    candidate = _train_candidate(system.settings)
+    requests = requests_of(system.events, 150)
+    # feedback for the champion so its layer is live before the cycle starts
+    for req in requests[:60]:
+        rid = req.column("request_id")[0].as_py()
+        client.rank(rid, req.column("user_id")[0].as_py(), req.column("item_id").to_pylist())
+        rows = req.select(["request_id", "user_id", "item_id", "ts", "label", "position"]).to_pylist()
+        send_feedback(client, rows)
+    with Load(system.address, system.app_name, requests) as load:
+        _wait(lambda: load.calls > 20, what="load")
+        # shadow: scored beside the champion, never served
+        reply = client.stage_candidate(candidate, "shadow", "test: shadow", "tester")
+        assert reply.action == "stage_candidate" and candidate in reply.current
+        _wait(lambda: client.candidate_report().shadow_requests >= 20, what="shadow comparisons")
+        report = client.candidate_report()
+        assert report.candidate_base_version == candidate and report.phase == pb.CANDIDATE_PHASE_SHADOW
+        assert 0.0 <= report.top_k_overlap <= 1.0 and -1.0 <= report.rank_correlation <= 1.0
+        assert report.candidate_latency_ms_p50 > 0 and report.champion_mean_ctr > 0
+        assert candidate not in load.bases, "a shadow candidate served a request"
+        # canary: a stable share of users is served by the candidate
+        client.stage_candidate(candidate, "canary", "test: canary", "tester", canary_share=0.5)
+        _wait(lambda: load.bases[candidate] >= 10, what="canary traffic")
+        from serving.plan import in_canary
+
+        served = list(load.served)
+        first = next(i for i, (_, _, b) in enumerate(served) if b == candidate)
+        wrong = [(u, b) for _, u, b in served[first:] if (b == candidate) != in_canary(u, 0.5)]
+        assert wrong == [], wrong[:5]  # each user is served by the base its hash names
+        status = client.status()
+        assert status.candidate_phase == pb.CANDIDATE_PHASE_CANARY and status.canary_share == 0.5
+        # promote in place
+        client.promote_base("test: promote", "tester")
+        _wait(lambda: client.status().base_version == candidate, what="promotion")
+        before = load.calls
+        _wait(lambda: load.calls > before + 30, what="traffic after the promotion")
+        recent = {b for _, _, b in load.served[-20:]}
+        assert recent == {candidate}
+        assert ModelRegistry(system.settings.registry_dir).champion("base").version == candidate
+        # roll back: the previous champion with the online layer trained for it
+        reply = client.rollback_base("test: rollback", "tester")
+        assert reply.previous == candidate and reply.current == champion
+        _wait(lambda: client.status().base_version == champion, what="rollback")
+        before = load.calls
+        _wait(lambda: load.calls > before + 30, what="traffic after the rollback")
+        assert {b for _, _, b in load.served[-20:]} == {champion}
+    assert load.failures == [], load.failures[:5]
+    assert load.mismatched == [], load.mismatched[:5]
+    assert ModelRegistry(system.settings.registry_dir).champion("base").version == champion
+    audit = (Path(system.settings.workspace) / "audit" / "operator.jsonl").read_text()
+    for action in ("stage_candidate", "promote_base", "rollback_base"):
+        assert f'"action": "{action}"' in audit
+
+
+def test_a_rejected_candidate_is_never_staged_nor_promoted(system):
+    rejected = _train_candidate(system.settings, approve=False)
+    for call in (lambda: system.client.stage_candidate(rejected, "shadow", "test", "tester"),
+                 lambda: system.client.promote_base("test", "tester", base_version=rejected)):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert rejected in caught.value.details() and "approved" in caught.value.details()
+    assert system.client.status().candidate_base_version == ""
+
+
+@pytest.mark.parametrize(
+    "request_message, field",
+    [
+        (pb.StageCandidateRequest(base_version="", phase=pb.CANDIDATE_PHASE_SHADOW, reason="r", actor="a"), "base_version"),
+        (pb.StageCandidateRequest(base_version="b", phase=0, reason="r", actor="a"), "phase"),
+        (pb.StageCandidateRequest(base_version="b", phase=pb.CANDIDATE_PHASE_CANARY, canary_share=0.9, reason="r", actor="a"), "canary_share"),
+        (pb.StageCandidateRequest(base_version="b", phase=pb.CANDIDATE_PHASE_CANARY, canary_share=float("nan"), reason="r", actor="a"), "canary_share"),
+        (pb.PromoteBaseRequest(base_version="x" * 300, reason="r", actor="a"), "base_version"),
+        (pb.RollbackBaseRequest(reason="", actor="a"), "reason"),
+        (pb.AbortCandidateRequest(reason="r", actor=""), "actor"),
+    ],
+)
+def test_bad_live_loop_requests_are_invalid_argument_naming_the_field(system, request_message, field):
+    from protos.freshrank.v1 import ranking_pb2_grpc
+
+    method = type(request_message).__name__.removesuffix("Request")
+    with grpc.insecure_channel(system.address) as channel:
+        stub = ranking_pb2_grpc.RankerStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, method)(request_message, metadata=(("application", system.app_name),
+                                                             ("authorization", f"Bearer {system.token}")), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in caught.value.details()
+
+
+def test_live_loop_rpcs_need_the_token(system):
+    with RankerClient(system.address, system.app_name, token="") as anonymous:
+        with pytest.raises(grpc.RpcError) as caught:
+            anonymous.abort_candidate("test", "tester")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_abort_without_a_candidate_is_a_failed_precondition(system):
+    with pytest.raises(grpc.RpcError) as caught:
+        system.client.abort_candidate("test", "tester")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no candidate" in caught.value.details()
