@@ -194,6 +194,10 @@ class BaseSwitch:
                         self._learner.model.restore(blob, target)
                     pinned = self._learner.publish()
             self._registry.promote("base", target, reason=f"rollback by {actor}: {reason}")
+            # The base rolled back from never serves again by accident (the controller and
+            # `promote` refuse a rejected version); a new training makes a new version.
+            self._registry.set_status("base", plan.champion, "rejected",
+                                      reason=f"rolled back by {actor}: {reason}")
             if online is not None:
                 self._registry.promote("online", online.version, reason=f"base rollback to {target} by {actor}")
             self.pinned = pinned
