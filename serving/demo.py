@@ -31,6 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import grpc
+
+from serving.demo_loop import LiveLoop
+from serving.demo_timeline import Timeline
 from serving.pipeline import PreparedBase, prepare_base, refresh_features, slice_events
 from serving.settings import Settings
 
@@ -44,6 +48,7 @@ MARKER = ".freshrank-demo"
 # Feedback of this many requests goes in one call, as a service batching its click stream
 # would send it (each call fsyncs the served and feedback logs once).
 FEEDBACK_BATCH_REQUESTS = 8
+DEMO_COMPACT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class DemoOptions:
     seed: int = 7
     max_requests: int | None = None
     worker_logs: bool = False  # echo Ray workers' output (training, replicas) to the console
+    live_loop: bool = True  # run the live loop (freshrank run's cycle) during the replay
 
     def __post_init__(self) -> None:
         if self.replay_days <= 0:
@@ -86,6 +92,7 @@ class DemoReport:
     feature_refresh_seconds: list[float] = field(default_factory=list)
     replay_seconds: float = 0.0
     grpc_address: str = ""
+    timeline: Timeline | None = None
 
     def format(self) -> str:
         lines = [
@@ -139,6 +146,8 @@ class DemoReport:
             f"({sum(self.feature_refresh_seconds):.1f}s)",
             f"replay wall time: {self.replay_seconds:.1f}s",
         ]
+        if self.timeline is not None:
+            lines += self.timeline.format()
         return "\n".join(lines)
 
 
@@ -216,6 +225,9 @@ def run_demo(
     from serving.auth import session_token
     from serving.client import RankerClient
 
+    # The served log reaches the event log within seconds (the live loop's canary is judged
+    # on it), not the minute a production app waits between compactions.
+    settings = settings.with_overrides({"serving": {"compact_seconds": DEMO_COMPACT_SECONDS}})
     events = load_demo_events(options, progress)
     ts = events.column("ts")
     first = pc.min(ts).as_py()
@@ -286,6 +298,9 @@ def _replay(
     online_versions: set[str] = set()
     first_online: int | None = None
     refreshes: list[float] = []
+    labels = replay.column("label").to_numpy(zero_copy_only=False)
+    timeline = Timeline()
+    loop = LiveLoop(settings, client, timeline, progress) if options.live_loop else None
     day_end = replay_start + timedelta(days=1)
     day_rows: list[np.ndarray] = []
     pending_feedback: list[pa.Table] = []
@@ -297,11 +312,25 @@ def _replay(
             refreshes.append(_nightly(settings, replay, day_rows, day_end, progress))
             day_rows = []
             day_end += timedelta(days=1)
+            if loop is not None and not loop.started:
+                loop.start()  # the weekly cycle, on the demo's daily cadence
         request_id = f"demo-{n}"
         candidates = [items[i] for i in rows]
         t0 = time.perf_counter()
-        response = client.rank(request_id, users[rows[0]], candidates, request_time=when)
+        try:
+            response = client.rank(request_id, users[rows[0]], candidates, request_time=when)
+        except grpc.RpcError as error:
+            latencies[n] = (time.perf_counter() - t0) * 1e3
+            timeline.failed(error.code().name if hasattr(error, "code") else "error")
+            continue
         latencies[n] = (time.perf_counter() - t0) * 1e3
+        label_of = {items[i]: labels[i] for i in rows}
+        timeline.served(
+            when, response.base_version, response.online_version,
+            np.array([label_of[it.item_id] for it in response.items]),
+            np.array([it.score for it in response.items]),
+            np.array([it.base_score for it in response.items]),
+        )
         if response.fallback:
             fallbacks[ranking_pb2.FallbackReason.Name(response.fallback_reason)] += 1
         elif response.online_version:
@@ -328,6 +357,8 @@ def _replay(
             )
     _send_feedback(client, pending_feedback)
     replay_seconds = time.perf_counter() - started
+    if loop is not None:
+        loop.finish()
     learner = serve.get_deployment_handle("Learner", settings.serving.app_name)
     learner.flush.remote().result()
     report = learner.report.remote().result()
@@ -346,6 +377,7 @@ def _replay(
         first_online_request=first_online,
         feature_refresh_seconds=refreshes,
         replay_seconds=replay_seconds,
+        timeline=timeline,
     )
 
 
@@ -373,10 +405,15 @@ def _nightly(
     day_end: datetime,
     progress: Callable[[str], None],
 ) -> float:
-    """The day's events join the log; features are recomputed and materialized."""
-    rows = np.concatenate(day_rows) if day_rows else np.empty(0, dtype=np.int64)
-    seconds = refresh_features(
-        settings, replay.take(pa.array(rows)), day_end, live_counters=True
+    """The day's served impressions join the event log (serving wrote them; the compactor
+    turns the write-ahead logs into hourly Parquet), then features are recomputed and
+    materialized, as a nightly job would. The simulator's own rows are not appended: what
+    the next base learns from is what serving logged."""
+    from serving.served_events import compact_served_log
+
+    written = compact_served_log(
+        settings.workspace, settings.feature_store.events_dir, settings.online_layer.join_window_s
     )
-    progress(f"nightly features up to {day_end:%Y-%m-%d}: {len(rows):,} events, {seconds:.1f}s")
+    seconds = refresh_features(settings, replay.slice(0, 0), day_end, live_counters=True)
+    progress(f"nightly features up to {day_end:%Y-%m-%d}: {written:,} served impressions logged, {seconds:.1f}s")
     return seconds

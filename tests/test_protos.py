@@ -25,4 +25,5 @@ def test_service_exposes_rank_feedback_and_status() -> None:
     assert service.full_name == "freshrank.v1.Ranker"
     assert {m.name for m in service.methods} == {
         "Rank", "Feedback", "Status", "SetOnlineEnabled", "RollbackOnline",
+        "StageCandidate", "PromoteBase", "RollbackBase", "AbortCandidate", "CandidateReport",
     }

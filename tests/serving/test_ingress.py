@@ -215,6 +215,26 @@ def test_the_registered_servicer_hands_raw_bytes_to_the_door() -> None:
         async def RollbackOnline(self, request: object, grpc_context: Context) -> pb.AdminReply:
             return pb.AdminReply()
 
+        @rpc()
+        async def StageCandidate(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
+        @rpc()
+        async def PromoteBase(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
+        @rpc()
+        async def RollbackBase(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
+        @rpc()
+        async def AbortCandidate(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
+        @rpc()
+        async def CandidateReport(self, request: object, grpc_context: Context) -> pb.CandidateReportReply:
+            return pb.CandidateReportReply()
+
     async def scenario() -> list[tuple[grpc.StatusCode, str]]:
         server = grpc.aio.server()
         add_ranker_to_server(Servicer(), server)

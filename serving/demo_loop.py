@@ -1,0 +1,165 @@
+"""The demo's live loop: during the replay, the cycle ``freshrank run`` owns, on a daily
+cadence instead of a weekly one.
+
+Started at the first nightly boundary, in a thread beside the replay (which keeps sending
+Rank and Feedback through gRPC the whole time), it does what a controller on a real app
+does, through the same admin rpcs:
+
+1. An injected bad candidate: the champion's artifact with its item embeddings shuffled
+   (a corrupted export), registered with its gates bypassed, so only shadow scoring can
+   stop it. It is shadowed on live traffic, judged by the controller's shadow rule
+   (``serving.controller.verdicts.judge_shadow``) and aborted.
+2. One real cycle of the controller (``serving.controller.machine.Controller``): triggers
+   (the schedule: the champion's data is a day old), features from the event log serving
+   wrote, a candidate trained from that served log and gated, shadow, canary (a share of
+   users, judged on the event log), and promote in place, or abort.
+
+Every step goes to the demo's timeline. The demo's controller settings (``DEMO_CONTROLLER``)
+shorten the cadence and the evidence the verdicts wait for, so a cycle fits in minutes; say
+so wherever its figures are quoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from serving.client import RankerClient
+    from serving.demo_timeline import Timeline
+    from serving.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEMO_CONTROLLER", "LiveLoop", "inject_bad_candidate"]
+
+DEMO_CONTROLLER: dict[str, Any] = {
+    "every": "1d",  # the weekly cadence, on the demo's two simulated days
+    "poll_every": "1s",
+    "train_backend": "local",  # in-process fit: no second Ray Train start-up on 2 cores
+    "shadow_min_requests": 300,
+    "shadow_timeout": "4m",
+    "canary_share": 0.2,
+    "canary_min_events": 1_500,
+    "canary_min_duration": "20s",
+    "canary_timeout": "4m",
+    "canary_margin": 0.05,
+}
+ACTOR = "freshrank-demo"
+
+
+def inject_bad_candidate(settings: Settings) -> str:
+    """Register the champion's artifact with its item embeddings shuffled, approved without
+    its gates (it would fail them): the shadow stage must stop it."""
+    import json
+
+    from base_model.artifact import read_weights, write_artifact
+    from protos.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.registry_dir)
+    champion = registry.champion("base")
+    if champion is None:
+        raise RuntimeError("no champion base to corrupt")
+    weights = read_weights(champion.path)
+    rng = np.random.default_rng(0)
+    for name, array in weights.items():
+        if "item" in name and array.ndim >= 1 and array.shape[0] > 1:
+            weights[name] = array[rng.permutation(array.shape[0])]
+    manifest = json.loads((Path(champion.path) / "manifest.json").read_text())
+    with np.load(Path(champion.path) / "vocab.npz", allow_pickle=False) as vocab:
+        users, items = vocab["user_ids"].tolist(), vocab["item_ids"].tolist()
+    with tempfile.TemporaryDirectory(prefix="freshrank-bad-") as tmp:
+        write_artifact(tmp, manifest, weights, users, items)
+        lineage = {**dict(champion.lineage), "parent": champion.version,
+                   "trigger": {"reason": "demo", "detail": "injected: shuffled item embeddings"}}
+        version = registry.register("base", tmp, lineage)
+    registry.set_status("base", version, "approved",
+                        reason="demo: a corrupted export injected with its gates bypassed")
+    return version
+
+
+class LiveLoop:
+    """Runs the demo's live loop in a thread (module docstring)."""
+
+    def __init__(self, settings: Settings, client: RankerClient, timeline: Timeline,
+                 progress: Callable[[str], None]) -> None:
+        self._settings = settings.with_overrides({"controller": DEMO_CONTROLLER})
+        self._client = client
+        self._timeline = timeline
+        self._progress = progress
+        self._thread = threading.Thread(target=self._run, name="demo-live-loop", daemon=True)
+        self.started = False
+        self.summary: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.started = True
+        self._thread.start()
+
+    def finish(self, timeout_s: float = 120.0) -> None:
+        """Wait for the cycle to end (the replay is over); then stop it where it is."""
+        if self.started:
+            self._thread.join(timeout=timeout_s)
+            if self._thread.is_alive():
+                self._stop.set()
+                self._thread.join(timeout=30)
+                self._timeline.note("the replay ended before the cycle did (it stopped where it was)")
+
+    def _note(self, text: str) -> None:
+        self._timeline.note(text)
+        self._progress(f"live loop: {text}")
+
+    def _run(self) -> None:
+        try:
+            self._bad_candidate()
+            self._cycle()
+        except Exception as error:  # the replay goes on; the report says what happened
+            logger.exception("demo live loop failed")
+            self._note(f"live loop stopped: {type(error).__name__}: {error}")
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise TimeoutError("the replay ended")
+
+    def _bad_candidate(self) -> None:
+        from serving.controller.verdicts import judge_shadow
+
+        cfg = self._settings.controller
+        bad = inject_bad_candidate(self._settings)
+        self._note(f"injected bad candidate {bad} (shuffled item embeddings, gates bypassed)")
+        self._client.stage_candidate(bad, "shadow", "demo: shadow the injected candidate", ACTOR)
+        self._note(f"shadow {bad}: scoring a copy of live traffic, never served")
+        deadline = time.monotonic() + 240
+        while True:
+            verdict = judge_shadow(self._client.candidate_report(), cfg)
+            if verdict.final or time.monotonic() > deadline:
+                break
+            self._sleep(1.0)
+        self._note(f"shadow verdict on {bad}: {verdict.decision}: {verdict.reason}")
+        self._client.abort_candidate(f"demo: shadow verdict {verdict.decision}", ACTOR)
+        self._note(f"aborted {bad}: every user served by the champion")
+
+    def _cycle(self) -> None:
+        from serving.controller.command import make_trainer
+        from serving.controller.machine import Controller
+
+        note = self._note
+
+        class NotingController(Controller):
+            """The controller, its every recorded step also on the demo's timeline."""
+
+            def record(self, state: Any, event: str, reason: str, **figures: Any) -> None:
+                super().record(state, event, reason, **figures)
+                if event not in ("waiting", "next"):
+                    note(f"controller [{state.step}] {event}: {reason}")
+
+        settings = self._settings
+        controller = NotingController(settings, self._client, make_trainer(settings), sleep=self._sleep)
+        self.summary = controller.run_cycle()
