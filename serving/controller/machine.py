@@ -162,6 +162,9 @@ class Controller:
             decision, as_of = self._check(self.settings)
         except (FreshrankError, ValueError, OSError) as exc:
             return End("blocked", f"trigger check: {exc}")
+        except Exception as exc:  # a library failure: this cycle ends, the loop goes on
+            logger.exception("trigger check failed")
+            return End("failed", f"trigger check: {type(exc).__name__}: {exc}")
         state.decision = decision.to_dict()
         state.as_of = as_of.isoformat()
         self.record(state, "triggers", decision.summary(), decision=state.decision, as_of=state.as_of)
@@ -172,8 +175,9 @@ class Controller:
     def _step_features(self, state: CycleState) -> Move:
         try:
             seconds = self._refresh(self.settings, self.as_of(state))
-        except (FreshrankError, ValueError, OSError) as exc:
-            return End("failed", f"feature refresh: {exc}")
+        except Exception as exc:  # Feast, the event log, a half-applied repo
+            logger.exception("feature refresh failed")
+            return End("failed", f"feature refresh: {type(exc).__name__}: {exc}")
         self.record(state, "features", f"features refreshed up to {state.as_of}", seconds=round(seconds, 3))
         return Next("training")
 
@@ -184,7 +188,11 @@ class Controller:
                            "the training; no job to wait for")
             job = TrainingJob(state.cycle, self.as_of(state), state.decision or {})
             started = self.now_iso()
-            handle = self.trainer.start(job)
+            try:
+                handle = self.trainer.start(job)
+            except Exception as exc:  # the job API refused or is unreachable; no process
+                logger.exception("starting the training failed")
+                return End("failed", f"could not start the training: {type(exc).__name__}: {exc}")
             state.training = {"handle": handle, "started_at": started, "backend": self.trainer.kind}
             self._save(state)
             self.record(state, "training", f"training started ({self.trainer.kind})", handle=handle)

@@ -121,3 +121,18 @@ def test_the_ray_job_entry_point_is_freshrank_run() -> None:
     assert "python -m serving.controller" in done.stdout
     for flag in ("--once", "--max-cycles", "--target", "--job-address", "--token-file"):
         assert flag in done.stdout
+
+
+def test_the_controller_section_is_read_from_the_one_settings_file(tmp_path: Path) -> None:
+    from serving.settings import load_settings
+
+    config = tmp_path / "freshrank.toml"
+    config.write_text('[controller]\nevery = "2d"\ncanary_share = 0.2\ntrain_backend = "process"\n')
+    settings = load_settings(config, workspace=tmp_path)
+    assert settings.controller.duration("every").days == 2
+    assert settings.controller.canary_share == 0.2
+    assert settings.with_overrides({"controller": {"canary_share": 0.05}}).controller.canary_share == 0.05
+    with pytest.raises(ValueError, match=r"canary_share must be in \(0, 0.5\]"):
+        settings.with_overrides({"controller": {"canary_share": 0.9}})
+    with pytest.raises(ValueError, match="train_backend must be one of ray, process, local"):
+        settings.with_overrides({"controller": {"train_backend": "slurm"}})

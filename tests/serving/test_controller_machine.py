@@ -118,3 +118,12 @@ def test_run_checks_every_interval_and_stops_after_max_cycles(world: World) -> N
     assert [d["outcome"] for d in done] == ["not_triggered"] * 3
     assert len(world.checks) == 3
     assert (world.clock.now() - started).total_seconds() == 2 * 3600  # check_every = 1h
+
+
+def test_a_job_api_that_cannot_be_reached_fails_the_cycle_not_the_controller(world: World) -> None:  # noqa: F811
+    from serving.controller.training import RayJobTrainer
+
+    summary = world.controller(RayJobTrainer(world.settings, "http://127.0.0.1:1")).run_cycle()
+    assert summary["outcome"] == "failed"
+    assert "could not start the training" in summary["reason"]
+    assert world.app.calls == [] and champion_of(world) == world.champion
