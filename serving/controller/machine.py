@@ -29,7 +29,9 @@ promote
 
 Outcomes: ``not_triggered``, ``blocked``, ``failed``, ``rejected``, ``not_evaluated``,
 ``aborted``, ``abandoned``, ``promoted``. Unreachable app (``port.RETRYABLE``): the step
-waits and tries again at the next poll. Nothing here touches the champion except promote.
+waits and tries again at the next poll; any other refusal, or an unexpected error, ends the
+cycle ``failed`` (a staged candidate is aborted first). Nothing here touches the champion
+except promote.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class Controller:
             except grpc.RpcError as error:
                 failure = rpc_failure(error)
                 move = Wait(f"app: {failure}") if failure.retryable else End("failed", f"app refused: {failure}")
+            except Exception as exc:  # a bug or a broken workspace: end the cycle, keep the loop
+                logger.exception("cycle %s failed in step %s", state.cycle, state.step)
+                move = self._failed(state, f"{state.step}: {type(exc).__name__}: {exc}")
             self._resumed = None
             if isinstance(move, Next):
                 self.record(state, "next", f"{state.step} -> {move.step}")
@@ -265,6 +270,15 @@ class Controller:
                    {"previous": reply.previous or state.champion})
 
     # ------------------------------------------------------------------------- helpers
+
+    def _failed(self, state: CycleState, reason: str) -> Move:
+        """An unexpected error: a staged candidate is aborted first (the abort is issued by
+        the step at the next poll, with the usual retries), otherwise the cycle ends."""
+        if state.step in ("shadow", "canary", "promote") and state.staged is not None:
+            state.staged["abort"] = {"reason": reason, "figures": {}}
+            self._save(state)
+            return Wait(reason)
+        return End("failed", reason)
 
     def resumed(self, step: str) -> bool:
         """Whether this is a restarted controller's first look at ``step``."""

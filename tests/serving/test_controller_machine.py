@@ -127,3 +127,15 @@ def test_a_job_api_that_cannot_be_reached_fails_the_cycle_not_the_controller(wor
     assert summary["outcome"] == "failed"
     assert "could not start the training" in summary["reason"]
     assert world.app.calls == [] and champion_of(world) == world.champion
+
+
+def test_an_unexpected_error_while_staged_aborts_the_candidate(world: World) -> None:  # noqa: F811
+    controller = world.controller()
+
+    def unreadable(start: Any) -> Any:
+        raise OSError(5, "Input/output error", str(world.settings.feature_store.events_dir))
+
+    controller.events = unreadable
+    summary = controller.run_cycle()
+    assert summary["outcome"] == "aborted" and "canary: OSError" in summary["reason"]
+    assert world.app.calls[-1] == "abort_candidate" and champion_of(world) == world.champion
