@@ -124,7 +124,7 @@ class Controller:
                 move: Move = handler(state)
             except grpc.RpcError as error:
                 failure = rpc_failure(error)
-                move = Wait(f"app: {failure}") if failure.retryable else End("failed", f"app refused: {failure}")
+                move = Wait(f"app: {failure}") if failure.retryable else self._failed(state, f"app refused: {failure}")
             except Exception as exc:  # a bug or a broken workspace: end the cycle, keep the loop
                 logger.exception("cycle %s failed in step %s", state.cycle, state.step)
                 move = self._failed(state, f"{state.step}: {type(exc).__name__}: {exc}")

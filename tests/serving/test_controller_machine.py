@@ -139,3 +139,17 @@ def test_an_unexpected_error_while_staged_aborts_the_candidate(world: World) -> 
     summary = controller.run_cycle()
     assert summary["outcome"] == "aborted" and "canary: OSError" in summary["reason"]
     assert world.app.calls[-1] == "abort_candidate" and champion_of(world) == world.champion
+
+
+def test_an_app_without_the_report_rpc_gets_its_candidate_aborted(world: World) -> None:  # noqa: F811
+    import grpc
+
+    from tests.serving.controller_kit import FakeRpcError
+
+    def unimplemented() -> Any:
+        raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "CandidateReport")
+
+    world.app.candidate_report = unimplemented  # type: ignore[method-assign]
+    summary = world.controller().run_cycle()
+    assert summary["outcome"] == "aborted" and "app refused: UNIMPLEMENTED" in summary["reason"]
+    assert world.app.calls == ["stage_shadow", "abort_candidate"] and not world.app.candidate
