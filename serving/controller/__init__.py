@@ -5,8 +5,8 @@ Modules, one job each: ``config`` (``[controller]``), ``port`` (the admin calls 
 the running app, typed), ``store`` (state file, history, the one-controller lock),
 ``training`` (Ray job, subprocess or in-process training), ``verdicts`` (shadow and canary
 judgements), ``data`` (features and triggers from the workspace), ``machine`` (the state
-machine and its resume rules), ``command`` (``freshrank run``). This package imports
-nothing heavy at import time: ``serving.settings`` imports ``config``.
+machine and its resume rules), ``metrics`` (Prometheus), ``command`` (``freshrank run``).
+This package imports nothing heavy at import time: ``serving.settings`` imports ``config``.
 """
 
 from serving.controller.config import ControllerConfig

@@ -97,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from serving.auth import load_token
     from serving.client import RankerClient
     from serving.controller.machine import Controller
+    from serving.controller.metrics import ControllerMetrics
     from serving.controller.store import ControllerLock, controller_dir
 
     settings: Settings = args.settings
@@ -109,14 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, _stop)
         client = RankerClient(target, args.app or cfg.app_name, timeout_s=cfg.rpc_timeout_seconds,
                               token=token or "")
+        metrics = ControllerMetrics()
+        if cfg.metrics_port:
+            metrics.serve(cfg.metrics_host, cfg.metrics_port)
+
+        def ended(summary: dict[str, Any]) -> None:
+            metrics.observe(summary)
+            print(json.dumps(summary, default=str, sort_keys=True), flush=True)
+
         with client:
             controller = Controller(settings, client, trainer)
-            controller.run(once=args.once, max_cycles=args.max_cycles, on_end=_print)
+            controller.run(once=args.once, max_cycles=args.max_cycles, on_end=ended)
     return 0
-
-
-def _print(summary: dict[str, Any]) -> None:
-    print(json.dumps(summary, default=str, sort_keys=True), flush=True)
 
 
 def threading_main() -> bool:

@@ -72,6 +72,8 @@ class ControllerConfig:
         canary_bootstrap_samples: Bootstrap replicates (users resampled) of that bound.
         seed: Seed of the bootstrap.
         actor: Who the controller says it is in the audit log.
+        metrics_host, metrics_port: Where ``freshrank run`` exports its Prometheus
+            metrics (``serving.controller.metrics``); port 0 (default): not exported.
     """
 
     every: str = "7d"
@@ -102,6 +104,8 @@ class ControllerConfig:
     canary_bootstrap_samples: int = 1_000
     seed: int = 0
     actor: str = "freshrank-controller"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         for name in _DURATIONS:
@@ -132,6 +136,8 @@ class ControllerConfig:
         for name in ("shadow_max_latency_ratio", "shadow_max_latency_ratio_p99"):
             if not getattr(self, name) >= 1.0:
                 raise ValueError(f"controller.{name} must be >= 1")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"controller.metrics_port must be in [0, 65535], got {self.metrics_port}")
         if not self.rpc_timeout_seconds > 0:
             raise ValueError("controller.rpc_timeout_seconds must be > 0")
 
