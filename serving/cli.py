@@ -41,7 +41,7 @@ __all__ = [
 EXIT_USAGE = 2
 SETTINGS_RULE = (
     "Settings: one freshrank.toml ([freshrank], [feature_store], [base_model], [online_layer], "
-    "[serving]) read once by this command and honoured by every subcommand; "
+    "[serving], [controller]) read once by this command and honoured by every subcommand; "
     "--config/--workspace may also follow the subcommand."
 )
 
@@ -100,6 +100,7 @@ def build_parser(prog: str = "freshrank") -> argparse.ArgumentParser:
     from serving import train_command as base_model_cli
     from feature_store import cli as feature_store_cli
     from serving import commands, operator_commands
+    from serving.controller import command as controller_cli
     from serving.backtest import cli as backtest_cli
 
     parser = OneLineParser(
@@ -113,6 +114,7 @@ def build_parser(prog: str = "freshrank") -> argparse.ArgumentParser:
     base_model_cli.register(subparsers)
     commands.register(subparsers)
     operator_commands.register(subparsers)
+    controller_cli.register(subparsers)
     backtest_cli.register(subparsers)
     for leaf in _leaves(subparsers):
         _add_shared_options(leaf, root=False)

@@ -1,5 +1,5 @@
-"""On-call commands against a running app: ``freshrank online enable|disable`` and
-``freshrank rollback online``.
+"""On-call commands against a running app: ``freshrank online enable|disable``,
+``freshrank rollback online|base [--to VERSION]`` and ``freshrank canary abort``.
 
 Why over gRPC and not Ray: on-call reaches the serving port, with the ingress token
 (``$FRESHRANK_INGRESS_TOKEN`` or ``--token-file``), from wherever they are; the ingress
@@ -7,6 +7,11 @@ checks the credential, the learner records the action in the workspace's audit l
 when, why, from what to what) and every replica applies it in place on its next poll. Each
 command prints the ingress's one-line answer as JSON and exits 0, or one line on stderr
 and a non-zero status.
+
+``rollback base`` restores the previous champion base (or ``--to`` a registered base) and
+re-binds the online layer trained for it; ``canary abort`` stops a staged shadow or canary
+(the champion serves every user again). A controller (``freshrank run``) that had staged the
+candidate sees it gone at its next look and ends its cycle ``aborted``.
 """
 
 from __future__ import annotations
@@ -45,10 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     online.set_defaults(func=cmd_online)
 
     rollback = subparsers.add_parser("rollback", help="roll a tier back in place")
-    rollback.add_argument("tier", choices=("online",), help="the tier (base rollback: the live-loop work)")
-    rollback.add_argument("--to", dest="to_version", default="", help="an online version of the serving base (default: the last good snapshot)")
+    rollback.add_argument("tier", choices=("online", "base"), help="the tier to roll back")
+    rollback.add_argument(
+        "--to", dest="to_version", default="",
+        help="online: an online version of the serving base (default: the last good snapshot); "
+        "base: a registered base version (default: the champion before the current one)",
+    )
     _connection_flags(rollback)
     rollback.set_defaults(func=cmd_rollback)
+
+    canary = subparsers.add_parser("canary", help="stop the staged candidate base (shadow or canary)")
+    canary.add_argument("action", choices=("abort",))
+    _connection_flags(canary)
+    canary.set_defaults(func=cmd_canary)
 
 
 def _call(args: argparse.Namespace, action: str) -> ranking_pb2.AdminReply:
@@ -63,6 +77,10 @@ def _call(args: argparse.Namespace, action: str) -> ranking_pb2.AdminReply:
         with RankerClient(args.target, args.app, timeout_s=args.timeout, token=token or "") as client:
             if action == "online":
                 return client.set_online_enabled(args.state == "enable", args.reason, actor)
+            if action == "rollback_base":
+                return client.rollback_base(args.reason, actor, args.to_version)
+            if action == "canary_abort":
+                return client.abort_candidate(args.reason, actor)
             return client.rollback_online(args.reason, actor, args.to_version)
     except grpc.RpcError as error:
         code = error.code() if hasattr(error, "code") else None
@@ -87,4 +105,8 @@ def cmd_online(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    return _print(_call(args, "rollback"))
+    return _print(_call(args, "rollback_base" if args.tier == "base" else "rollback"))
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    return _print(_call(args, "canary_abort"))

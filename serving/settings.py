@@ -11,6 +11,7 @@ is shared::
     [base_model]                 # base_model.config.BaseModelConfig
     [online_layer]               # online_layer.config.OnlineLayerConfig
     [serving]                    # serving.config.ServingConfig
+    [controller]                 # serving.controller.config.ControllerConfig (freshrank run)
 
 The rule (one settings path): the ``freshrank`` command reads this file once, into one
 frozen ``Settings``, and hands every subcommand the sections it needs; nothing else reads
@@ -28,7 +29,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from base_model.config import BaseModelConfig
 from feature_store.config import DEFAULT_WORKSPACE, WORKSPACE_ENV, FeatureStoreConfig
 from online_layer.config import OnlineLayerConfig
 from serving.config import ServingConfig
+from serving.controller.config import ControllerConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -46,7 +48,7 @@ __all__ = [
     "load_settings",
 ]
 
-SECTIONS = ("freshrank", "feature_store", "base_model", "online_layer", "serving")
+SECTIONS = ("freshrank", "feature_store", "base_model", "online_layer", "serving", "controller")
 CONFIG_ENV = "FRESHRANK_CONFIG"
 _SHARED_KEYS = ("workspace", "ray_address")
 
@@ -65,6 +67,7 @@ class Settings:
     serving: ServingConfig
     ray_address: str | None = None
     source: Path | None = None
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     @property
     def workspace(self) -> Path:
@@ -112,6 +115,7 @@ _BUILDERS: dict[str, Any] = {
     "base_model": BaseModelConfig.from_dict,
     "online_layer": OnlineLayerConfig.from_dict,
     "serving": ServingConfig.from_dict,
+    "controller": ControllerConfig.from_dict,
 }
 
 
@@ -182,6 +186,7 @@ def load_settings(
         base_model=BaseModelConfig.from_dict(raw["base_model"]),
         online_layer=OnlineLayerConfig.from_dict(raw["online_layer"]),
         serving=ServingConfig.from_dict(raw["serving"]),
+        controller=ControllerConfig.from_dict(raw["controller"]),
         ray_address=shared.get("ray_address") or None,
         source=source,
     )

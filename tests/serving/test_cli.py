@@ -66,7 +66,7 @@ BAD_ARGUMENTS = [
     (["online", "disable"], "--reason"),
     (["online", "disable", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
     (["online", "disable", "--reason", "x", "--token-file", "{tmp}/no-token"], "cannot be read"),
-    (["rollback", "base", "--reason", "x"], "invalid choice"),
+    (["rollback", "feature", "--reason", "x"], "invalid choice"),
     (["rollback", "online", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
 ]
 
