@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo_cmd.add_argument(
         "--worker-logs", action="store_true", help="echo Ray workers' logs (training, replicas) to the console"
     )
+    demo_cmd.add_argument(
+        "--no-live-loop", action="store_true",
+        help="replay only: no controller cycle (shadow, canary, promotion) during the replay",
+    )
     add_ray_address(demo_cmd)
     demo_cmd.set_defaults(func=cmd_demo)
 
@@ -132,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_requests=args.max_requests,
         worker_logs=args.worker_logs,
+        live_loop=not args.no_live_loop,
     )
 
     def progress(message: str) -> None:
