@@ -30,6 +30,7 @@ from protos.events import EVENTS_SCHEMA, conform
 
 __all__ = [
     "HOUR_US",
+    "dedupe_impressions",
     "hour_floor",
     "hour_parts",
     "hours_between",
@@ -174,6 +175,36 @@ def _aware(ts: datetime) -> datetime:
 def _read_parts(parts: Iterable[Path]) -> pa.Table:
     tables = [conform(pq.read_table(p)) for p in parts]
     return pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
+
+
+def dedupe_impressions(table: pa.Table) -> pa.Table:
+    """One row per impression: rows sharing a ``(request_id, item_id)`` are one item shown
+    in one request, logged twice (a retried ``Rank`` with the same request id, or a
+    compaction redone after a crash); the first row (in ``table``'s order) is kept, with
+    the largest label of its copies. Rows without a ``request_id`` are kept as they are.
+    Returns ``table`` itself when nothing repeats."""
+    if table.num_rows == 0 or "request_id" not in table.column_names:
+        return table
+    row = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    keys = pa.table({"r": table.column("request_id"), "i": table.column("item_id"),
+                     "row": row, "label": table.column("label")})
+    keyed = keys.filter(pc.is_valid(keys.column("r")))
+    groups = keyed.group_by(["r", "i"], use_threads=False).aggregate(
+        [("row", "min"), ("row", "count"), ("label", "max")]
+    )
+    if groups.num_rows == keyed.num_rows:
+        return table
+    first = groups.column("row_min").to_numpy()
+    label = groups.column("label_max").to_numpy(zero_copy_only=False)
+    unkeyed = np.flatnonzero(~pc.is_valid(table.column("request_id")).to_numpy(zero_copy_only=False))
+    keep = np.sort(np.concatenate([first, unkeyed]))
+    labels = table.column("label").to_numpy(zero_copy_only=False).copy()
+    labels[first] = label
+    out = table.set_column(table.schema.get_field_index("label"), table.schema.field("label"),
+                           pa.array(labels, table.schema.field("label").type))
+    logger.info("dropped %d repeated impressions (same request_id and item_id)",
+                table.num_rows - len(keep))
+    return out.take(pa.array(keep))
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:

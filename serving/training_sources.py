@@ -93,15 +93,18 @@ def log_span(fs: FeatureStoreConfig) -> tuple[datetime, datetime] | None:
 def training_set_from_log(
     fs: FeatureStoreConfig, as_of: str, train_days: int
 ) -> tuple[pa.Table, datetime]:
-    """The events of the ``train_days + 2`` days before the training time, with
-    point-in-time features, and that training time.
+    """The events of the ``train_days + 2`` days before the training time, one row per
+    impression (``feature_store.event_log.dedupe_impressions``: an impression logged twice
+    by serving counts once, with its joined label), with point-in-time features, and that
+    training time. Rows written by serving (``serving.served_events``) carry their labels
+    as joined within the join window; their other columns are kept.
 
     Raises:
         TrainingDataError: no event log, or a malformed ``as_of``.
         FailedPrecondition: the features were never computed.
     """
     from feature_store.errors import WorkspaceError
-    from feature_store.event_log import list_event_hours, read_event_log
+    from feature_store.event_log import dedupe_impressions, list_event_hours, read_event_log
     from feature_store.training_set import build_training_set
 
     hours = list_event_hours(fs.events_dir)
@@ -113,7 +116,8 @@ def training_set_from_log(
     end = parse_as_of(as_of, hours[-1] + timedelta(hours=1))
     start = end - timedelta(days=train_days + MARGIN_DAYS)
     try:
-        table = build_training_set(fs, read_event_log(fs.events_dir, start=start, end=end))
+        rows = dedupe_impressions(read_event_log(fs.events_dir, start=start, end=end))
+        table = build_training_set(fs, rows)
     except WorkspaceError as exc:
         raise FailedPrecondition(f"{exc} (`freshrank features compute`)") from exc
     return table, end
