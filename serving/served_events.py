@@ -214,9 +214,13 @@ def compact_served_log(
     or feedback time in the logs) to the hourly event log, with their final labels;
     returns the rows written. ``close_all`` writes every impression now (shutdown, tests):
     feedback arriving later is then not in the log. Safe to run beside serving, and twice
-    at once (a lock); each replica log's progress is its ``compactor`` checkpoint, and part
-    files are named by content, so a crash between writing and checkpointing writes nothing
-    twice."""
+    at once (a lock); each replica log's progress is its ``compactor`` checkpoint.
+    Exactly once: before writing, a run records what it is about to write (its
+    ``compactor_intent``: the last served record, and ``compactor_intent_fb``: the last
+    feedback record its labels read); a run that finds an intent past the checkpoint (the
+    last one died between writing and checkpointing) first writes exactly that again:
+    the same rows with the same labels, so the same content-named part files, stored
+    once."""
     from feature_store.event_log import write_event_log
 
     root = wal_root(workspace)
@@ -228,6 +232,7 @@ def compact_served_log(
         fb_after = read_checkpoint(fb_dir, "compactor") if fb_dir.is_dir() else 0
         feedback: list[tuple[int, float]] = []
         labels: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        label_seqs: dict[tuple[str, str], list[int]] = {}
         watermark = -(2**62)
         if fb_dir.is_dir():
             for seq, payload in WalTailer(fb_dir, after=fb_after).poll(10**9):
@@ -243,6 +248,13 @@ def compact_served_log(
                     ts.tolist(), table.column("label").to_pylist(), strict=True,
                 ):
                     labels.setdefault((rid, item), []).append((int(t), float(label)))
+                    label_seqs.setdefault((rid, item), []).append(seq)
+        fb_last = feedback[-1][0] if feedback else fb_after
+
+        def labels_through(bound: int) -> dict[tuple[str, str], list[tuple[int, float]]]:
+            """The labels as a run that read feedback up to ``bound`` saw them."""
+            return {key: [v for v, q in zip(got, label_seqs[key], strict=True) if q <= bound]
+                    for key, got in labels.items()}
         per_dir: list[tuple[Path, list[tuple[int, ServedEntry]]]] = []
         root_served = served_root(workspace)
         for directory in sorted(p for p in root_served.iterdir() if p.is_dir()) if root_served.is_dir() else []:
@@ -256,14 +268,23 @@ def compact_served_log(
         for directory, entries in per_dir:
             closed: list[ServedEntry] = []
             last = 0
+            intent = read_checkpoint(directory, "compactor_intent")
+            redo = bool(entries) and intent >= entries[0][0]
             for seq, entry in entries:
-                if not close_all and served_time_us(entry) + window_us > watermark:
+                if (seq > intent) if redo else (
+                        not close_all and served_time_us(entry) + window_us > watermark):
                     first_open.append(entry.written_at)
                     break
                 closed.append(entry)
                 last = seq
             if closed:
-                table = served_events(closed, labels, window_us)
+                if redo:  # the last run died before its checkpoint: write the same again
+                    seen = labels_through(read_checkpoint(directory, "compactor_intent_fb"))
+                else:
+                    seen = labels
+                    write_checkpoint(directory, "compactor_intent_fb", fb_last)
+                    write_checkpoint(directory, "compactor_intent", last)
+                table = served_events(closed, seen, window_us)
                 write_event_log(table, events_dir)
                 written += table.num_rows
                 write_checkpoint(directory, "compactor", last)

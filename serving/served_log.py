@@ -40,7 +40,10 @@ Counting
 Event log (``serving.served_events.compact_served_log``)
     A compactor turns the logs into the workspace's hourly Parquet event log (events
     schema): one row per impression, with its final label (the largest feedback label within
-    the join window; 0 without feedback) once its window has closed.
+    the join window; 0 without feedback) once its window has closed, and what the model saw
+    (the dense features as served, the online inputs, the propensity:
+    ``protos.events``), exactly once (its intent checkpoints). Records written before the
+    feature blocks existed still decode (their rows have those columns null).
 """
 
 from __future__ import annotations

@@ -207,3 +207,42 @@ def test_the_wal_holds_new_and_old_records_side_by_side(tmp_path: Path) -> None:
     assert compact_served_log(tmp_path, tmp_path / "events", 60.0, close_all=True) == 4
     rows = read_event_log(tmp_path / "events").to_pylist()
     assert [r["user_features"] is None for r in rows] == [True, True, False, False]
+
+
+def _clicks(request_id: str, item: str, when: datetime) -> pa.Table:
+    return pa.table({
+        "request_id": [request_id], "user_id": ["u-1"], "item_id": [item],
+        "ts": pa.array([when], pa.timestamp("us", tz="UTC")),
+        "label": pa.array([1.0], pa.float32()), "position": pa.array([0], pa.int32()),
+    })
+
+
+def test_a_compaction_redone_after_a_crash_writes_nothing_twice(tmp_path: Path) -> None:
+    from protos.wal import write_checkpoint
+    from serving.served_log import FeedbackLog
+
+    writer = ServedLogWriter(tmp_path, replica="r1")
+    feedback = FeedbackLog(tmp_path)
+    writer.append(_entry("a"))
+    writer.append(_entry("b", WHEN + timedelta(seconds=1)))
+    feedback.append(_clicks("a", "i-2", WHEN + timedelta(seconds=2)), 1)
+    events_dir = tmp_path / "events"
+    assert compact_served_log(tmp_path, events_dir, 60.0, close_all=True) == 4
+    parts = sorted(events_dir.rglob("*.parquet"))
+    # The crash: the rows are written, the checkpoints (the replica log's, then the
+    # feedback log's) are not. Meanwhile more is served, and a click arrives for a request
+    # whose rows were already written.
+    write_checkpoint(writer.directory, "compactor", 0)
+    write_checkpoint(feedback.directory, "compactor", 0)
+    writer.append(_entry("c", WHEN + timedelta(seconds=3)))
+    feedback.append(_clicks("b", "i-1", WHEN + timedelta(seconds=4)), 1)
+    compact_served_log(tmp_path, events_dir, 60.0, close_all=True)  # redoes exactly a, b
+    assert sorted(events_dir.rglob("*.parquet")) == parts
+    assert compact_served_log(tmp_path, events_dir, 60.0, close_all=True) == 2  # then c
+    log = read_event_log(events_dir)
+    keys = list(zip(log.column("request_id").to_pylist(), log.column("item_id").to_pylist()))
+    assert len(keys) == len(set(keys)) == 6
+    labels = dict(zip(keys, log.column("label").to_pylist()))
+    assert labels[("a", "i-2")] == 1.0 and labels[("b", "i-1")] == 0.0  # as first written
+    writer.close()
+    feedback.close()
