@@ -138,7 +138,10 @@ def event_log_lag_seconds(events_dir: str | os.PathLike[str], now: float | None 
     """Seconds from the newest event in the event log (its ``ts``) to ``now`` (default:
     the wall clock); -1.0 when the log holds none. For ``Status``: it reads the newest
     hour's part files' footers only (the ``ts`` statistics), each once (cached by name:
-    parts are immutable), so it is cheap to call every few seconds."""
+    parts are immutable), so it is cheap to call every few seconds. Event time: while
+    serving live, the compactor writes an impression once its join window has closed, so
+    a healthy lag is about the join window plus the compaction period (a replay of past
+    events shows their age instead)."""
     import time
 
     newest = _newest_ts_us(Path(events_dir))
