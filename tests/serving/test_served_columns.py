@@ -179,6 +179,13 @@ def test_a_user_file_and_an_old_log_without_the_served_columns_still_load(tmp_pa
     assert log.column("propensity").null_count == 2
     write_event_log(log, tmp_path / "log")  # and the new schema appends beside it
     assert read_event_log(tmp_path / "log").num_rows == 4
+    # A reader may leave columns unread: those asked for, in that order, absent ones null.
+    some = read_event_log(tmp_path / "log", columns=["label", "propensity", "user_id"])
+    assert some.column_names == ["label", "propensity", "user_id"] and some.num_rows == 4
+    assert some.column("propensity").null_count == 4
+    assert some.column("user_id").to_pylist() == read_event_log(tmp_path / "log").column("user_id").to_pylist()
+    with pytest.raises(ValueError, match="not an events column"):
+        read_event_log(tmp_path / "log", columns=["nope"])
 
 
 def test_the_event_log_lag_is_the_age_of_its_newest_event(tmp_path: Path) -> None:
