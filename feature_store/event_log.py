@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -30,6 +30,7 @@ from protos.events import EVENTS_SCHEMA, conform
 
 __all__ = [
     "HOUR_US",
+    "dedupe_impressions",
     "hour_floor",
     "hour_parts",
     "hours_between",
@@ -140,21 +141,38 @@ def read_event_log(
     log_dir: str | os.PathLike[str],
     start: datetime | None = None,
     end: datetime | None = None,
+    *,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
     """Events with ``start <= ts < end`` (either bound optional), sorted stably by ts.
 
     Within an hour, part files are read in name order, so the result is the same on every
-    call. Returns an empty ``EVENTS_SCHEMA`` table when nothing matches.
+    call. Returns an empty ``EVENTS_SCHEMA`` table when nothing matches. ``columns``: only
+    these (``EVENTS_SCHEMA`` names, in this order; absent ones null), e.g. to leave the
+    served-feature lists unread; default all.
     """
+    if columns is not None:
+        unknown = [c for c in columns if c not in EVENTS_SCHEMA.names]
+        if unknown:
+            raise ValueError(f"not an events column: {', '.join(unknown)}")
+        wanted = list(dict.fromkeys(["ts", *columns]))
+        return _read_log(log_dir, start, end, wanted).select(list(columns))
+    return _read_log(log_dir, start, end, None)
+
+
+def _read_log(
+    log_dir: str | os.PathLike[str], start: datetime | None, end: datetime | None,
+    columns: list[str] | None,
+) -> pa.Table:
     hours = list_event_hours(log_dir)
     if start is not None:
         hours = [h for h in hours if h >= hour_floor(start)]
     if end is not None:
         end_utc = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
         hours = [h for h in hours if h < end_utc]
-    tables = [_read_parts(hour_parts(log_dir, h)) for h in hours]
+    tables = [_read_parts(hour_parts(log_dir, h), columns) for h in hours]
     if not tables:
-        return EVENTS_SCHEMA.empty_table()
+        return _conform_to(EVENTS_SCHEMA.empty_table(), columns)
     table = pa.concat_tables(tables)
     if start is not None or end is not None:
         ts = table.column("ts")
@@ -171,9 +189,56 @@ def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
-def _read_parts(parts: Iterable[Path]) -> pa.Table:
-    tables = [conform(pq.read_table(p)) for p in parts]
-    return pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
+def _conform_to(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """``conform``, or for a column subset: those columns, typed, absent ones null."""
+    if columns is None:
+        return conform(table)
+    fields = [EVENTS_SCHEMA.field(c) for c in columns]
+    arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names
+              else pa.nulls(table.num_rows, f.type) for f in fields]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _read_parts(parts: Iterable[Path], columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for p in parts:
+        if columns is None:
+            tables.append(conform(pq.read_table(p)))
+        else:
+            present = set(pq.read_schema(p).names)
+            tables.append(_conform_to(pq.read_table(p, columns=[c for c in columns if c in present]),
+                                      columns))
+    return pa.concat_tables(tables) if tables else _conform_to(EVENTS_SCHEMA.empty_table(), columns)
+
+
+def dedupe_impressions(table: pa.Table) -> pa.Table:
+    """One row per impression: rows sharing a ``(request_id, item_id)`` are one item shown
+    in one request, logged twice (a retried ``Rank`` with the same request id, or a
+    compaction redone after a crash); the first row (in ``table``'s order) is kept, with
+    the largest label of its copies. Rows without a ``request_id`` are kept as they are.
+    Returns ``table`` itself when nothing repeats."""
+    if table.num_rows == 0 or "request_id" not in table.column_names:
+        return table
+    row = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    keys = pa.table({"r": table.column("request_id"), "i": table.column("item_id"),
+                     "row": row, "label": table.column("label")})
+    keyed = keys.filter(pc.is_valid(keys.column("r")))
+    groups = keyed.group_by(["r", "i"], use_threads=False).aggregate(
+        [("row", "min"), ("row", "count"), ("label", "max")]
+    )
+    if groups.num_rows == keyed.num_rows:
+        return table
+    first = groups.column("row_min").to_numpy()
+    label = groups.column("label_max").to_numpy(zero_copy_only=False)
+    unkeyed = np.flatnonzero(~pc.is_valid(table.column("request_id")).to_numpy(zero_copy_only=False))
+    keep = np.sort(np.concatenate([first, unkeyed]))
+    labels = table.column("label").to_numpy(zero_copy_only=False).copy()
+    labels[first] = label
+    out = table.set_column(table.schema.get_field_index("label"), table.schema.field("label"),
+                           pa.array(labels, table.schema.field("label").type))
+    logger.info("dropped %d repeated impressions (same request_id and item_id)",
+                table.num_rows - len(keep))
+    return out.take(pa.array(keep))
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:

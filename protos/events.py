@@ -30,6 +30,27 @@ fallback_reason : string (optional; written by serving)
     Empty when the online correction was applied; else why serving fell back.
 true_ctr : float32 (optional; written by the simulator)
     The simulator's true click probability, so quality can be judged against the truth.
+
+What the model saw (optional; written by serving, null elsewhere: features logged at serving
+time, so training, replay and audits can use exactly what was scored)
+
+user_features : list<float32>
+    The user's dense features as the base scored them, in the order of
+    ``feature_store.catalog.USER_FEATURES`` (the feature service the ``base_version``
+    records); the defaults when the online store did not know the user.
+item_features : list<float32>
+    The item's dense features as served, in ``feature_store.catalog.ITEM_FEATURES`` order
+    (fresh pushed counters included, as they were at the request).
+online_base_logit : float64
+    The base logit the online layer received (``base_score`` is its sigmoid, as float32).
+online_dense, online_sparse : list<float64>, list<int64>
+    The online layer's inputs for the row (``online_layer.features.OnlineInputs``: the
+    dense base-embedding inputs and the hashed sparse indices, position token included);
+    with ``online_base_logit`` they rebuild the ``OnlineInputs`` exactly
+    (``serving.served_events.online_inputs_of``).
+propensity : float32
+    The probability with which the policy showed this item at this position: 1.0 while
+    serving is deterministic (null: not known, e.g. a user's file).
 """
 
 from __future__ import annotations
@@ -53,11 +74,27 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("final_score", pa.float32()),
         pa.field("fallback_reason", pa.string()),
         pa.field("true_ctr", pa.float32()),
+        pa.field("user_features", pa.list_(pa.float32())),
+        pa.field("item_features", pa.list_(pa.float32())),
+        pa.field("online_base_logit", pa.float64()),
+        pa.field("online_dense", pa.list_(pa.float64())),
+        pa.field("online_sparse", pa.list_(pa.int64())),
+        pa.field("propensity", pa.float32()),
     ]
 )
 
 OPTIONAL_COLUMNS: tuple[str, ...] = tuple(
     name for name in EVENTS_SCHEMA.names if name not in REQUIRED_COLUMNS
+)
+
+#: The optional columns only serving writes: what the model saw for each impression.
+SERVED_COLUMNS: tuple[str, ...] = (
+    "user_features",
+    "item_features",
+    "online_base_logit",
+    "online_dense",
+    "online_sparse",
+    "propensity",
 )
 
 

@@ -255,32 +255,9 @@ class Ranker:
 
     def _remember(self, outcome: RankOutcome) -> None:
         """Log what was shown (to the OS before the reply: it survives this replica's death)."""
-        from online_layer.join import ServedRecord
-        from serving.served_log import ServedEntry
+        from serving.served_log import served_entry
 
-        query = outcome.query
-        shown = outcome.order
-        record = ServedRecord(
-            request_id=query.request_id,
-            user_id=query.user_id,
-            request_time=query.request_time,
-            base_version=outcome.base_version,
-            item_ids=tuple(query.item_ids[i] for i in shown.tolist()),
-            inputs=outcome.inputs.take(shown),
-            online_version=outcome.online_version if outcome.fallback is None else "",
-        )
-        fallback = "" if outcome.fallback is None else pb.FallbackReason.Name(outcome.fallback.reason)
-        categories = outcome.item_categories
-        self._served_log.append(
-            ServedEntry(
-                record,
-                outcome.final_logits[shown],
-                tuple(str(categories[i]) if categories[i] is not None else "" for i in shown.tolist())
-                if len(categories) == len(query.item_ids) else (),
-                fallback,
-                time.time(),
-            )
-        )
+        self._served_log.append(served_entry(outcome, time.time()))
 
     # ----------------------------------------------------------------------- the rpcs
     # Each goes through the door (``serving.ingress.rpc``): it decodes the request, maps bad

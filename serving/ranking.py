@@ -116,6 +116,12 @@ class RankOutcome:
         base_logits: The base model's logits.
         inputs: The online layer's inputs as served (rank-time position token): what the
             learner joins feedback to, so it learns from exactly what serving saw.
+        user_features: The user's dense features the base scored with
+            (``len(USER_FEATURES)`` float32), logged with the impression; None if unknown.
+        item_features: The items' dense features as served (``(N, len(ITEM_FEATURES))``
+            float32, candidate order), logged with the impression; None if unknown.
+        propensity: The probability each candidate is shown at its position (candidate
+            order); None: the deterministic policy (1.0 for every shown item).
     """
 
     query: RankQuery
@@ -127,6 +133,9 @@ class RankOutcome:
     online_version: str
     fallback: Fallback | None
     inputs: OnlineInputs
+    user_features: np.ndarray | None = None
+    item_features: np.ndarray | None = None
+    propensity: np.ndarray | None = None
 
     def to_response(self) -> ranking_pb2.RankResponse:
         final = sigmoid(self.final_logits)
@@ -289,6 +298,8 @@ class HybridRanker:
             online_version=slot.version if slot is not None else "",
             fallback=fallback,
             inputs=inputs,
+            user_features=found.user,
+            item_features=found.items,
         )
 
 

@@ -9,10 +9,11 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from protos.events import EVENTS_SCHEMA
 from protos.wal import WalTailer, read_checkpoint, write_checkpoint
@@ -28,7 +29,10 @@ from serving.served_log import (
     wal_root,
 )
 
-__all__ = ["compact_served_log", "served_events"]
+__all__ = ["compact_served_log", "event_log_lag_seconds", "online_inputs_of", "served_events"]
+
+if TYPE_CHECKING:
+    from online_layer.features import OnlineInputs
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +40,38 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _list_array(rows: list[np.ndarray | None], type_: pa.DataType) -> pa.Array:
+    """One list per row (``rows[i]`` 1-D, or None for a null) as a ``list<type_>`` array."""
+    value_type = type_.value_type
+    if not rows:
+        return pa.array([], type_)
+    sizes = np.array([0 if r is None else len(r) for r in rows], dtype=np.int32)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    present = [r for r in rows if r is not None]
+    values = (np.concatenate(present) if present else np.zeros(0)).astype(value_type.to_pandas_dtype())
+    mask = pa.array([r is None for r in rows], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, value_type),
+                                    type=type_, mask=mask)
+
+
 def served_events(entries: Iterable[ServedEntry], labels: dict[tuple[str, str], list[tuple[int, float]]],
                   window_us: int) -> pa.Table:
     """Impressions in the events schema, each with its final label (largest within the
-    window after the request; 0 without feedback)."""
+    window after the request; 0 without feedback) and what the model saw (the features
+    as served, the online inputs, the propensity: 1.0 when the entry has none)."""
     cols: dict[str, list[Any]] = {name: [] for name in EVENTS_SCHEMA.names}
     for entry in entries:
         record = entry.record
         t_us = served_time_us(entry)
-        base = _sigmoid(record.inputs.base_logit)
+        inputs = record.inputs
+        base = _sigmoid(inputs.base_logit)
         final = _sigmoid(np.asarray(entry.final_logits, dtype=np.float64))
+        n = len(record.item_ids)
+        propensity = (np.ones(n) if entry.propensity is None
+                      else np.asarray(entry.propensity, dtype=np.float64))
+        user = entry.user_features
+        items = entry.item_features
         for position, item in enumerate(record.item_ids):
             got = [label for ts, label in labels.get((record.request_id, item), ())
                    if ts <= t_us + window_us]
@@ -64,14 +90,120 @@ def served_events(entries: Iterable[ServedEntry], labels: dict[tuple[str, str], 
             cols["final_score"].append(float(final[position]))
             cols["fallback_reason"].append(entry.fallback_reason)
             cols["true_ctr"].append(None)
+            cols["user_features"].append(None if user is None or items is None else user)
+            cols["item_features"].append(None if user is None or items is None else items[position])
+            cols["online_base_logit"].append(float(inputs.base_logit[position]))
+            cols["online_dense"].append(inputs.dense[position])
+            cols["online_sparse"].append(inputs.sparse[position])
+            cols["propensity"].append(float(propensity[position]))
     arrays = []
     for f in EVENTS_SCHEMA:
         values = cols[f.name]
         if f.name == "ts":
             arrays.append(pa.array(values, pa.int64()).cast(f.type))
+        elif pa.types.is_list(f.type):
+            arrays.append(_list_array(values, f.type))
         else:
             arrays.append(pa.array(values, f.type))
     return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)
+
+
+def online_inputs_of(events: pa.Table) -> OnlineInputs:
+    """The ``OnlineInputs`` serving fed the online layer for each row of ``events``
+    (rows written by serving: ``online_base_logit``, ``online_dense``, ``online_sparse``
+    set), exactly as served: what a replay through an online layer starts from.
+
+    Raises:
+        ValueError: a row lacks them (not written by serving), or their widths differ.
+    """
+    from online_layer.features import OnlineInputs
+
+    for name in ("online_base_logit", "online_dense", "online_sparse"):
+        if name not in events.column_names or events.column(name).null_count:
+            raise ValueError(f"events lack {name} (rows not written by serving)")
+    n = events.num_rows
+
+    def matrix(name: str, dtype: type) -> np.ndarray:
+        column = events.column(name).combine_chunks()
+        flat = column.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+        if n and flat.size % n:
+            raise ValueError(f"{name}: rows of different widths")
+        return flat.reshape(n, flat.size // n if n else 0)
+
+    base = events.column("online_base_logit").to_numpy(zero_copy_only=False).astype(np.float64)
+    return OnlineInputs(base, matrix("online_dense", np.float64), matrix("online_sparse", np.int64))
+
+
+def event_log_lag_seconds(events_dir: str | os.PathLike[str], now: float | None = None) -> float:
+    """Seconds from the newest event in the event log (its ``ts``) to ``now`` (default:
+    the wall clock); -1.0 when the log holds none. For ``Status``: it reads the newest
+    hour's part files' footers only (the ``ts`` statistics), each once (cached by name:
+    parts are immutable), so it is cheap to call every few seconds. Event time: while
+    serving live, the compactor writes an impression once its join window has closed, so
+    a healthy lag is about the join window plus the compaction period (a replay of past
+    events shows their age instead)."""
+    import time
+
+    newest = _newest_ts_us(Path(events_dir))
+    if newest is None:
+        return -1.0
+    clock = time.time() if now is None else now
+    return max(0.0, clock - newest / 1e6)
+
+
+_PART_MAX_US: dict[Path, int | None] = {}
+
+
+def _newest_ts_us(log_dir: Path) -> int | None:
+    import re
+
+    try:
+        names = sorted((e.name for e in os.scandir(log_dir) if e.is_dir()
+                        and re.fullmatch(r"hour=\d{4}-\d{2}-\d{2}T\d{2}", e.name)), reverse=True)
+    except FileNotFoundError:
+        return None
+    for name in names:
+        parts = sorted((log_dir / name).glob("*.parquet"))
+        found = [m for m in (_part_max_us(p) for p in parts) if m is not None]
+        if found:
+            return max(found)
+    return None
+
+
+def _as_us(value: Any) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return int(value)
+
+
+def _part_max_us(path: Path) -> int | None:
+    if path in _PART_MAX_US:
+        return _PART_MAX_US[path]
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (FileNotFoundError, OSError):
+        return None
+    column = meta.schema.names.index("ts")
+    best: int | None = None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            best = None
+            break
+        value_us = _as_us(stats.max)
+        best = value_us if best is None else max(best, value_us)
+    if best is None:  # no statistics: read the column
+        ts = pq.read_table(path, columns=["ts"]).column("ts").cast(pa.int64())
+        best = int(pc.max(ts).as_py()) if len(ts) else None
+    if len(_PART_MAX_US) > 10_000:
+        _PART_MAX_US.clear()
+    _PART_MAX_US[path] = best
+    return best
 
 
 def compact_served_log(
@@ -85,9 +217,13 @@ def compact_served_log(
     or feedback time in the logs) to the hourly event log, with their final labels;
     returns the rows written. ``close_all`` writes every impression now (shutdown, tests):
     feedback arriving later is then not in the log. Safe to run beside serving, and twice
-    at once (a lock); each replica log's progress is its ``compactor`` checkpoint, and part
-    files are named by content, so a crash between writing and checkpointing writes nothing
-    twice."""
+    at once (a lock); each replica log's progress is its ``compactor`` checkpoint.
+    Exactly once: before writing, a run records what it is about to write (its
+    ``compactor_intent``: the last served record, and ``compactor_intent_fb``: the last
+    feedback record its labels read); a run that finds an intent past the checkpoint (the
+    last one died between writing and checkpointing) first writes exactly that again:
+    the same rows with the same labels, so the same content-named part files, stored
+    once."""
     from feature_store.event_log import write_event_log
 
     root = wal_root(workspace)
@@ -99,6 +235,7 @@ def compact_served_log(
         fb_after = read_checkpoint(fb_dir, "compactor") if fb_dir.is_dir() else 0
         feedback: list[tuple[int, float]] = []
         labels: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        label_seqs: dict[tuple[str, str], list[int]] = {}
         watermark = -(2**62)
         if fb_dir.is_dir():
             for seq, payload in WalTailer(fb_dir, after=fb_after).poll(10**9):
@@ -114,6 +251,13 @@ def compact_served_log(
                     ts.tolist(), table.column("label").to_pylist(), strict=True,
                 ):
                     labels.setdefault((rid, item), []).append((int(t), float(label)))
+                    label_seqs.setdefault((rid, item), []).append(seq)
+        fb_last = feedback[-1][0] if feedback else fb_after
+
+        def labels_through(bound: int) -> dict[tuple[str, str], list[tuple[int, float]]]:
+            """The labels as a run that read feedback up to ``bound`` saw them."""
+            return {key: [v for v, q in zip(got, label_seqs[key], strict=True) if q <= bound]
+                    for key, got in labels.items()}
         per_dir: list[tuple[Path, list[tuple[int, ServedEntry]]]] = []
         root_served = served_root(workspace)
         for directory in sorted(p for p in root_served.iterdir() if p.is_dir()) if root_served.is_dir() else []:
@@ -127,14 +271,23 @@ def compact_served_log(
         for directory, entries in per_dir:
             closed: list[ServedEntry] = []
             last = 0
+            intent = read_checkpoint(directory, "compactor_intent")
+            redo = bool(entries) and intent >= entries[0][0]
             for seq, entry in entries:
-                if not close_all and served_time_us(entry) + window_us > watermark:
+                if (seq > intent) if redo else (
+                        not close_all and served_time_us(entry) + window_us > watermark):
                     first_open.append(entry.written_at)
                     break
                 closed.append(entry)
                 last = seq
             if closed:
-                table = served_events(closed, labels, window_us)
+                if redo:  # the last run died before its checkpoint: write the same again
+                    seen = labels_through(read_checkpoint(directory, "compactor_intent_fb"))
+                else:
+                    seen = labels
+                    write_checkpoint(directory, "compactor_intent_fb", fb_last)
+                    write_checkpoint(directory, "compactor_intent", last)
+                table = served_events(closed, seen, window_us)
                 write_event_log(table, events_dir)
                 written += table.num_rows
                 write_checkpoint(directory, "compactor", last)

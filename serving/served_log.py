@@ -6,8 +6,9 @@ Layout (under the workspace)::
     wal/feedback/              the learner's log of accepted feedback batches (its only writer)
 
 Write path
-    ``Rank`` appends one record per request (``ServedEntry``: the ``ServedRecord`` the
-    learner joins to, plus the final scores, item categories and fallback reason) to its
+    ``Rank`` appends one record per request (``ServedEntry``, built by ``served_entry``:
+    the ``ServedRecord`` the learner joins to, plus the final scores, item categories,
+    fallback reason, the dense features as served and the propensities) to its
     replica's log before it replies. The record is handed to the OS before the reply (it
     survives ``kill -9`` of the replica); an fsync runs every ``SERVED_FSYNC_SECONDS`` on a
     timer, and ``Feedback`` syncs first, so an acknowledged click is never durable while its
@@ -39,7 +40,10 @@ Counting
 Event log (``serving.served_events.compact_served_log``)
     A compactor turns the logs into the workspace's hourly Parquet event log (events
     schema): one row per impression, with its final label (the largest feedback label within
-    the join window; 0 without feedback) once its window has closed.
+    the join window; 0 without feedback) once its window has closed, and what the model saw
+    (the dense features as served, the online inputs, the propensity:
+    ``protos.events``), exactly once (its intent checkpoints). Records written before the
+    feature blocks existed still decode (their rows have those columns null).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from protos.wal import WriteAheadLog
 
 if TYPE_CHECKING:
     from online_layer.served import ServedRecord
+    from serving.ranking import RankOutcome
 
 __all__ = [
     "DirectoryLock",
@@ -75,6 +80,7 @@ __all__ = [
     "encode_feedback",
     "encode_served",
     "feedback_dir",
+    "served_entry",
     "is_locked",
     "served_root",
     "wal_root",
@@ -112,13 +118,62 @@ def feedback_dir(workspace: str | os.PathLike[str]) -> Path:
 @dataclass(frozen=True, eq=False)
 class ServedEntry:
     """One served request as logged: the learner's half of the join plus what the event
-    log needs (final logits, item categories, fallback reason), in the order shown."""
+    log needs (final logits, item categories, fallback reason, and the features as served),
+    in the order shown.
+
+    Attributes:
+        user_features: ``(len(USER_FEATURES),)`` float32, the user's dense features the base
+            scored with; None when not logged (records written before they were).
+        item_features: ``(n_shown, len(ITEM_FEATURES))`` float32, one row per shown item;
+            None when not logged.
+        propensity: ``(n_shown,)`` probability each item was shown at its position; None:
+            the deterministic policy (1.0 each).
+    """
 
     record: ServedRecord
     final_logits: np.ndarray
     item_categories: tuple[str, ...]
     fallback_reason: str
     written_at: float
+    user_features: np.ndarray | None = None
+    item_features: np.ndarray | None = None
+    propensity: np.ndarray | None = None
+
+
+def served_entry(outcome: RankOutcome, written_at: float) -> ServedEntry:
+    """What ``Rank`` logs for ``outcome``: the shown items (top-k, in the order shown)
+    with their inputs, scores, categories and features as served, and the fallback reason
+    (the ``FallbackReason`` name; "" when the online correction applied)."""
+    from online_layer.served import ServedRecord
+    from protos.freshrank.v1 import ranking_pb2
+
+    query = outcome.query
+    shown = outcome.order
+    index = shown.tolist()
+    record = ServedRecord(
+        request_id=query.request_id,
+        user_id=query.user_id,
+        request_time=query.request_time,
+        base_version=outcome.base_version,
+        item_ids=tuple(query.item_ids[i] for i in index),
+        inputs=outcome.inputs.take(shown),
+        online_version=outcome.online_version if outcome.fallback is None else "",
+    )
+    fallback = ("" if outcome.fallback is None
+                else ranking_pb2.FallbackReason.Name(outcome.fallback.reason))
+    categories = outcome.item_categories
+    items = outcome.item_features
+    return ServedEntry(
+        record,
+        outcome.final_logits[shown],
+        tuple(str(categories[i]) if categories[i] is not None else "" for i in index)
+        if len(categories) == len(query.item_ids) else (),
+        fallback,
+        written_at,
+        user_features=outcome.user_features,
+        item_features=None if items is None else np.asarray(items)[shown],
+        propensity=outcome.propensity[shown] if outcome.propensity is not None else None,
+    )
 
 
 def _pack(tag: bytes, header: dict[str, Any], *blobs: bytes) -> bytes:
@@ -154,6 +209,18 @@ def encode_served(entry: ServedEntry) -> bytes:
         "d": inputs.n_dense,
         "k": inputs.n_sparse,
     }
+    # Optional blocks follow the original four, each announced in the header, so a
+    # reader of the original layout still decodes a new record (it stops after sparse)
+    # and a record without them (written before they existed) still decodes here.
+    extra: list[bytes] = []
+    if entry.user_features is not None and entry.item_features is not None:
+        user = np.asarray(entry.user_features, dtype="<f4").reshape(-1)
+        items = np.asarray(entry.item_features, dtype="<f4").reshape(n, -1)
+        header["fu"], header["fi"] = int(user.shape[0]), int(items.shape[1])
+        extra += [user.tobytes(), items.tobytes()]
+    if entry.propensity is not None:
+        header["p"] = 1
+        extra.append(np.asarray(entry.propensity, dtype="<f8").reshape(n).tobytes())
     return _pack(
         _SERVED_TAG,
         header,
@@ -161,6 +228,7 @@ def encode_served(entry: ServedEntry) -> bytes:
         np.asarray(entry.final_logits, dtype="<f8").tobytes(),
         inputs.dense.astype("<f8").tobytes(),
         inputs.sparse.astype("<i8").tobytes(),
+        *extra,
     )
 
 
@@ -178,7 +246,19 @@ def decode_served(payload: bytes) -> ServedEntry:
     base = arrays[:n]
     final = arrays[n : 2 * n]
     dense = arrays[2 * n :].reshape(n, d)
-    sparse = np.frombuffer(body, dtype="<i8", count=n * k, offset=8 * n * (2 + d)).reshape(n, k)
+    offset = 8 * n * (2 + d)
+    sparse = np.frombuffer(body, dtype="<i8", count=n * k, offset=offset).reshape(n, k)
+    offset += 8 * n * k
+    user = items = propensity = None
+    if "fu" in h:
+        fu, fi = int(h["fu"]), int(h["fi"])
+        user = np.frombuffer(body, dtype="<f4", count=fu, offset=offset).astype(np.float32)
+        offset += 4 * fu
+        items = np.frombuffer(body, dtype="<f4", count=n * fi, offset=offset).reshape(n, fi)
+        items = items.astype(np.float32)
+        offset += 4 * n * fi
+    if h.get("p"):
+        propensity = np.frombuffer(body, dtype="<f8", count=n, offset=offset).astype(np.float64)
     when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(h["t"]))
     record = ServedRecord(
         request_id=h["rid"],
@@ -189,7 +269,8 @@ def decode_served(payload: bytes) -> ServedEntry:
         inputs=OnlineInputs(base.copy(), dense.copy(), sparse.copy()),
         online_version=h["ov"],
     )
-    return ServedEntry(record, final.copy(), tuple(h["cats"]), h["fb"], float(h["w"]))
+    return ServedEntry(record, final.copy(), tuple(h["cats"]), h["fb"], float(h["w"]),
+                       user_features=user, item_features=items, propensity=propensity)
 
 
 def served_time_us(entry: ServedEntry) -> int:

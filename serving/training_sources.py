@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from base_model.errors import TrainingDataError
 from protos.errors import FailedPrecondition
+from protos.events import EVENTS_SCHEMA, SERVED_COLUMNS
 from protos.timeparse import floor_hour, parse_time
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DATA_END",
     "NOW",
+    "TRAINING_COLUMNS",
     "as_of_for_table",
     "log_span",
     "parse_as_of",
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 DATA_END, NOW = "data-end", "now"
+#: The events columns a training set built from the log keeps.
+TRAINING_COLUMNS: tuple[str, ...] = tuple(c for c in EVENTS_SCHEMA.names if c not in SERVED_COLUMNS)
 #: Days of events read before the training time beyond ``train_days`` (the validation day
 #: and a margin for the data gates' look-back).
 MARGIN_DAYS = 2
@@ -83,8 +87,10 @@ def log_span(fs: FeatureStoreConfig) -> tuple[datetime, datetime] | None:
     if not hours:
         return None
     one = timedelta(hours=1)
-    head = table_span(read_event_log(fs.events_dir, start=hours[0], end=hours[0] + one))
-    tail = table_span(read_event_log(fs.events_dir, start=hours[-1], end=hours[-1] + one))
+    head = table_span(read_event_log(fs.events_dir, start=hours[0], end=hours[0] + one,
+                                     columns=["ts"]))
+    tail = table_span(read_event_log(fs.events_dir, start=hours[-1], end=hours[-1] + one,
+                                     columns=["ts"]))
     if head is None or tail is None:
         return None
     return head[0], tail[1]
@@ -93,15 +99,20 @@ def log_span(fs: FeatureStoreConfig) -> tuple[datetime, datetime] | None:
 def training_set_from_log(
     fs: FeatureStoreConfig, as_of: str, train_days: int
 ) -> tuple[pa.Table, datetime]:
-    """The events of the ``train_days + 2`` days before the training time, with
-    point-in-time features, and that training time.
+    """The events of the ``train_days + 2`` days before the training time, one row per
+    impression (``feature_store.event_log.dedupe_impressions``: an impression logged twice
+    by serving counts once, with its joined label), with point-in-time features, and that
+    training time. Rows written by serving (``serving.served_events``) carry their labels
+    as joined within the join window. Every events column is kept except what the model
+    saw (``protos.events.SERVED_COLUMNS``: the base trains on point-in-time features, and
+    those lists would multiply the rows' size).
 
     Raises:
         TrainingDataError: no event log, or a malformed ``as_of``.
         FailedPrecondition: the features were never computed.
     """
     from feature_store.errors import WorkspaceError
-    from feature_store.event_log import list_event_hours, read_event_log
+    from feature_store.event_log import dedupe_impressions, list_event_hours, read_event_log
     from feature_store.training_set import build_training_set
 
     hours = list_event_hours(fs.events_dir)
@@ -113,7 +124,9 @@ def training_set_from_log(
     end = parse_as_of(as_of, hours[-1] + timedelta(hours=1))
     start = end - timedelta(days=train_days + MARGIN_DAYS)
     try:
-        table = build_training_set(fs, read_event_log(fs.events_dir, start=start, end=end))
+        rows = dedupe_impressions(read_event_log(fs.events_dir, start=start, end=end,
+                                                 columns=TRAINING_COLUMNS))
+        table = build_training_set(fs, rows)
     except WorkspaceError as exc:
         raise FailedPrecondition(f"{exc} (`freshrank features compute`)") from exc
     return table, end
