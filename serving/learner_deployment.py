@@ -100,7 +100,7 @@ class Learner:
         self._settings = settings
         self._controls = Controls(audit_path(settings.workspace), settings.serving.online_enabled)
         self._hub = metrics_hub.MetricsHub(
-            self._learner.report,
+            self.report,  # the learner's report with the durability counters and the event log's lag
             settings.feature_store,
             online_ttl_s=settings.serving.online_ttl_seconds,
         )
@@ -156,9 +156,16 @@ class Learner:
         report = self._learner.report()
         from serving.durability import COUNTERS_MAX_AGE_S
 
+        from serving.served_events import event_log_lag_seconds
+
         counters = self._durability.counters(max_age_s=COUNTERS_MAX_AGE_S)
         durable = {f"durable_{k}": float(v) for k, v in counters.items()}
-        return replace(report, extra={**report.extra, **durable})
+        try:
+            lag = float(event_log_lag_seconds(self._settings.feature_store.events_dir))
+        except Exception:  # a torn part file must not fail Status
+            logger.exception("could not read the event log's lag")
+            lag = -1.0
+        return replace(report, extra={**report.extra, **durable, "event_log_lag_s": lag})
 
     def durability(self) -> dict[str, int]:
         """accepted == learned + pending (over restarts), replayed, replay_lost, sequences."""
