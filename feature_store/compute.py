@@ -38,7 +38,13 @@ import pyarrow.parquet as pq
 
 from feature_store.config import FeatureStoreConfig
 from feature_store.errors import WorkspaceError
-from feature_store.event_log import hour_floor, hour_parts, list_event_hours, read_event_log
+from feature_store.event_log import (
+    dedupe_impressions,
+    hour_floor,
+    hour_parts,
+    list_event_hours,
+    read_event_log,
+)
 from feature_store.sources import (
     ALL_VIEWS,
     EMPTY_FILE,
@@ -242,13 +248,20 @@ def _days_between(lo: datetime, hi: datetime) -> set[date]:
     return days
 
 
+AGGREGATE_COLUMNS = ("user_id", "item_id", "ts", "label", "request_id", "item_category")
+
+
 # --------------------------------------------------------------------------------------
 # Hourly aggregates, kept per day
 # --------------------------------------------------------------------------------------
 def _aggregate_day(cfg: FeatureStoreConfig, day: date) -> None:
     """Per (entity, hour) aggregates of one day's events, replacing the day's files."""
     start = _day_start(day)
-    events = read_event_log(cfg.events_dir, start, start + timedelta(days=1))
+    # The columns the aggregates use (a served log's feature lists are not read), one row
+    # per impression (a retried request or a redone compaction counts once).
+    events = dedupe_impressions(read_event_log(
+        cfg.events_dir, start, start + timedelta(days=1), columns=AGGREGATE_COLUMNS
+    ))
     item_path = cfg.features_dir / _AGG_DIR / "items" / f"{day.isoformat()}.parquet"
     user_path = cfg.features_dir / _AGG_DIR / "users" / f"{day.isoformat()}.parquet"
     if events.num_rows == 0:
