@@ -79,4 +79,6 @@ def item_rate_so_far(
     """Each item's click rate so far, shrunk towards ``constant_so_far`` by ``prior_events``."""
     g = constant_so_far(ts_us, labels, delay_us)
     views, clicks = counts_so_far(ts_us, labels, items, delay_us)
-    return (clicks + prior_events * g) / (views + prior_events)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = (clicks + prior_events * g) / (views + prior_events)
+    return np.where(views + prior_events > 0, rate, g)

@@ -118,3 +118,47 @@ def test_item_rate_never_sees_its_own_or_a_simultaneous_label():
     assert rate[2] == 1.0
     # event 4 (a, ts 9) sees a@0, a@0, a@5: 2 clicks of 3
     assert rate[4] == pytest.approx(2 / 3)
+
+
+def test_report_renders_the_evidence_section_and_stays_json(tmp_path):
+    """``add_evidence`` on a replay outcome: every policy and baseline gets NE and an
+    interval, the section is rendered, and report.json has no NaN."""
+    from datetime import UTC, datetime, timedelta
+
+    from serving.backtest.policies import Fit, PolicyRun
+    from serving.backtest.render import load_report, write_report
+    from serving.backtest.replay import ReplayOutcome, add_evidence
+    from serving.backtest.summary import build_report
+    from serving.backtest.timeline import make_timeline
+
+    day0 = datetime(2024, 1, 3, tzinfo=UTC)
+    y, probs, users = _policies(600)
+    shared = Fit(day0, 100, day0, 10.0, "/a", "v1", None, fit_seconds=2.0, samples=300, epochs=3)
+    fresh = Fit(day0 + timedelta(days=1), 100, day0, 10.0, "/a", "f1", "v1", fit_seconds=1.0)
+    runs = {k: PolicyRun(k, probs["hybrid" if k == "hybrid" else "base_only"], fits=[shared])
+            for k in ("static", "base_only", "hybrid", "daily_retrain")}
+    runs["hybrid"].online_share = 0.25
+    extra = {"daily_fresh": PolicyRun("daily_fresh", probs["daily_fresh"], fits=[shared, fresh]),
+             "constant": PolicyRun("constant", probs["constant"]),
+             "oracle": PolicyRun("oracle", probs["oracle"])}
+    timeline = make_timeline(day0, day0 + timedelta(hours=20), timedelta(0))
+    outcome = ReplayOutcome(timeline, y, np.zeros(600, int), runs, 610, 10, [], extra,
+                            {"hybrid_online_share": 0.25, "rejected_fits": [], "daily_fresh_epochs": 2})
+    report = build_report(
+        labels=y, day_index=np.zeros(600, int), days=[day0], runs=runs, events_file="x",
+        settings={"warmup": "0d", "base_every": "7d", "daily_every": "1d", "seed": 0,
+                  "obey_gate": True},
+        span={"eval_start": day0, "eval_end": day0 + timedelta(days=1), "events_evaluated": 600,
+              "events_train_only": 10},
+        wall_seconds=1.0,
+    )
+    report = add_evidence(report, outcome, users)
+    ev = report["evidence"]
+    assert set(ev["policies"]) == {*runs, *extra}
+    assert ev["policies"]["hybrid"]["online_share"] == 0.25
+    assert ev["policies"]["daily_fresh"]["compute_seconds_span"] == 1.0  # the shared fit left out
+    assert "f1" in {f["version"] for f in report["fits"]}
+    write_report(tmp_path, report)
+    assert load_report(tmp_path / "report.json") == report
+    md = (tmp_path / "report.md").read_text()
+    assert "## Evidence" in md and "not estimable" in md and "`oracle`" in md
