@@ -88,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip daily_fresh (warm daily fits with no held-out day: one more fit a day)",
     )
+    p.add_argument(
+        "--fit-backend",
+        choices=("ray", "local"),
+        help="base fits on Ray Train (default) or in this process (no per-fit start-up)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
 
@@ -140,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> BacktestConfig:
         "seed": args.seed,
         "workers": args.workers,
         "series_every": args.series_every,
+        "fit_backend": getattr(args, "fit_backend", None),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "serve_rejected", False):

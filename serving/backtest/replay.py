@@ -353,8 +353,9 @@ def run_backtest(
         shutil.rmtree(workspace)
     progress("features", f"point-in-time features for {table.num_rows:,} events")
     data = replay_data.prepare(table, out / "workspace", cfg)
-    progress("ray", "starting or joining Ray")
-    tiers.start_ray(ray_address)
+    if cfg.fit_backend == "ray":
+        progress("ray", "starting or joining Ray")
+        tiers.start_ray(ray_address)
     context = tiers.TierContext(out / "workspace", cfg, ray_address)
     outcome = replay(data, cfg, context, progress)
     t = outcome.timeline

@@ -164,7 +164,7 @@ class TierContext:
                 trigger={"kind": "backtest", "summary": f"backtest fit at {cutoff.isoformat()}"},
                 promote=False,
                 address=self.ray_address,
-                backend="ray",
+                backend="local" if self.cfg.fit_backend == "local" else "ray",
             )
         except DataGateError as exc:
             logger.warning("fit at %s blocked: %s", cutoff, exc)
