@@ -202,7 +202,7 @@ def evidence(
         "gap_closed": {},
     }
     if "hybrid" in idx and "base_only" in idx:
-        for ceiling in (GAP_CEILING, "daily_retrain"):
+        for ceiling in (GAP_CEILING, "daily_retrain", "daily_fresh_new"):
             if ceiling in idx:
                 out["gap_closed"][ceiling] = _gap(point, draws, idx, "base_only", "hybrid", ceiling)
     if "oracle" in idx and "constant" in idx:

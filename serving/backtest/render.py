@@ -95,7 +95,7 @@ def results_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 _EVIDENCE_ORDER = ("constant", "item_rate", "static", "base_only", "hybrid", "hybrid_ungated",
-                   "daily_retrain", "daily_fresh", "oracle")
+                   "daily_retrain", "daily_fresh", "daily_fresh_new", "oracle")
 
 
 def _ci(pair: Any, digits: int = 4) -> str:
@@ -122,7 +122,9 @@ def evidence_markdown(report: Mapping[str, Any]) -> list[str]:
         "passed), the base alone the rest; `hybrid_ungated` is the layer's own score on every "
         f"event. Rejected bases not served: {len(prod.get('rejected_fits', []))}. "
         f"`daily_fresh`: warm daily fits on every row before the cut-off, "
-        f"{prod.get('daily_fresh_epochs', 'n/a')} epoch(s) each.",
+        f"{prod.get('daily_fresh_epochs', 'n/a')} epoch(s) each (the pre-registered ceiling); "
+        f"`daily_fresh_new` (added after the first runs): warm daily fits on the newest day only, "
+        f"{prod.get('daily_fresh_new_epochs', 'n/a')} epoch(s) each.",
         "",
         "| policy | NE | 95% | NE − base_only | 95% | verdict | AUC | calibration | compute s in span |",
         "|---|---:|---|---:|---|---|---:|---:|---:|",
@@ -147,11 +149,13 @@ def evidence_markdown(report: Mapping[str, Any]) -> list[str]:
                          f"`{ceiling}` gap is {den['ne']:+.5f} NE, 95% {_ci(den['ci95'], 5)}, "
                          "which does not lie above zero.")
     for k, sh in ev.get("oracle_gap_share", {}).items():
-        if k in ("base_only", "hybrid", "daily_fresh", "item_rate"):
+        if k in ("base_only", "hybrid", "daily_fresh", "daily_fresh_new", "item_rate"):
             lines.append(f"- `{k}` captures {_pct(sh['value'])} (95% {_pct(sh['ci95'][0])}"
                          f" .. {_pct(sh['ci95'][1])}) of the `constant` → `oracle` NE gap.")
     ratio = ev.get("compute_ratio_span_vs_daily_fresh")
-    lines += [f"- Training compute in span, `hybrid` / `daily_fresh`: {_f(ratio, 3)}.", ""]
+    lines.append(f"- Training compute in span, `hybrid` / `daily_fresh`: {_f(ratio, 3)}; "
+                 f"/ `daily_fresh_new`: {_f(ev.get('compute_ratio_span_vs_daily_fresh_new'), 3)}.")
+    lines.append("")
     return lines
 
 

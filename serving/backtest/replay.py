@@ -208,16 +208,17 @@ def replay(
     if cfg.fresh_ceiling:
         from serving.backtest.ceiling import fresh_chain
 
-        ceiling = fresh_chain(data, tiers, shared, daily_times, bound, progress)
-        fresh = extra["daily_fresh"] = PolicyRun("daily_fresh", np.full(n_eval, math.nan))
-        fresh.fits = unique_fits(ceiling.paid)
-        progress("score", f"daily_fresh ({len(fresh.fits)} bases)")
-        score_into(fresh, tiers, data, ceiling.chain, segments(daily_times), eval_lo)
-        blocked.extend(ceiling.blocked)
-        production["daily_fresh_epochs"] = ceiling.epochs
-        production["daily_fresh_calibration_fit"] = (
-            ceiling.calibration.version if ceiling.calibration else None
-        )
+        for window, name in (("all", "daily_fresh"), ("new", "daily_fresh_new")):
+            ceiling = fresh_chain(data, tiers, shared, daily_times, bound, progress, window)
+            fresh = extra[name] = PolicyRun(name, np.full(n_eval, math.nan))
+            fresh.fits = unique_fits(ceiling.paid)
+            progress("score", f"{name} ({len(fresh.fits)} bases)")
+            score_into(fresh, tiers, data, ceiling.chain, segments(daily_times), eval_lo)
+            blocked.extend(ceiling.blocked)
+            production[f"{name}_epochs"] = ceiling.epochs
+            production[f"{name}_calibration_fit"] = (
+                ceiling.calibration.version if ceiling.calibration else None
+            )
     extra.update(baseline_runs(data, eval_lo, tiers.online_delay_us or 0))
     for name, run in {**runs, **extra}.items():
         if np.isnan(run.probs).any():
@@ -255,9 +256,10 @@ def add_evidence(report: dict[str, Any], outcome: ReplayOutcome, users: np.ndarr
             entry["online_share"] = run.online_share
         extra[name] = entry
     ev = evidence(outcome.labels, {k: r.probs for k, r in runs.items()}, users, extra=extra)
-    ceiling = extra.get("daily_fresh", {}).get("compute_seconds_span")
     hybrid = extra["hybrid"]["compute_seconds_span"]
-    ev["compute_ratio_span_vs_daily_fresh"] = hybrid / ceiling if ceiling else None
+    for name in ("daily_fresh", "daily_fresh_new"):
+        ceiling = extra.get(name, {}).get("compute_seconds_span")
+        ev[f"compute_ratio_span_vs_{name}"] = hybrid / ceiling if ceiling else None
     return clean({**report, "fits": fits, "evidence": ev, "production": outcome.production})
 
 

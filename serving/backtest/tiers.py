@@ -120,6 +120,7 @@ class TierContext:
         *,
         no_holdout: bool = False,
         overrides: Mapping[str, Any] | None = None,
+        train_days: int | None = None,
     ) -> tuple[Fit, BaseScorer] | None:
         """Train on rows ``[0, n_rows)`` (all before ``cutoff``) as of ``cutoff``.
 
@@ -132,7 +133,8 @@ class TierContext:
         with that day empty: it trains on every row up to ``cutoff`` (no day held out, no
         early stopping: a fixed epoch count, from ``overrides``), with ``min_valid_rows = 0``,
         the staleness allowance raised by that day and the completeness gates off. ``overrides``: base settings for
-        this fit only (``BaseModelConfig.replace``).
+        this fit only (``BaseModelConfig.replace``). ``train_days``: this fit's window
+        (days before its validation day, or before the cut-off with ``no_holdout``).
         """
         from base_model.artifact import BaseScorer
         from base_model.errors import DataGateError
@@ -150,7 +152,9 @@ class TierContext:
                 min_valid_rows=0, max_staleness_hours=cfg.max_staleness_hours + 24.0,
                 min_day_fraction=0.0, min_hour_fraction=0.0,
             )
-        if not self._window_from_settings:
+        if train_days is not None:
+            cfg = cfg.replace(train_days=train_days)
+        elif not self._window_from_settings:
             days = int(math.ceil((_to_us(cutoff) - int(data.ts_us[0])) / _DAY_US))
             cfg = cfg.replace(train_days=max(1, days if no_holdout else days - 1))
         t0 = time.perf_counter()

@@ -3,7 +3,7 @@ Cython online layer, scored like serving; then the report read back as a user wo
 
 Five simulated days, warm-up 2d, base every 2d: fits = 1 shared (static = base_only[0] =
 daily_retrain[0]) + 1 warm base_only + 2 daily + the fresh ceiling's calibration fit and 2
-warm no-holdout daily fits = 7 Ray Train fits. The online layer learns as
+warm no-holdout daily fits, twice (daily_fresh, daily_fresh_new) = 10 Ray Train fits. The online layer learns as
 serving's learner would (each event's feedback 306 s after it, the default settings). The last day's labels are
 flipped: a policy that had learned from a day's labels before scoring it would look good on
 that day; a correct one cannot.
@@ -108,7 +108,7 @@ def test_compute_accounting(backtest, events_file):
     _, report, _ = backtest
     p = report["policies"]
     assert [p[k]["fits"] for k in POLICIES] == [1, 2, 2, 3]
-    assert len(report["fits"]) == 7  # the first fit is shared, not repeated
+    assert len(report["fits"]) == 10  # the first fit is shared, not repeated
     fresh = report["evidence"]["policies"]["daily_fresh"]
     assert fresh["fits"] == 4  # shared + calibration + 2 no-holdout fits
     assert p["hybrid"]["base_versions"] == p["base_only"]["base_versions"]
@@ -130,10 +130,13 @@ def test_compute_accounting(backtest, events_file):
         # cut-off), for as many epochs as it ran before early stopping; daily_fresh's
         # no-holdout fits on every event before the cut-off, for the fixed epoch count.
         cutoff = datetime.fromisoformat(fit["cutoff"])
-        no_holdout = fit["policy"] == "daily_fresh" and fit["gate"] == "registered"
-        rows = sum(1 for t in ts if t < cutoff - timedelta(days=0 if no_holdout else 1))
+        no_holdout = fit["policy"].startswith("daily_fresh") and fit["gate"] == "registered"
+        lo = cutoff - timedelta(days=2 if no_holdout else 3) if fit["policy"] == "daily_fresh_new" else None
+        rows = sum(1 for t in ts if t < cutoff - timedelta(days=0 if no_holdout else 1)
+                   and (lo is None or t >= lo + timedelta(days=1)))
         if no_holdout:
-            assert fit["epochs"] == epochs
+            assert fit["epochs"] == (epochs if fit["policy"] == "daily_fresh" else
+                                     report["production"]["daily_fresh_new_epochs"])
         assert fit["epochs"] >= 1
         assert fit["parent"] is not None or fit["epochs"] <= 3  # a cold fit's cap is `epochs`
         assert fit["samples"] == rows * fit["epochs"], fit["version"]

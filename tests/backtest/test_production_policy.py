@@ -118,10 +118,12 @@ class _Tiers:
         self.statuses = statuses
         self.calls: list[dict] = []
 
-    def fit_base(self, data, n_rows, cutoff, parent, *, no_holdout=False, overrides=None):
+    def fit_base(self, data, n_rows, cutoff, parent, *, no_holdout=False, overrides=None,
+                 train_days=None):
         k = len(self.calls)
         self.calls.append({"cutoff": cutoff, "parent": parent and parent.version,
-                           "no_holdout": no_holdout, "overrides": dict(overrides or {})})
+                           "no_holdout": no_holdout, "overrides": dict(overrides or {}),
+                           "train_days": train_days})
         status = self.statuses[k] if k < len(self.statuses) else "approved"
         fit = Fit(cutoff=cutoff, train_rows=n_rows, train_max_ts=None, seconds=1.0, artifact="",
                   version=f"v{k}", parent=parent and parent.version, status=status,
@@ -138,7 +140,7 @@ class _Tiers:
 def test_a_rejected_base_is_never_served_and_the_next_fit_warm_starts_from_the_served_one():
     # 6 days of one event a minute; warm-up 2d, base every 1d (== daily): fits in order
     # shared v0, base_only v1 (rejected), v2, v3, then daily_retrain v4..v6, then
-    # daily_fresh calibration v7 and v8..v10.
+    # daily_fresh calibration v7 and v8..v10, daily_fresh_new calibration v11 and v12..v14.
     data = _data(6 * 1440, seconds_apart=60.0)
     cfg = BacktestConfig(warmup=timedelta(days=2), base_every=timedelta(days=1))
     tiers = _Tiers(["approved", "rejected", "approved", "approved", "rejected"])
@@ -182,3 +184,20 @@ def test_fresh_ceiling_fixes_its_epochs_on_the_first_daily_fit_and_holds_no_day_
     assert [c["parent"] for c in fresh] == ["v0", "v2", "v3"]  # warm, chained on itself
     assert [f.version for f, _ in ceiling.chain] == ["v0", "v2", "v3", "v4"]
     assert [f.version for f in ceiling.paid] == ["v0", "v1", "v2", "v3", "v4"]  # calibration paid
+
+
+def test_fresh_new_ceiling_trains_each_fit_on_the_newest_day_only():
+    data = _data(6 * 1440, seconds_apart=60.0)
+    tiers = _Tiers([])
+    times = [T0 + timedelta(days=d) for d in (2, 3, 4)]
+    shared = tiers.fit_base(data, 10, times[0], None)
+
+    def bound(t):
+        return int(np.searchsorted(data.ts_us, int(t.timestamp() * 1e6)))
+
+    fresh_chain(data, tiers, shared, times, bound, lambda phase, msg: None, window="new")
+    calib, *fresh = tiers.calls[1:]
+    assert calib["train_days"] == 1 and not calib["no_holdout"]
+    assert all(c["train_days"] == 1 and c["no_holdout"] for c in fresh)
+    fresh_chain(data, tiers, shared, times, bound, lambda phase, msg: None, window="all")
+    assert all(c["train_days"] is None for c in tiers.calls[4:])
