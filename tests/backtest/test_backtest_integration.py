@@ -131,9 +131,9 @@ def test_compute_accounting(backtest, events_file):
         # no-holdout fits on every event before the cut-off, for the fixed epoch count.
         cutoff = datetime.fromisoformat(fit["cutoff"])
         no_holdout = fit["policy"].startswith("daily_fresh") and fit["gate"] == "registered"
-        lo = cutoff - timedelta(days=2 if no_holdout else 3) if fit["policy"] == "daily_fresh_new" else None
-        rows = sum(1 for t in ts if t < cutoff - timedelta(days=0 if no_holdout else 1)
-                   and (lo is None or t >= lo + timedelta(days=1)))
+        end = cutoff if no_holdout else cutoff - timedelta(days=1)
+        start = end - timedelta(days=1) if fit["policy"] == "daily_fresh_new" else None
+        rows = sum(1 for t in ts if t < end and (start is None or t >= start))
         if no_holdout:
             assert fit["epochs"] == (epochs if fit["policy"] == "daily_fresh" else
                                      report["production"]["daily_fresh_new_epochs"])
