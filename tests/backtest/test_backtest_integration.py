@@ -3,7 +3,8 @@ Cython online layer, scored like serving; then the report read back as a user wo
 
 Five simulated days, warm-up 2d, base every 2d: fits = 1 shared (static = base_only[0] =
 daily_retrain[0]) + 1 warm base_only + 2 daily + the fresh ceiling's calibration fit and 2
-warm no-holdout daily fits, twice (daily_fresh, daily_fresh_new) = 10 Ray Train fits. The online layer learns as
+warm no-holdout daily fits, twice (daily_fresh, daily_fresh_new) = 10 fits (in process:
+``fit_backend = "local"``). The online layer learns as
 serving's learner would (each event's feedback 306 s after it, the default settings). The last day's labels are
 flipped: a policy that had learned from a day's labels before scoring it would look good on
 that day; a correct one cannot.
@@ -51,7 +52,7 @@ def events_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backtest(events_file, ray_cluster, tmp_path_factory):
+def backtest(events_file, tmp_path_factory):
     from serving.backtest.replay import run_backtest
 
     out = tmp_path_factory.mktemp("backtest")
@@ -60,6 +61,9 @@ def backtest(events_file, ray_cluster, tmp_path_factory):
         {
             "warmup": "2d",
             "base_every": "2d",
+            # The base tier's training loop in this process: 10 fits, each a Ray Train
+            # start-up otherwise (tests/base_model covers the Ray Train path).
+            "fit_backend": "local",
             # A small model and relaxed data gates: 2,500 events a day has thin night hours.
             "tier_settings": {"base_model": {"epochs": 3, "batch_size": 256, "embedding_dim": 8,
                                              "hidden_layers": [16], "min_train_rows": 200,
@@ -239,7 +243,10 @@ def test_sweep_replays_the_runs_hybrid_exactly(backtest):
         np.testing.assert_array_equal(sweep.last_served, sweep.served_reference)
         other, _ = sweep.replay({"alpha": 0.5})
         assert not np.allclose(other.probs, same.probs)
-        result = sweep.evaluate(same.probs)
+        ungated = sweep.evaluate(same.probs)
+        assert ungated["logloss"] == pytest.approx(report["evidence"]["policies"]["hybrid_ungated"]["logloss"])
+        sweep.replay({})
+        result = sweep.evaluate(sweep.last_served)
         assert result["logloss"] == pytest.approx(report["policies"]["hybrid"]["logloss"])
         assert result["days_worse"] == report["comparison"]["hybrid_vs_base_only"]["days_worse_beyond_noise"]
     finally:
