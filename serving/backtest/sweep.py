@@ -6,7 +6,10 @@ artifacts under ``<run>/workspace/registry``) and replays ``hybrid`` once per gr
 through exactly the backtest's code path (``replay.replay_hybrid``: same features, same
 bases, same segments, same test-then-train order), then compares each point with the run's
 own ``base_only`` and ``daily_retrain`` scores. The run's own online settings are replayed
-first and must reproduce its ``hybrid`` column bit for bit, or the sweep stops.
+first and must reproduce its ``hybrid_ungated`` column (the layer's own score; ``hybrid`` in
+runs from before issue 18) bit for bit, or the sweep stops. Points are judged on the layer's
+own score; production's readiness-gated score of each replay is ``HybridSweep.last_served``.
+The chain replayed is the one ``base_only`` served (bases rejected by their gate left out).
 
 ::
 
