@@ -17,6 +17,20 @@ Each request shows one user a slate of ``slate_size`` live items sampled by curr
 popularity (a fixed logging policy, in random order); every impression keeps its true click
 probability ``true_ctr`` so quality can be judged against the truth.
 
+Two settings (issue 18) make freshness learnable; their defaults keep the log exactly as it
+was (the same random streams, bit for bit):
+
+* ``logging_policy``: ``"hidden"`` (default) allocates traffic by the hidden popularity
+  *including the burst multiplier*, so how often an item is shown leaks its burst state to
+  any counter; ``"blind"`` allocates by popularity and age only, so a burst shows only in
+  clicks, which the fresh counters and the online layer can learn and a week-old base cannot.
+* ``burst_ctr_spread``: per-item spread (lognormal sigma) of the burst's click-logit boost,
+  so an item's early burst engagement predicts its later engagement (drawn from a separate
+  stream, only when > 0).
+
+``SimulatorConfig.learnable_freshness()`` is a preset using both, with bursts and decay large
+enough to matter and the long-term terms (taste, quality) smaller.
+
 Determinism: everything is drawn from ``numpy.random.default_rng([seed, stream, hour])``,
 so the output depends only on the config (not on chunking or the machine).
 """
@@ -99,6 +113,11 @@ class SimulatorConfig:
         Click-logit penalty per day of age for short-lived items.
     diurnal_amplitude : float
         Relative size of the daily traffic cycle (0 = flat).
+    logging_policy : str
+        ``"hidden"``: traffic by hidden popularity x burst (leaks the burst state; the
+        default); ``"blind"``: by popularity and age only (see the module docstring).
+    burst_ctr_spread : float
+        Lognormal sigma of a per-item factor on ``burst_ctr_logit`` (0: the same for all).
     """
 
     seed: int = 7
@@ -125,6 +144,24 @@ class SimulatorConfig:
     taste_drift_per_week: float = 0.1
     freshness_decay_per_day: float = 0.5
     diurnal_amplitude: float = 0.5
+    logging_policy: str = "hidden"
+    burst_ctr_spread: float = 0.0
+
+    @classmethod
+    def learnable_freshness(cls, **overrides: Any) -> SimulatorConfig:
+        """A world where freshness is learnable (issue 18): the logging policy does not see
+        bursts, a fifth of new items break (12 h, click logit +2.0, item-specific), many
+        items trend later, short-lived items lose 1.5 logits a day, the long-term terms are
+        smaller (taste 0.4, quality 0.3), and a third of the items (100 new a day) share the
+        traffic, so an item's first hours hold enough impressions to reveal it. ``overrides``: any other setting."""
+        values: dict[str, Any] = dict(
+            logging_policy="blind", burst_ctr_spread=0.5, breaking_fraction=0.2,
+            trending_per_day=20.0, burst_hours=12.0, burst_ctr_logit=2.0,
+            freshness_decay_per_day=1.5, affinity_scale=0.4, quality_scale=0.3,
+            initial_items=100, items_per_day=100,
+        )
+        values.update(overrides)
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if isinstance(self.start, str):
@@ -168,6 +205,12 @@ class SimulatorConfig:
                 raise ValueError(f"simulate.{name} must be in [0, 1], got {value!r}")
         if not 0.0 < self.base_ctr < 1.0:
             raise ValueError(f"simulate.base_ctr must be in (0, 1), got {self.base_ctr!r}")
+        if self.logging_policy not in ("hidden", "blind"):
+            raise ValueError(
+                f"simulate.logging_policy must be 'hidden' or 'blind', got {self.logging_policy!r}"
+            )
+        if not (isinstance(self.burst_ctr_spread, (int, float)) and 0.0 <= self.burst_ctr_spread <= 3.0):
+            raise ValueError(f"simulate.burst_ctr_spread must be in [0, 3], got {self.burst_ctr_spread!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"simulate.seed must be a non-negative int, got {self.seed!r}")
 
@@ -196,6 +239,7 @@ class _World:
     popularity: np.ndarray  # (I,) base traffic weight
     evergreen: np.ndarray  # (I,) bool
     burst_start_h: np.ndarray  # (I,) nan = never
+    burst_gain: np.ndarray  # (I,) factor on burst_ctr_logit (all 1 when burst_ctr_spread = 0)
     item_ids: pa.Array  # (I,) string
     user_weight: np.ndarray  # (U,) sums to 1
     taste_a: np.ndarray  # (U, C)
@@ -233,6 +277,10 @@ def _build_world(cfg: SimulatorConfig) -> _World:
     trending = ~breaking & (rng.random(n_items) < p_trend)
     burst[trending] = publish[trending] + rng.uniform(0.1, 0.8, trending.sum()) * life[trending]
 
+    gain = np.ones(n_items)
+    if cfg.burst_ctr_spread > 0:  # its own stream: the default world stays bit for bit
+        spread = cfg.burst_ctr_spread
+        gain = np.random.default_rng([cfg.seed, 2]).lognormal(-spread**2 / 2, spread, n_items)
     user_weight = rng.lognormal(0.0, 1.0, cfg.n_users)
     taste_a = rng.normal(0.0, cfg.affinity_scale, (cfg.n_users, cfg.n_categories))
     taste_b = rng.normal(0.0, cfg.affinity_scale, (cfg.n_users, cfg.n_categories))
@@ -248,6 +296,7 @@ def _build_world(cfg: SimulatorConfig) -> _World:
         popularity=popularity,
         evergreen=evergreen,
         burst_start_h=burst,
+        burst_gain=gain,
         item_ids=item_ids,
         user_weight=user_weight / user_weight.sum(),
         taste_a=taste_a,
@@ -282,7 +331,8 @@ def _simulate_hour(
 
     # Traffic weight of each live item at the middle of the hour.
     pop = world.popularity[live] * np.exp(-age_mid[live] / world.life_h[live])
-    pop = pop * (1.0 + cfg.burst_popularity * _in_burst(world, live, mid, cfg.burst_hours))
+    if cfg.logging_policy == "hidden":  # traffic follows the hidden burst state (a leak)
+        pop = pop * (1.0 + cfg.burst_popularity * _in_burst(world, live, mid, cfg.burst_hours))
     cum = np.cumsum(pop)
     picks = np.searchsorted(cum, rng.random((n_req, k)) * cum[-1], side="right")
     picks = np.minimum(picks, live.size - 1)
@@ -302,7 +352,7 @@ def _simulate_hour(
     affinity = (1.0 - drift) * world.taste_a[user, cat] + drift * world.taste_b[user, cat]
     age_days = (t_h - world.publish_h[item]) / 24.0
     fresh = np.where(world.evergreen[item], 0.0, -cfg.freshness_decay_per_day * age_days)
-    burst = cfg.burst_ctr_logit * _in_burst(world, item, t_h, cfg.burst_hours)
+    burst = cfg.burst_ctr_logit * world.burst_gain[item] * _in_burst(world, item, t_h, cfg.burst_hours)
     logit = math.log(cfg.base_ctr / (1 - cfg.base_ctr)) + affinity + world.quality[item] + fresh + burst
     examine = 1.0 / (1.0 + positions) ** cfg.position_decay
     true_ctr = examine / (1.0 + np.exp(-logit))

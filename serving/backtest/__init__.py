@@ -11,7 +11,12 @@ One module per job: ``config`` (settings, durations), ``metrics`` (log loss, AUC
 (the only modules that call the other packages: events and features, base fits and scoring,
 the online layer), ``summary`` (every number of ``report.json`` and the target's clauses, computed once),
 ``render`` (writes ``report.json`` / ``report.md``), ``plots`` (PNGs), ``cli``
-(``freshrank backtest``). Importing this package imports nothing heavy.
+(``freshrank backtest``). Issue 18 added: ``scoring`` (base-alone scores; the online layer
+replayed with production's readiness gate, and its ungated score), ``ceiling``
+(``daily_fresh``: warm daily fits with no held-out day), ``baselines`` (``constant``,
+``item_rate``, ``oracle``) and ``evidence`` (normalised entropy with cluster-bootstrap
+intervals, every pair, "gap closed" only where estimable, the judgement rules).
+Importing this package imports nothing heavy.
 """
 
 from __future__ import annotations

@@ -77,6 +77,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="a tier setting over --config, e.g. base_model.epochs=3 (JSON value; repeatable)",
     )
+    p.add_argument(
+        "--serve-rejected",
+        action="store_true",
+        help="let base_only/hybrid serve bases their evaluation gate rejected (default: the "
+        "previous base keeps serving, as production does)",
+    )
+    p.add_argument(
+        "--no-fresh-ceiling",
+        action="store_true",
+        help="skip daily_fresh (warm daily fits with no held-out day: one more fit a day)",
+    )
+    p.add_argument(
+        "--fit-backend",
+        choices=("ray", "local"),
+        help="base fits on Ray Train (default) or in this process (no per-fit start-up)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
 
@@ -129,8 +145,13 @@ def config_from_args(args: argparse.Namespace) -> BacktestConfig:
         "seed": args.seed,
         "workers": args.workers,
         "series_every": args.series_every,
+        "fit_backend": getattr(args, "fit_backend", None),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "serve_rejected", False):
+        values["obey_gate"] = False
+    if getattr(args, "no_fresh_ceiling", False):
+        values["fresh_ceiling"] = False
     if tiers:
         values["tier_settings"] = tiers
     return BacktestConfig.from_dict(values)

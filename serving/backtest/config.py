@@ -53,6 +53,15 @@ class BacktestConfig:
         workers: Ray Train workers per base fit.
         series_every: Length of one step of the per-day series (1 day; a long, sparse log
             may use ``7d`` so each point holds enough events to mean something).
+        obey_gate: Production's rule (issue 18): a base its evaluation gate rejected is
+            never served by ``base_only``/``hybrid``; the previous one keeps serving (False:
+            every fit serves, as before issue 18; the report says which).
+        fresh_ceiling: Also run ``daily_fresh`` (``serving.backtest.ceiling``: warm daily
+            fits on every row before the cut-off, a fixed epoch count), the ceiling the
+            gap closed is judged on.
+        fit_backend: ``"ray"`` (default: a Ray Train ``TorchTrainer`` per fit) or ``"local"``
+            (``train_base_model(backend="local")``: the same training loop in this process,
+            no Ray Train start-up per fit; for a loaded machine, where start-up dominates).
         settings_file: A ``freshrank.toml`` (``serving.settings.load_settings``) whose
             ``[feature_store]`` ``[base_model]`` ``[online_layer]`` sections tune the tiers.
         tier_settings: Overrides on top of it, ``{"base_model": {"epochs": 2}, ...}``, each
@@ -71,6 +80,9 @@ class BacktestConfig:
     seed: int = 0
     workers: int = 1
     series_every: timedelta = timedelta(days=1)
+    obey_gate: bool = True
+    fresh_ceiling: bool = True
+    fit_backend: str = "ray"
     settings_file: Path | None = None
     tier_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -103,6 +115,8 @@ class BacktestConfig:
                 )
         if self.online_warm_start < 0:
             raise BacktestSettingsError("online_warm_start must be >= 0")
+        if self.fit_backend not in ("ray", "local"):
+            raise BacktestSettingsError(f"fit_backend must be 'ray' or 'local', got {self.fit_backend!r}")
         if self.workers < 1:
             raise BacktestSettingsError(f"workers must be >= 1, got {self.workers}")
         unknown = sorted(set(self.tier_settings) - set(TIER_SECTIONS))

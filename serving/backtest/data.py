@@ -60,6 +60,7 @@ class ReplayData:
     item_categories: np.ndarray  # (N,) object (str, "" when unknown): base and online layer
     positions: np.ndarray  # (N,) int64, -1 when unknown
     hours: np.ndarray  # (N,) int64 hour of day (UTC)
+    true_ctr: np.ndarray | None = None  # (N,) float64, the simulator's truth; None elsewhere
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -89,6 +90,9 @@ def prepare(events: pa.Table, workspace: Path, cfg: BacktestConfig) -> ReplayDat
     cats = events.column("item_category").fill_null("").to_numpy(zero_copy_only=False).astype(object)
     pos = events.column("position").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     hours = (ts_us // 3_600_000_000) % 24
+    true_ctr = None
+    if "true_ctr" in events.column_names and events.column("true_ctr").null_count == 0:
+        true_ctr = _column(events, "true_ctr").astype(np.float64)
     return ReplayData(
         training_set=ts_set,
         ts_us=ts_us,
@@ -101,6 +105,7 @@ def prepare(events: pa.Table, workspace: Path, cfg: BacktestConfig) -> ReplayDat
         item_categories=cats,
         positions=pos,
         hours=hours.astype(np.int64),
+        true_ctr=true_ctr,
     )
 
 

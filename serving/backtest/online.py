@@ -6,11 +6,25 @@ hybrid logit is ``model.predict_many`` (``base_logit + w . x``), the same call
 ``serving.ranking.HybridRanker.rank`` makes, turned into a probability by
 ``protos.metrics.sigmoid``. ``online_delay_us`` says when, in event time, serving's learner
 would have learned an event's feedback.
+
+Production's policy (issue 18): serving applies a layer only once it passes
+``online_layer.readiness.assess`` (enough examples learned; over the rolling window of
+progressively scored examples, log loss and AUC no worse than the base's), with serving's
+own settings; until then a request is served by the base alone. A replica keeps the last
+ready weights it installed while a later snapshot is not ready. ``OnlineSession`` keeps
+that rolling window exactly as ``online_layer.layer.Layer.learn`` does (each learned batch
+scored by the current weights just before it is learned, the correction clipped to
+``[online_layer.guard] max_correction``), re-assesses readiness every ``batch_size``
+learned examples (the learner publishes after whole batches), and reports both what was
+served (``served``) and the layer's ungated score. The circuit breaker and the
+manipulation guard's quarantine are not replayed (the report says so).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +38,7 @@ if TYPE_CHECKING:
     from online_layer.config import OnlineLayerConfig
     from online_layer.features import OnlineInputs
 
-__all__ = ["OnlineSession", "describe_online_learning", "online_delay_us"]
+__all__ = ["OnlineSession", "SessionScores", "describe_online_learning", "online_delay_us"]
 
 
 def online_delay_us(cfg: BacktestConfig, online_cfg: OnlineLayerConfig) -> int | None:
@@ -63,6 +77,17 @@ def describe_online_learning(cfg: BacktestConfig, online_cfg: OnlineLayerConfig)
     return f"each event's feedback learned {delay:g} s after it, in event time ({source})"
 
 
+@dataclass(frozen=True)
+class SessionScores:
+    """One session's probabilities for its rows: ``ungated`` (the layer's own progressive
+    score), ``served`` (what production served: the layer when it was ready, else the base)
+    and ``online`` (True where the layer served)."""
+
+    ungated: np.ndarray
+    served: np.ndarray
+    online: np.ndarray
+
+
 class OnlineSession:
     """The online layer bound to one base: featurize, score, then learn what is due.
 
@@ -88,6 +113,18 @@ class OnlineSession:
         self.model = cls(
             self.featurizer.n_dense, online_cfg.hash_bits, base_version, **online_cfg.ftrl_params()
         )
+        from online_layer.metrics import RollingWindow
+
+        self.cfg = online_cfg
+        self.rolling = RollingWindow(online_cfg.readiness_window)
+        self.max_correction = float(online_cfg.guard.max_correction)
+        self.ready = False  # the last readiness check passed: the live weights serve
+        self.served_model: object | None = None  # frozen ready weights after a failed check
+        self.ever_ready = False
+        self.readiness_checks = 0
+        self.ready_checks = 0
+        self.first_ready_after: int | None = None  # examples learned at the first ready check
+        self._checked_at = 0
         self.base_version = base_version
         self.learn_seconds = 0.0
         self.batches = 0
@@ -114,12 +151,60 @@ class OnlineSession:
             rows = slice(start, min(start + batch, hi - lo))
             self._learn(inputs.take(rows), data.positions[lo:hi][rows], data.labels[lo:hi][rows])
 
+    def _score(self, model: object, inputs: OnlineInputs) -> np.ndarray:
+        """Hybrid logits as serving composes them (``serving.ranking`` /
+        ``online_layer.layer.Layer.score``): ``predict_many``, the correction clipped."""
+        from online_layer.defences import clip_correction
+
+        logits = model.predict_many(inputs)  # type: ignore[attr-defined]
+        if math.isfinite(self.max_correction):
+            logits = clip_correction(inputs.base_logit, logits, self.max_correction)
+        return np.asarray(logits, dtype=np.float64)
+
     def _learn(self, inputs: OnlineInputs, positions: np.ndarray, labels: np.ndarray) -> None:
         t0 = time.perf_counter()
+        # Progressive validation as the learner does it: scored by the current weights
+        # just before they learn the batch.
+        self.rolling.add(labels, self._score(self.model, inputs), inputs.base_logit)
         self.model.learn_many(self.featurizer.with_positions(inputs, positions), labels)
         self.learn_seconds += time.perf_counter() - t0
         self.batches += 1
         self.examples += len(labels)
+        if self.examples - self._checked_at >= self.cfg.batch_size:
+            self.check_readiness()
+
+    def check_readiness(self) -> bool:
+        """``online_layer.readiness.assess`` on what was learned so far; updates which weights
+        serve (the live ones when ready, else the last ready ones, else none)."""
+        from online_layer.readiness import assess
+
+        self._checked_at = self.examples
+        self.readiness_checks += 1
+        verdict = assess(self.cfg, self.examples, self.rolling)
+        if verdict.ready:
+            self.ready = True
+            self.ready_checks += 1
+            self.served_model = None
+            if not self.ever_ready:
+                self.ever_ready = True
+                self.first_ready_after = self.examples
+        elif self.ready:
+            # A replica keeps the last ready snapshot it installed: freeze the weights here
+            # (they are at most batch_size examples past the last ready check's: copying
+            # the weights at every ready check would cost a snapshot per batch).
+            self.ready = False
+            self.served_model = type(self.model).from_snapshot(  # type: ignore[attr-defined]
+                self.model.snapshot(), self.base_version
+            )
+        return verdict.ready
+
+    def _serve(self, inputs: OnlineInputs, ungated_logits: np.ndarray) -> tuple[np.ndarray, bool]:
+        """What production serves now for ``inputs``: (logits, whether the layer served)."""
+        if self.ready:
+            return ungated_logits, True
+        if self.served_model is not None:
+            return self._score(self.served_model, inputs), True
+        return np.asarray(inputs.base_logit, dtype=np.float64), False
 
     def test_then_train(
         self,
@@ -130,6 +215,18 @@ class OnlineSession:
         batch: int,
         delay_us: int | None = None,
     ) -> np.ndarray:
+        """The layer's ungated probabilities for rows ``[lo, hi)`` (``run`` has all three)."""
+        return self.run(data, lo, hi, scores, batch, delay_us).ungated
+
+    def run(
+        self,
+        data: ReplayData,
+        lo: int,
+        hi: int,
+        scores: BaseScores,
+        batch: int,
+        delay_us: int | None = None,
+    ) -> SessionScores:
         """Probabilities for rows ``[lo, hi)``, each scored before its label is learned.
 
         ``delay_us`` None: mini-batches of ``batch`` events, each scored, then learned.
@@ -146,16 +243,24 @@ class OnlineSession:
         labels = data.labels[lo:hi]
         positions = data.positions[lo:hi]
         n = hi - lo
-        out = np.empty(n, dtype=np.float64)
+        ungated = np.empty(n, dtype=np.float64)
+        served = np.empty(n, dtype=np.float64)
+        online = np.zeros(n, dtype=bool)
+
+        def score(rows: slice) -> None:
+            chunk = inputs.take(rows)
+            logits = self._score(self.model, chunk)
+            ungated[rows] = sigmoid(logits)
+            served_logits, by_layer = self._serve(chunk, logits)
+            served[rows] = sigmoid(served_logits)
+            online[rows] = by_layer
+
         if delay_us is None:
             for start in range(0, n, batch):
                 rows = slice(start, min(start + batch, n))
-                chunk = inputs.take(rows)
-                # The hybrid logit exactly as serving.ranking.HybridRanker.rank composes it:
-                # final = online_model.predict_many(inputs) (= base logit + w . x).
-                out[rows] = sigmoid(self.model.predict_many(chunk))
-                self._learn(chunk, positions[rows], labels[rows])
-            return out
+                score(rows)
+                self._learn(inputs.take(rows), positions[rows], labels[rows])
+            return SessionScores(ungated, served, online)
         if delay_us < 0:
             raise ValueError(f"delay_us must be >= 0, got {delay_us}")
         ts = data.ts_us[lo:hi]
@@ -166,10 +271,9 @@ class OnlineSession:
         learned = 0
         for start, end in zip(starts, ends):
             learned = self._learn_rows(inputs, positions, labels, learned, int(due[start]), batch)
-            rows = slice(int(start), int(end))
-            out[rows] = sigmoid(self.model.predict_many(inputs.take(rows)))
+            score(slice(int(start), int(end)))
         self._learn_rows(inputs, positions, labels, learned, n, batch)
-        return out
+        return SessionScores(ungated, served, online)
 
     def _learn_rows(
         self,

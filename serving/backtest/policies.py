@@ -69,8 +69,12 @@ class Fit:
         artifact: Where the base artifact lies.
         version: The artifact's version.
         parent: Version it was warm-started from, or None (from scratch).
-        status: The base tier's evaluation gate verdict (``approved``/``rejected``); the
-            replay uses the fit either way (the gate's opinion is reported, not obeyed).
+        status: The base tier's evaluation gate verdict (``approved``/``rejected``/
+            ``registered``). ``base_only`` and ``hybrid`` obey it as production does: a
+            rejected base is never served (the previous one keeps serving); the ceilings
+            use every fit.
+        best_epoch: The epoch of the exported best validation point (0: none, no
+            validation).
     """
 
     cutoff: datetime
@@ -84,6 +88,7 @@ class Fit:
     fit_seconds: float = 0.0
     samples: int = 0
     epochs: int = 0
+    best_epoch: int = 0
 
 
 @dataclass
@@ -101,6 +106,7 @@ class PolicyRun:
     online_seconds: float = 0.0
     online_batches: int = 0
     online_examples: int = 0
+    online_share: float | None = None  # share of events the online layer served (hybrid)
 
     @property
     def base_train_seconds(self) -> float:

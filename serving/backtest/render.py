@@ -94,6 +94,71 @@ def results_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join([RESULTS_HEADER, *(results_row(name, rep) for name, rep in reports.items())])
 
 
+_EVIDENCE_ORDER = ("constant", "item_rate", "static", "base_only", "hybrid", "hybrid_ungated",
+                   "daily_retrain", "daily_fresh", "daily_fresh_new", "oracle")
+
+
+def _ci(pair: Any, digits: int = 4) -> str:
+    if not pair or pair[0] is None:
+        return "n/a"
+    return f"{pair[0]:.{digits}f} .. {pair[1]:.{digits}f}"
+
+
+def evidence_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The issue-18 section: NE with intervals, each policy against base_only, gap closed."""
+    ev = report.get("evidence")
+    if not ev:
+        return []
+    pol, pairs = ev["policies"], ev["pairs"]
+    prod = report.get("production", {})
+    share = prod.get("hybrid_online_share")
+    lines = [
+        "## Evidence (issue 18's rules, fixed before the runs)",
+        "",
+        f"Normalised entropy (log loss / entropy of the click rate {ev['click_rate']:.4f}); "
+        f"95% intervals from a cluster bootstrap over {ev['clusters']:,} {ev['noise_unit']}s "
+        f"({ev['bootstrap_samples']} resamples). `hybrid` is what production would have served: "
+        f"the online layer served {_pct(share)} of the events (after its readiness check "
+        "passed), the base alone the rest; `hybrid_ungated` is the layer's own score on every "
+        f"event. Rejected bases not served: {len(prod.get('rejected_fits', []))}. "
+        f"`daily_fresh`: warm daily fits on every row before the cut-off, "
+        f"{prod.get('daily_fresh_epochs', 'n/a')} epoch(s) each (the pre-registered ceiling); "
+        f"`daily_fresh_new` (added after the first runs): warm daily fits on the newest day only, "
+        f"{prod.get('daily_fresh_new_epochs', 'n/a')} epoch(s) each.",
+        "",
+        "| policy | NE | 95% | NE − base_only | 95% | verdict | AUC | calibration | compute s in span |",
+        "|---|---:|---|---:|---|---|---:|---:|---:|",
+    ]
+    for k in [n for n in _EVIDENCE_ORDER if n in pol] + [n for n in pol if n not in _EVIDENCE_ORDER]:
+        row = pol[k]
+        vs = pairs.get(f"{k} - base_only")
+        diff = ("—", "—", "—") if vs is None else (f"{vs['ne_delta']:+.4f}", _ci(vs["ci95"]), vs["verdict"])
+        lines.append(
+            f"| `{k}` | {_f(row['ne'])} | {_ci(row['ne_ci95'])} | {diff[0]} | {diff[1]} | {diff[2]} | "
+            f"{_f(row.get('auc'))} | {_f(row.get('calibration'), 3)} | {_f(row.get('compute_seconds_span'), 1)} |"
+        )
+    lines.append("")
+    for ceiling, gap in ev.get("gap_closed", {}).items():
+        den = gap["denominator"]
+        if gap["status"] == "estimable":
+            lines.append(f"- Gap closed towards `{ceiling}`: **{_pct(gap['value'])}** "
+                         f"(95% {_pct(gap['ci95'][0])} .. {_pct(gap['ci95'][1])}; the gap itself "
+                         f"{den['ne']:.5f} NE, 95% {_ci(den['ci95'], 5)}).")
+        else:
+            lines.append(f"- Gap closed towards `{ceiling}`: **not estimable**: the `base_only` − "
+                         f"`{ceiling}` gap is {den['ne']:+.5f} NE, 95% {_ci(den['ci95'], 5)}, "
+                         "which does not lie above zero.")
+    for k, sh in ev.get("oracle_gap_share", {}).items():
+        if k in ("base_only", "hybrid", "daily_fresh", "daily_fresh_new", "item_rate"):
+            lines.append(f"- `{k}` captures {_pct(sh['value'])} (95% {_pct(sh['ci95'][0])}"
+                         f" .. {_pct(sh['ci95'][1])}) of the `constant` → `oracle` NE gap.")
+    ratio = ev.get("compute_ratio_span_vs_daily_fresh")
+    lines.append(f"- Training compute in span, `hybrid` / `daily_fresh`: {_f(ratio, 3)}; "
+                 f"/ `daily_fresh_new`: {_f(ev.get('compute_ratio_span_vs_daily_fresh_new'), 3)}.")
+    lines.append("")
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The human report: table, gap closed, compute, target checks, per-day series, plots."""
     p, c, span, s = report["policies"], report["comparison"], report["span"], report["settings"]
@@ -162,7 +227,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             else " (intervals jointly 95% over the days)."
         ),
         "",
-        "## Target",
+        *evidence_markdown(report),
+        "## Target (issue 8's rule, on the served hybrid)",
         "",
     ]
     labels = {
@@ -218,8 +284,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- Every fit of every policy trains on {s.get('tiers', {}).get('train_window', 'the same window')}"
         " (the same window length for `daily_retrain`'s cold fits as for `base_only`'s warm ones).",
         f"- {len(fits)} base fits in all"
-        + (f"; the base tier's evaluation gate rejected {', '.join(rejected)} (used anyway: "
-           "the backtest measures the cadence, not the gate)" if rejected else "")
+        + (f"; the base tier's evaluation gate rejected {', '.join(rejected)}"
+           + (" (`base_only`/`hybrid` kept serving the previous base, as production does; "
+              "the ceilings used them)" if s.get("obey_gate", False) else
+              " (used anyway: --serve-rejected)") if rejected else "")
         + ".",
     ]
     if blocked:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +38,7 @@ from serving.backtest import POLICIES
 from serving.backtest.config import BacktestConfig
 from serving.backtest.errors import BacktestDataError
 from serving.backtest.policies import Fit, PolicyRun, retrain_times
+from serving.backtest.scoring import replay_hybrid, score_into, unique_fits
 from serving.backtest.progress import LogProgress, ProgressSink
 from serving.backtest.timeline import Timeline, make_timeline, select_window
 
@@ -79,6 +80,8 @@ class ReplayOutcome:
     events_total: int
     events_train_only: int
     blocked_fits: list[dict[str, str]]
+    extra: dict[str, PolicyRun] = field(default_factory=dict)  # beyond POLICIES (issue 18)
+    production: dict[str, Any] = field(default_factory=dict)  # what production's policy did
 
 
 class Scoring(Protocol):
@@ -128,6 +131,8 @@ def replay(
     done = 0
 
     blocked: list[dict[str, str]] = []
+    rejected: list[dict[str, str]] = []
+    paid: dict[str, list[Fit]] = {"base_only": [], "daily_retrain": []}
 
     def fit(
         cutoff: datetime, previous: tuple[Fit, BaseScorer] | None, warm: bool, policy: str
@@ -149,9 +154,17 @@ def replay(
             progress("fit", f"{done}/{total_fits} blocked by data gates: keeping {previous[0].version}")
             return previous
         f = result[0]
+        paid.setdefault(policy, []).append(f)
         progress("fit", f"{done}/{total_fits} done: {f.version} in {f.seconds:.1f} s wall, "
                  f"{f.fit_seconds:.1f} s training, {f.samples:,} samples in {f.epochs} epoch(s) "
                  f"(gate: {f.status})")
+        if policy == "base_only" and cfg.obey_gate and f.status == "rejected" and previous:
+            # Production never serves a rejected base: the previous one keeps serving, and
+            # the next weekly fit warm-starts from it. The rejected fit's compute was paid.
+            rejected.append({"policy": policy, "cutoff": cutoff.isoformat(), "version": f.version,
+                             "kept": previous[0].version})
+            progress("fit", f"{done}/{total_fits} rejected by its gate: {previous[0].version} keeps serving")
+            return previous
         return result
 
     # One shared first fit: static == base_only[0] == daily_retrain[0].
@@ -165,9 +178,11 @@ def replay(
 
     runs = {name: PolicyRun(name, np.full(n_eval, math.nan)) for name in POLICIES}
     runs["static"].fits = [shared[0]]
-    runs["base_only"].fits = _unique([f for f, _ in base_chain])
-    runs["hybrid"].fits = _unique([f for f, _ in base_chain])
-    runs["daily_retrain"].fits = _unique([f for f, _ in daily_chain])
+    runs["base_only"].fits = unique_fits([shared[0], *paid["base_only"]])
+    runs["hybrid"].fits = list(runs["base_only"].fits)
+    runs["daily_retrain"].fits = unique_fits([shared[0], *paid["daily_retrain"]])
+    extra: dict[str, PolicyRun] = {}
+    production: dict[str, Any] = {"rejected_fits": rejected, "obey_gate": cfg.obey_gate}
 
     def segments(times: list[datetime]) -> list[tuple[int, int]]:
         edges = [bound(t) for t in times] + [ts.size]
@@ -175,116 +190,91 @@ def replay(
 
     # static and daily_retrain: the base alone.
     progress("score", "static")
-    _score_into(runs["static"], tiers, data, [shared], [(eval_lo, ts.size)], eval_lo)
+    score_into(runs["static"], tiers, data, [shared], [(eval_lo, ts.size)], eval_lo)
     progress("score", f"daily_retrain ({len(runs['daily_retrain'].fits)} bases)")
-    _score_into(runs["daily_retrain"], tiers, data, daily_chain, segments(daily_times), eval_lo)
+    score_into(runs["daily_retrain"], tiers, data, daily_chain, segments(daily_times), eval_lo)
 
     # base_only and hybrid: same bases; hybrid adds the online layer, test-then-train.
-    _score_into(runs["base_only"], tiers, data, base_chain, segments(base_times), eval_lo)
+    score_into(runs["base_only"], tiers, data, base_chain, segments(base_times), eval_lo)
     runs["hybrid"].base_version = runs["base_only"].base_version
-    replay_hybrid(
+    ungated = extra["hybrid_ungated"] = PolicyRun("hybrid_ungated", np.full(n_eval, math.nan))
+    ungated.fits, ungated.base_version = list(runs["hybrid"].fits), runs["hybrid"].base_version
+    production["online_sessions"] = replay_hybrid(
         runs["hybrid"], data, cfg, tiers, base_chain, segments(base_times), eval_lo, progress,
-        batch=tiers.online_batch, delay_us=tiers.online_delay_us,
+        batch=tiers.online_batch, delay_us=tiers.online_delay_us, ungated=ungated,
     )
-    for name, run in runs.items():
+    production["hybrid_online_share"] = runs["hybrid"].online_share
+
+    if cfg.fresh_ceiling:
+        from serving.backtest.ceiling import fresh_chain
+
+        for window, name in (("all", "daily_fresh"), ("new", "daily_fresh_new")):
+            ceiling = fresh_chain(data, tiers, shared, daily_times, bound, progress, window)
+            fresh = extra[name] = PolicyRun(name, np.full(n_eval, math.nan))
+            fresh.fits = unique_fits(ceiling.paid)
+            progress("score", f"{name} ({len(fresh.fits)} bases)")
+            score_into(fresh, tiers, data, ceiling.chain, segments(daily_times), eval_lo)
+            blocked.extend(ceiling.blocked)
+            production[f"{name}_epochs"] = ceiling.epochs
+            production[f"{name}_calibration_fit"] = (
+                ceiling.calibration.version if ceiling.calibration else None
+            )
+    extra.update(baseline_runs(data, eval_lo, tiers.online_delay_us or 0))
+    for name, run in {**runs, **extra}.items():
         if np.isnan(run.probs).any():
             raise RuntimeError(f"policy {name} left {int(np.isnan(run.probs).sum())} events unscored")
-    return ReplayOutcome(timeline, labels, day_index, runs, int(ts.size), eval_lo, blocked)
+    return ReplayOutcome(timeline, labels, day_index, runs, int(ts.size), eval_lo, blocked,
+                         extra, production)
 
 
-def replay_hybrid(
-    run: PolicyRun,
-    data: ReplayData,
-    cfg: BacktestConfig,
-    tiers: Scoring,
-    base_chain: list[tuple[Fit, BaseScorer]],
-    spans: list[tuple[int, int]],
-    eval_lo: int,
-    progress: ProgressSink,
-    *,
-    batch: int,
-    delay_us: int | None = None,
-    online_cfg: OnlineLayerConfig | None = None,
-) -> None:
-    """The online layer on ``base_chain``, test-then-train, into ``run.probs``.
+def add_evidence(report: dict[str, Any], outcome: ReplayOutcome, users: np.ndarray) -> dict[str, Any]:
+    """``report`` plus ``evidence`` (``serving.backtest.evidence``: NE with intervals for every
+    policy and baseline, every pair, gap closed where estimable) and ``production`` (what
+    production's policy did: rejected bases, the layer's served share, the sessions)."""
+    from serving.backtest.evidence import evidence
+    from serving.backtest.summary import clean, span_compute_seconds
 
-    ``base_chain[i]`` scores rows ``spans[i]``; a new base version re-binds the layer (zero
-    weights, or warm-started from the ``cfg.online_warm_start`` events before its cut-off).
-    Consecutive spans of one version (a retrain the data gates blocked) are one session.
-    ``delay_us`` None: mini-batches of ``batch`` events; else feedback is learned
-    ``delay_us`` of event time after its event (``OnlineSession.test_then_train``).
-    ``online_cfg`` overrides the run's online settings (``serving.backtest.sweep`` replays
-    many on the same bases). Learning time and counts go into ``run``.
-    """
-    ts = data.ts_us
-    merged: list[tuple[tuple[Fit, BaseScorer], int, int]] = []
-    for entry, (lo, hi) in zip(base_chain, spans):
-        if hi <= lo:
-            continue
-        if merged and merged[-1][0][0].version == entry[0].version and merged[-1][2] == lo:
-            merged[-1] = (merged[-1][0], merged[-1][1], hi)
-        else:
-            merged.append((entry, lo, hi))
-    session: OnlineSession | None = None
-    for (fit_k, scorer), lo, hi in merged:
-        scores = tiers.score_base(scorer, data, lo, hi)
-        before = (session.learn_seconds, session.batches, session.examples) if session else (0.0, 0, 0)
-        if session is None or session.base_version != fit_k.version:
-            # A new base: weights learned for the old one mean nothing here. Its warm-start
-            # learning (if any) counts as online compute.
-            session = tiers.online_session(fit_k, scorer, online_cfg)
-            before = (0.0, 0, 0)
-            if cfg.online_warm_start:
-                w_hi = int(np.searchsorted(ts, _to_us(fit_k.cutoff), side="left"))
-                w_lo = max(0, w_hi - cfg.online_warm_start)
-                if w_hi > w_lo:
-                    w_scores = tiers.score_base(scorer, data, w_lo, w_hi)
-                    session.learn_only(data, w_lo, w_hi, w_scores, batch)
-        how = f"batches of {batch}" if delay_us is None else f"feedback learned {delay_us / 1e6:g} s later"
-        progress("online", f"{fit_k.version}: {hi - lo:,} events from {_from_us(int(ts[lo])):%Y-%m-%d}, {how}")
-        run.probs[lo - eval_lo : hi - eval_lo] = session.test_then_train(
-            data, lo, hi, scores, batch, delay_us
-        )
-        run.online_seconds += session.learn_seconds - before[0]
-        run.online_batches += session.batches - before[1]
-        run.online_examples += session.examples - before[2]
-    progress("online", f"learned {run.online_batches} batches ({run.online_examples:,} examples) "
-             f"in {run.online_seconds:.2f} s")
+    runs = {**outcome.runs, **outcome.extra}
+    fits = list(report["fits"])
+    seen = {f["version"] for f in fits}
+    for name, run in outcome.extra.items():
+        for f in run.fits:
+            if f.version not in seen:
+                seen.add(f.version)
+                fits.append(clean({"policy": name, "cutoff": f.cutoff, "train_rows": f.train_rows,
+                                   "train_max_ts": f.train_max_ts, "seconds": f.seconds,
+                                   "fit_seconds": f.fit_seconds, "samples": f.samples,
+                                   "epochs": f.epochs, "version": f.version, "parent": f.parent,
+                                   "gate": f.status}))
+    start = report["span"].get("eval_start")
+    extra: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        entry = {"compute_seconds": run.compute_seconds, "train_samples": run.train_samples,
+                 "fits": len(run.fits), "base_versions": [f.version for f in run.fits]}
+        entry["compute_seconds_span"] = span_compute_seconds(entry, fits, start) if run.fits else 0.0
+        if run.online_share is not None:
+            entry["online_share"] = run.online_share
+        extra[name] = entry
+    ev = evidence(outcome.labels, {k: r.probs for k, r in runs.items()}, users, extra=extra)
+    hybrid = extra["hybrid"]["compute_seconds_span"]
+    for name in ("daily_fresh", "daily_fresh_new"):
+        ceiling = extra.get(name, {}).get("compute_seconds_span")
+        ev[f"compute_ratio_span_vs_{name}"] = hybrid / ceiling if ceiling else None
+    return clean({**report, "fits": fits, "evidence": ev, "production": outcome.production})
 
 
-def _unique(fits: list[Fit]) -> list[Fit]:
-    """Fits in order, each once (a blocked retrain repeats the base it kept)."""
-    seen: set[str] = set()
-    unique = []
-    for fit in fits:
-        if fit.version not in seen:
-            seen.add(fit.version)
-            unique.append(fit)
-    return unique
+def baseline_runs(data: ReplayData, eval_lo: int, delay_us: int) -> dict[str, PolicyRun]:
+    """``constant``, ``item_rate`` and (simulated logs) ``oracle`` (``serving.backtest.baselines``)."""
+    from serving.backtest.baselines import constant_so_far, item_rate_so_far
 
-
-def _score_into(
-    run: PolicyRun,
-    tiers: Scoring,
-    data: ReplayData,
-    chain: list[tuple[Fit, BaseScorer]],
-    spans: list[tuple[int, int]],
-    eval_lo: int,
-) -> None:
-    """Base-alone probabilities: ``chain[i]`` scores rows ``spans[i]``.
-
-    ``protos.metrics.sigmoid`` turns logits into the probabilities serving reports.
-    """
-    from protos.metrics import sigmoid
-
-    versions = np.full(run.probs.size, "", dtype=object)
-    for (fit_i, scorer), (lo, hi) in zip(chain, spans):
-        if hi <= lo:
-            continue
-        logits = tiers.score_base(scorer, data, lo, hi).logits.astype(np.float64)
-        run.probs[lo - eval_lo : hi - eval_lo] = sigmoid(logits)
-        versions[lo - eval_lo : hi - eval_lo] = fit_i.version
-    run.base_version = versions
+    ts, y = data.ts_us, data.labels
+    out = {
+        "constant": PolicyRun("constant", constant_so_far(ts, y, delay_us)[eval_lo:]),
+        "item_rate": PolicyRun("item_rate", item_rate_so_far(ts, y, data.item_ids, delay_us)[eval_lo:]),
+    }
+    if data.true_ctr is not None:
+        out["oracle"] = PolicyRun("oracle", np.asarray(data.true_ctr[eval_lo:], dtype=np.float64))
+    return out
 
 
 def write_scores(path: Path, data: ReplayData, outcome: ReplayOutcome) -> Path:
@@ -304,7 +294,7 @@ def write_scores(path: Path, data: ReplayData, outcome: ReplayOutcome) -> Path:
         "label": pa.array(outcome.labels, type=pa.float32()),
         "day": pa.array(outcome.day_index, type=pa.int32()),
     }
-    for name, run in outcome.runs.items():
+    for name, run in {**outcome.runs, **outcome.extra}.items():
         columns[name] = pa.array(run.probs, type=pa.float64())
         if run.base_version is not None:
             columns[f"{name}_base"] = pa.array(run.base_version, type=pa.string())
@@ -365,8 +355,9 @@ def run_backtest(
         shutil.rmtree(workspace)
     progress("features", f"point-in-time features for {table.num_rows:,} events")
     data = replay_data.prepare(table, out / "workspace", cfg)
-    progress("ray", "starting or joining Ray")
-    tiers.start_ray(ray_address)
+    if cfg.fit_backend == "ray":
+        progress("ray", "starting or joining Ray")
+        tiers.start_ray(ray_address)
     context = tiers.TierContext(out / "workspace", cfg, ray_address)
     outcome = replay(data, cfg, context, progress)
     t = outcome.timeline
@@ -395,6 +386,7 @@ def run_backtest(
         blocked_fits=outcome.blocked_fits,
         user_ids=data.user_ids[outcome.events_train_only :],
     )
+    report = add_evidence(report, outcome, data.user_ids[outcome.events_train_only :])
     write_report(out, report)
     write_plots(out, report)
     write_scores(out / "scores.parquet", data, outcome)

@@ -127,6 +127,7 @@ __all__ = [
     "GAP_TARGET",
     "SCHEMA_VERSION",
     "build_report",
+    "clean",
     "refresh_comparison",
     "span_compute_seconds",
     "target_clauses",
@@ -137,6 +138,11 @@ GAP_TARGET = 0.5
 COMPUTE_TARGET = 0.1
 # Which compute ratio the target's "a tenth of the compute" clause reads (see the docstring).
 COMPUTE_JUDGED_ON = "compute_ratio_span"
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, datetimes -> ISO."""
+    return _clean(value)
 
 
 def _clean(value: Any) -> Any:

@@ -6,7 +6,10 @@ artifacts under ``<run>/workspace/registry``) and replays ``hybrid`` once per gr
 through exactly the backtest's code path (``replay.replay_hybrid``: same features, same
 bases, same segments, same test-then-train order), then compares each point with the run's
 own ``base_only`` and ``daily_retrain`` scores. The run's own online settings are replayed
-first and must reproduce its ``hybrid`` column bit for bit, or the sweep stops.
+first and must reproduce its ``hybrid_ungated`` column (the layer's own score; ``hybrid`` in
+runs from before issue 18) bit for bit, or the sweep stops. Points are judged on the layer's
+own score; production's readiness-gated score of each replay is ``HybridSweep.last_served``.
+The chain replayed is the one ``base_only`` served (bases rejected by their gate left out).
 
 ::
 
@@ -161,12 +164,19 @@ class HybridSweep:
         self.day_index = scores["day"].to_numpy(np.int64)
         self.users = scores["user_id"].to_numpy(object)
         self.reference = {p: scores[p].to_numpy(np.float64) for p in ("base_only", "hybrid", "daily_retrain")}
+        # The layer's own score is what a sweep tunes (issue 18: a run's "hybrid" column is
+        # production's readiness-gated score; runs from before it have only the ungated one).
+        self.served_reference = self.reference["hybrid"]
+        if "hybrid_ungated" in scores.columns:
+            self.reference["hybrid"] = scores["hybrid_ungated"].to_numpy(np.float64)
+        self.last_served: np.ndarray | None = None
 
         # base_only's chain as the replay built it: at each of its retrain times, the latest
         # of its fits (a blocked retrain kept the previous base for its segment).
         registry = ModelRegistry(self.run_dir / "workspace" / "registry")
         fits = {f["version"]: f for f in report["fits"]}
-        own = [fits[v] for v in report["policies"]["base_only"]["base_versions"]]
+        rejected = {r["version"] for r in report.get("production", {}).get("rejected_fits", [])}
+        own = [fits[v] for v in report["policies"]["base_only"]["base_versions"] if v not in rejected]
         loaded = {}
         for f in own:
             version = registry.get("base", f["version"])
@@ -194,7 +204,9 @@ class HybridSweep:
         self._tmp.cleanup()
 
     def replay(self, point: Mapping[str, Any]) -> tuple[PolicyRun, float]:
-        """The hybrid under the run's online settings changed by ``point``; (run, seconds)."""
+        """The layer's own (ungated) score under the run's online settings changed by
+        ``point``; (run, seconds). Production's readiness-gated score of the same replay is
+        ``last_served`` afterwards."""
         from serving.backtest.replay import replay_hybrid
 
         from serving.backtest.online import online_delay_us
@@ -209,13 +221,15 @@ class HybridSweep:
             online_batch=online_batch,
             online_delay=self.cfg.online_delay if online_batch is None else None,
         )
-        run = PolicyRun("hybrid", np.full(self.labels.size, math.nan))
+        served = PolicyRun("hybrid", np.full(self.labels.size, math.nan))
+        run = PolicyRun("hybrid_ungated", np.full(self.labels.size, math.nan))
         t0 = time.perf_counter()
         replay_hybrid(
-            run, self.data, cfg, self.context, self.chain, self.spans, self.eval_lo,
+            served, self.data, cfg, self.context, self.chain, self.spans, self.eval_lo,
             lambda phase, message: None, batch=cfg.online_batch or online_cfg.batch_size,
-            delay_us=online_delay_us(cfg, online_cfg), online_cfg=online_cfg,
+            delay_us=online_delay_us(cfg, online_cfg), online_cfg=online_cfg, ungated=run,
         )
+        self.last_served = served.probs
         return run, time.perf_counter() - t0
 
     def evaluate(self, probs: np.ndarray) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,23 +112,51 @@ class TierContext:
         }
 
     def fit_base(
-        self, data: ReplayData, n_rows: int, cutoff: datetime, parent: Fit | None
+        self,
+        data: ReplayData,
+        n_rows: int,
+        cutoff: datetime,
+        parent: Fit | None,
+        *,
+        no_holdout: bool = False,
+        overrides: Mapping[str, Any] | None = None,
+        train_days: int | None = None,
     ) -> tuple[Fit, BaseScorer] | None:
         """Train on rows ``[0, n_rows)`` (all before ``cutoff``) as of ``cutoff``.
 
         ``parent`` warm-starts the fit from that version (as the base tier does, when its
         config allows). Returns None when the base tier's data gates block the fit (the
         caller keeps its previous base, as production would).
+
+        ``no_holdout``: the fresh ceiling's fit (``serving.backtest.ceiling``): the base
+        tier validates on the day before ``as_of``, so the fit runs as of ``cutoff + 1 day``
+        with that day empty: it trains on every row up to ``cutoff`` (no day held out, no
+        early stopping: a fixed epoch count, from ``overrides``), with ``min_valid_rows = 0``,
+        the staleness allowance raised by that day and the completeness gates off. ``overrides``: base settings for
+        this fit only (``BaseModelConfig.replace``). ``train_days``: this fit's window
+        (days before its validation day, or before the cut-off with ``no_holdout``).
         """
         from base_model.artifact import BaseScorer
         from base_model.errors import DataGateError
         from base_model.training import train_base_model
 
         rows = data.training_set.slice(0, n_rows)
-        cfg = self.base_cfg
-        if not self._window_from_settings:
+        cfg = self.base_cfg.replace(**dict(overrides or {}))
+        as_of = cutoff
+        if no_holdout:
+            as_of = cutoff + timedelta(days=1)
+            # The empty day would read as a loading failure to the completeness gates:
+            # they are off for this fit (its rows are the ones the validated fits' gates
+            # already judged, plus the newest day).
+            cfg = cfg.replace(
+                min_valid_rows=0, max_staleness_hours=cfg.max_staleness_hours + 24.0,
+                min_day_fraction=0.0, min_hour_fraction=0.0,
+            )
+        if train_days is not None:
+            cfg = cfg.replace(train_days=train_days)
+        elif not self._window_from_settings:
             days = int(math.ceil((_to_us(cutoff) - int(data.ts_us[0])) / _DAY_US))
-            cfg = cfg.replace(train_days=max(1, days - 1))
+            cfg = cfg.replace(train_days=max(1, days if no_holdout else days - 1))
         t0 = time.perf_counter()
         try:
             result = train_base_model(
@@ -135,11 +164,11 @@ class TierContext:
                 rows,
                 self.registry,
                 parent=parent.version if parent is not None else None,
-                as_of=cutoff,
+                as_of=as_of,
                 trigger={"kind": "backtest", "summary": f"backtest fit at {cutoff.isoformat()}"},
                 promote=False,
                 address=self.ray_address,
-                backend="ray",
+                backend="local" if self.cfg.fit_backend == "local" else "ray",
             )
         except DataGateError as exc:
             logger.warning("fit at %s blocked: %s", cutoff, exc)
@@ -160,6 +189,7 @@ class TierContext:
             fit_seconds=float(metrics.get("train_seconds", 0.0)),
             samples=int(metrics.get("train_samples", 0)),
             epochs=int(metrics.get("epochs_run", 0)),
+            best_epoch=int((metrics.get("best") or {}).get("epoch", 0) or 0),
         )
         return fit, BaseScorer.load(result.path)
 

@@ -2,7 +2,9 @@
 Cython online layer, scored like serving; then the report read back as a user would.
 
 Five simulated days, warm-up 2d, base every 2d: fits = 1 shared (static = base_only[0] =
-daily_retrain[0]) + 1 warm base_only + 2 daily = 4 Ray Train fits. The online layer learns as
+daily_retrain[0]) + 1 warm base_only + 2 daily + the fresh ceiling's calibration fit and 2
+warm no-holdout daily fits, twice (daily_fresh, daily_fresh_new) = 10 fits (in process:
+``fit_backend = "local"``). The online layer learns as
 serving's learner would (each event's feedback 306 s after it, the default settings). The last day's labels are
 flipped: a policy that had learned from a day's labels before scoring it would look good on
 that day; a correct one cannot.
@@ -50,7 +52,7 @@ def events_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backtest(events_file, ray_cluster, tmp_path_factory):
+def backtest(events_file, tmp_path_factory):
     from serving.backtest.replay import run_backtest
 
     out = tmp_path_factory.mktemp("backtest")
@@ -59,6 +61,9 @@ def backtest(events_file, ray_cluster, tmp_path_factory):
         {
             "warmup": "2d",
             "base_every": "2d",
+            # The base tier's training loop in this process: 10 fits, each a Ray Train
+            # start-up otherwise (tests/base_model covers the Ray Train path).
+            "fit_backend": "local",
             # A small model and relaxed data gates: 2,500 events a day has thin night hours.
             "tier_settings": {"base_model": {"epochs": 3, "batch_size": 256, "embedding_dim": 8,
                                              "hidden_layers": [16], "min_train_rows": 200,
@@ -107,7 +112,9 @@ def test_compute_accounting(backtest, events_file):
     _, report, _ = backtest
     p = report["policies"]
     assert [p[k]["fits"] for k in POLICIES] == [1, 2, 2, 3]
-    assert len(report["fits"]) == 4  # the first fit is shared, not repeated
+    assert len(report["fits"]) == 10  # the first fit is shared, not repeated
+    fresh = report["evidence"]["policies"]["daily_fresh"]
+    assert fresh["fits"] == 4  # shared + calibration + 2 no-holdout fits
     assert p["hybrid"]["base_versions"] == p["base_only"]["base_versions"]
     assert p["hybrid"]["base_train_seconds"] == pytest.approx(p["base_only"]["train_seconds"])
     assert p["hybrid"]["online_train_seconds"] > 0
@@ -121,11 +128,19 @@ def test_compute_accounting(backtest, events_file):
     assert p["daily_retrain"]["train_seconds"] > p["static"]["train_seconds"] > 0
     ts = pq.read_table(events_file, columns=["ts"]).column("ts").to_pylist()
     fits = {f["version"]: f for f in report["fits"]}
+    epochs = report["production"]["daily_fresh_epochs"]
     for fit in report["fits"]:
         # Each fit trains on every event before its validation day (the day before the
-        # cut-off), for as many epochs as it ran before early stopping.
+        # cut-off), for as many epochs as it ran before early stopping; daily_fresh's
+        # no-holdout fits on every event before the cut-off, for the fixed epoch count.
         cutoff = datetime.fromisoformat(fit["cutoff"])
-        rows = sum(1 for t in ts if t < cutoff - timedelta(days=1))
+        no_holdout = fit["policy"].startswith("daily_fresh") and fit["gate"] == "registered"
+        end = cutoff if no_holdout else cutoff - timedelta(days=1)
+        start = end - timedelta(days=1) if fit["policy"] == "daily_fresh_new" else None
+        rows = sum(1 for t in ts if t < end and (start is None or t >= start))
+        if no_holdout:
+            assert fit["epochs"] == (epochs if fit["policy"] == "daily_fresh" else
+                                     report["production"]["daily_fresh_new_epochs"])
         assert fit["epochs"] >= 1
         assert fit["parent"] is not None or fit["epochs"] <= 3  # a cold fit's cap is `epochs`
         assert fit["samples"] == rows * fit["epochs"], fit["version"]
@@ -170,6 +185,10 @@ def test_no_fit_saw_the_events_it_scores(backtest):
     fits = {f["version"]: f for f in report["fits"]}
     for policy in ("static", "base_only", "daily_retrain"):
         for version, rows in scores.groupby(f"{policy}_base"):
+            # production never serves a rejected base (the shared first one has no predecessor)
+            assert fits[version]["gate"] != "rejected" or policy == "daily_retrain" or (
+                fits[version]["parent"] is None and datetime.fromisoformat(fits[version]["cutoff"])
+                <= datetime.fromisoformat(report["span"]["eval_start"]))
             fit = fits[version]
             first_scored = rows["ts"].min()
             assert datetime.fromisoformat(fit["train_max_ts"]) < datetime.fromisoformat(fit["cutoff"])
@@ -190,11 +209,25 @@ def test_flipped_last_day_is_not_known_in_advance(backtest):
     for _, rows in scores.groupby("hybrid_base"):
         head = rows[rows["ts"] < rows["ts"].min() + timedelta(seconds=306)]
         assert len(head) >= 1
-        np.testing.assert_allclose(head["hybrid"], head["base_only"], rtol=1e-9)
-        assert not np.allclose(rows["hybrid"], rows["base_only"])
-    # ... and the hybrid learned afterwards, within the flipped day, test-then-train.
-    hybrid_last = report["policies"]["hybrid"]["daily"]["logloss"][last]
-    assert hybrid_last < report["policies"]["base_only"]["daily"]["logloss"][last]
+        np.testing.assert_allclose(head["hybrid_ungated"], head["base_only"], rtol=1e-9)
+        assert not np.allclose(rows["hybrid_ungated"], rows["base_only"])
+    # ... and the layer learned afterwards, within the flipped day, test-then-train.
+    ev = report["evidence"]["policies"]
+    flipped = scores["day"] == last
+    from protos.metrics import log_loss
+
+    assert log_loss(scores.loc[flipped, "label"], scores.loc[flipped, "hybrid_ungated"]) < log_loss(
+        scores.loc[flipped, "label"], scores.loc[flipped, "base_only"])
+    # Production's hybrid: each base's layer serves only once it learned readiness_min_examples
+    # (5,000, about a base's 2 days here): until then the base alone served, and is counted so.
+    served_late = 0
+    for _, rows in scores.groupby("hybrid_base"):
+        np.testing.assert_array_equal(rows["hybrid"][:5000], rows["base_only"][:5000])
+        served_late += max(0, len(rows) - 5000)
+    assert report["production"]["hybrid_online_share"] <= served_late / len(scores)
+    assert ev["hybrid"]["online_share"] == report["production"]["hybrid_online_share"]
+    assert ev["hybrid_ungated"]["online_share"] == 1.0
+    assert {"constant", "item_rate", "oracle", "daily_fresh"} <= set(ev)
 
 
 def test_sweep_replays_the_runs_hybrid_exactly(backtest):
@@ -207,9 +240,13 @@ def test_sweep_replays_the_runs_hybrid_exactly(backtest):
     try:
         same, _ = sweep.replay({})
         np.testing.assert_array_equal(same.probs, sweep.reference["hybrid"])
+        np.testing.assert_array_equal(sweep.last_served, sweep.served_reference)
         other, _ = sweep.replay({"alpha": 0.5})
         assert not np.allclose(other.probs, same.probs)
-        result = sweep.evaluate(same.probs)
+        ungated = sweep.evaluate(same.probs)
+        assert ungated["logloss"] == pytest.approx(report["evidence"]["policies"]["hybrid_ungated"]["logloss"])
+        sweep.replay({})
+        result = sweep.evaluate(sweep.last_served)
         assert result["logloss"] == pytest.approx(report["policies"]["hybrid"]["logloss"])
         assert result["days_worse"] == report["comparison"]["hybrid_vs_base_only"]["days_worse_beyond_noise"]
     finally:

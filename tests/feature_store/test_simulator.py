@@ -92,3 +92,52 @@ def test_bad_settings_are_rejected_with_the_setting_named() -> None:
         SimulatorConfig(base_ctr=1.5)
     with pytest.raises(ValueError, match=r"unknown \[simulate\] key\(s\): dayz"):
         SimulatorConfig.from_dict({"dayz": 3})
+
+
+def _burst_traffic_ratio(cfg: SimulatorConfig, log: pd.DataFrame) -> float:
+    """Impressions per hour of bursting items inside their burst over the same items in
+    the equally long span just after it (the world is the simulator's own)."""
+    from feature_store.simulate import _build_world
+
+    world = _build_world(cfg)
+    hours = (log["ts"] - pd.Timestamp(cfg.start)).dt.total_seconds().to_numpy() / 3600.0
+    index = log["item_id"].str[1:].astype(int).to_numpy()
+    start = world.burst_start_h[index]
+    with np.errstate(invalid="ignore"):
+        inside = (hours >= start) & (hours < start + cfg.burst_hours)
+        after = (hours >= start + cfg.burst_hours) & (hours < start + 2 * cfg.burst_hours)
+    return float(inside.sum() / max(after.sum(), 1))
+
+
+def test_a_blind_logging_policy_does_not_leak_the_burst_state_through_traffic() -> None:
+    """``logging_policy="blind"``: traffic follows popularity and age only, so a burst shows
+    only in its clicks, not in how often the item is shown; the world (items, users, bursts,
+    the click model) is the same as with the default policy."""
+    blind_cfg = SimulatorConfig(**{**SMALL.__dict__, "logging_policy": "blind"})
+    blind = simulate(blind_cfg).to_pandas()
+    hidden = simulate(SMALL).to_pandas()
+    assert _burst_traffic_ratio(SMALL, hidden) > 4.0
+    assert _burst_traffic_ratio(blind_cfg, blind) < 2.0
+    # Same catalogue and click model: an item shown at the same time and position to the
+    # same user gets the same true click probability under either policy.
+    keys = ["user_id", "item_id", "position", "ts"]
+    both = hidden.merge(blind, on=keys, suffixes=("_h", "_b"))
+    assert len(both) > 0
+    np.testing.assert_allclose(both["true_ctr_h"], both["true_ctr_b"], rtol=1e-6)
+
+
+def test_burst_spread_makes_bursts_item_specific_and_leaves_the_default_world_alone() -> None:
+    spread = SimulatorConfig(**{**SMALL.__dict__, "burst_ctr_spread": 1.0})
+    a, b = simulate(SMALL), simulate(spread)
+    # Only clicks inside bursts change: the same impressions are drawn (same streams).
+    assert a.column("item_id").equals(b.column("item_id"))
+    assert a.column("user_id").equals(b.column("user_id"))
+    changed = ~np.isclose(a.column("true_ctr").to_numpy(), b.column("true_ctr").to_numpy())
+    assert 0 < changed.mean() < 0.5
+
+
+def test_the_learnable_freshness_preset_is_a_valid_config_with_overrides() -> None:
+    cfg = SimulatorConfig.learnable_freshness(days=2, n_users=50)
+    assert cfg.logging_policy == "blind" and cfg.burst_ctr_spread > 0 and cfg.days == 2
+    with pytest.raises(ValueError, match="logging_policy"):
+        SimulatorConfig(logging_policy="oracle")
