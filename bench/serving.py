@@ -15,7 +15,9 @@ warm-up, then a fixed duration), loopback only:
 - ``proxy``: the freshrank Serve app (``serving.app.start``) through Serve's gRPC proxy;
 - ``proxy-2``: the same with two Ranker replicas (``serving.ranker_replicas = 2``); the JSON
   says how many bytes each replica's served log grew by (both must have served);
-- ``proxy-tuned``: the proxy path with Serve's request-path switches ``TUNED_SERVE_ENV``;
+- ``proxy-tuned`` (not in the default rows): the proxy path with Serve's request-path
+  switches ``TUNED_SERVE_ENV``; on 2026-12-01 it failed to start: with the router on the
+  main loop, ``serving.app.metrics_address``'s sync ``DeploymentHandle.result()`` raises;
 - ``direct``: the same app with Serve's direct ingress (``start(direct_ingress=True)``), the
   client dialing the replica's own gRPC port (run in a child process: the flag is read when
   Ray starts).
