@@ -39,7 +39,7 @@ from feature_store.views import (
     default_value,
 )
 
-__all__ = ["OnlineFeatureReader", "RankFeatures", "entity_key_bytes"]
+__all__ = ["DEFAULT_CACHE_ITEMS", "OnlineFeatureReader", "RankFeatures", "entity_key_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ _STRING = 2  # feast ValueType.STRING
 _MAX_ITEMS_PER_QUERY = 8000  # SQLite's host-parameter limit is 32766; 3 IN-lists per query
 _MMAP_BYTES = 1 << 30  # address space only; the OS pages in what is read
 _CACHE_KIB = 256 * 1024
+DEFAULT_CACHE_ITEMS = 200_000  # ~100 bytes an item
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,65 @@ def _decode_string(blob: bytes | None) -> str | None:
     return value.string_val if value.WhichOneof("val") == "string_val" else None
 
 
+def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
+    out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+class _ItemCache:
+    """Decoded item rows of one store generation (``PRAGMA data_version``), by item id.
+
+    Rows live in growing arrays so a lookup is one fancy-index per array; the item age is
+    not cached (it depends on the request time): the first-seen time is.
+    """
+
+    def __init__(self, width: int, max_items: int) -> None:
+        self.max_items = max_items
+        self.slots: dict[str, int] = {}
+        self.rows = np.empty((0, width), dtype=np.float32)
+        self.found = np.empty(0, dtype=bool)
+        self.first_seen = np.empty(0, dtype=np.float64)
+        self.seen_known = np.empty(0, dtype=bool)
+        self.categories: list[str] = []
+
+    def add(
+        self,
+        ids: list[str],
+        rows: np.ndarray,
+        found: np.ndarray,
+        first_seen: np.ndarray,
+        seen_known: np.ndarray,
+        categories: list[str],
+    ) -> None:
+        start, end = len(self.categories), len(self.categories) + len(ids)
+        if end > len(self.found):  # grow by doubling: amortised O(1) per item
+            capacity = max(end, 2 * len(self.found), 1024)
+            self.rows = _grown(self.rows, capacity)
+            self.found = _grown(self.found, capacity)
+            self.first_seen = _grown(self.first_seen, capacity)
+            self.seen_known = _grown(self.seen_known, capacity)
+        self.rows[start:end] = rows
+        self.found[start:end] = found
+        self.first_seen[start:end] = first_seen
+        self.seen_known[start:end] = seen_known
+        self.categories += categories
+        self.slots.update(zip(ids, range(start, start + len(ids))))
+
+
 class OnlineFeatureReader:
     """Reads ranking features straight from the workspace's Feast SQLite online store.
 
     Thread-safe (one connection, one lock); cheap to keep for the life of a replica.
+
+    Decoded rows are cached for as long as the store is unchanged: before each lookup the
+    reader asks SQLite whether any other connection committed since the last one
+    (``PRAGMA data_version``, a counter per connection, a few microseconds) and, if so, drops
+    the whole cache. So a lookup answers exactly what the store holds at that moment: the
+    fresh counters the learner pushes every ``serving.fresh_push_seconds`` and each
+    materialization show at the next lookup, as without a cache (no staleness is added; the
+    push period is the features' only delay). Only items not looked up since the last write
+    cost SQLite reads. Item ages are computed per request from the cached first-seen time.
 
     Parameters
     ----------
@@ -166,9 +222,20 @@ class OnlineFeatureReader:
         The workspace; its store must have been applied (tables exist).
     clock
         Returns "now" as unix seconds, for item ages when ``get`` is not given ``now``.
+    cache_items
+        Most items (and users) kept decoded; past it the cache starts afresh. 0: no cache,
+        every lookup reads the store.
     """
 
-    def __init__(self, cfg: FeatureStoreConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: FeatureStoreConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        cache_items: int = DEFAULT_CACHE_ITEMS,
+    ) -> None:
+        if cache_items < 0:
+            raise ValueError(f"cache_items must be >= 0, got {cache_items}")
         self._cfg = cfg
         self._clock = clock
         self._lock = threading.Lock()
@@ -198,6 +265,9 @@ class OnlineFeatureReader:
         self._age_col = ITEM_FEATURES.index(AGE_FEATURE) if AGE_FEATURE in ITEM_FEATURES else None
         self._user_default = np.array([default_value(f, cfg.ctr_prior) for f in USER_FEATURES], np.float32)
         self._item_default = np.array([default_value(f, cfg.ctr_prior) for f in ITEM_FEATURES], np.float32)
+        self._cache = _ItemCache(len(ITEM_FEATURES), cache_items)
+        self._users: dict[str, tuple[np.ndarray, bool]] = {}
+        self._data_version: int | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -225,32 +295,80 @@ class OnlineFeatureReader:
         """
         if not isinstance(user_id, str):
             raise TypeError(f"user_id must be a str, got {type(user_id).__name__}")
-        ids = list(item_ids)
-        if any(not isinstance(i, str) for i in ids):
+        ids = item_ids if isinstance(item_ids, (list, tuple)) else list(item_ids)
+        if not all(isinstance(i, str) for i in ids):
             raise TypeError("item_ids must be strings")
         now_s = self._now_seconds(now)
-        n = len(ids)
-        user_key = entity_key_bytes("user_id", user_id)
-        unique = list(dict.fromkeys(ids))
-        keys = [entity_key_bytes("item_id", i) for i in unique]
         with self._lock:
-            user_blob = self._conn.execute(
+            self._validate_cache()
+            user, user_found = self._user_locked(user_id)
+            slots = self._slots_locked(ids)
+            cache = self._cache
+            items = cache.rows[slots]  # a copy: the cache's rows are never handed out
+            found = cache.found[slots]
+            seen = cache.first_seen[slots]
+            known = cache.seen_known[slots]
+            categories = tuple(map(cache.categories.__getitem__, slots.tolist()))
+        if self._age_col is not None and known.any():
+            items[known, self._age_col] = ((now_s - seen[known]) / 3600.0).astype(np.float32)
+        return RankFeatures(
+            user=user, items=items, user_found=user_found, items_found=found, item_categories=categories
+        )
+
+    # ------------------------------------------------------------------ the cache (lock held)
+
+    def _validate_cache(self) -> None:
+        """Drop every cached row when any other connection committed to the store since the
+        last lookup (SQLite's ``PRAGMA data_version``: materialization, fresh-counter pushes).
+        With ``cache_items=0`` the cache is emptied on every call: each lookup reads the store."""
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        cache = self._cache
+        if version != self._data_version or cache.max_items == 0 or len(cache.slots) > cache.max_items:
+            if cache.slots:
+                self._cache = _ItemCache(len(self._item_default), cache.max_items)
+            self._users.clear()
+            self._data_version = version
+
+    def _user_locked(self, user_id: str) -> tuple[np.ndarray, bool]:
+        hit = self._users.get(user_id)
+        if hit is None:
+            blob = self._conn.execute(
                 f'SELECT value FROM "{self._tables[USER_STATS.name]}" WHERE entity_key = ? AND feature_name = ?',
-                (user_key, USER_STATS.vector),
+                (entity_key_bytes("user_id", user_id), USER_STATS.vector),
             ).fetchone()
-            rows = []
-            for lo in range(0, len(keys), _MAX_ITEMS_PER_QUERY):
-                rows += self._read_items(keys[lo : lo + _MAX_ITEMS_PER_QUERY])
+            user = self._user_default.copy()
+            found = False
+            if blob is not None:
+                values, ok = self._decoders[USER_STATS.name].decode([blob[0]])
+                if ok[0]:
+                    found = True
+                    for j, c in self._user_cols:
+                        user[c] = values[0, j]
+            hit = (user, found)
+            if self._cache.max_items and len(self._users) < self._cache.max_items:
+                self._users[user_id] = hit
+        return hit[0].copy(), hit[1]
 
-        user = self._user_default.copy()
-        user_found = False
-        if user_blob is not None:
-            values, ok = self._decoders[USER_STATS.name].decode([user_blob[0]])
-            if ok[0]:
-                user_found = True
-                for j, c in self._user_cols:
-                    user[c] = values[0, j]
+    def _slots_locked(self, ids: Sequence[str]) -> np.ndarray:
+        """The cache slot of each requested item, reading the store for the ones missing."""
+        slots = self._cache.slots
+        try:
+            return np.fromiter(map(slots.__getitem__, ids), dtype=np.int64, count=len(ids))
+        except KeyError:
+            pass
+        missing = [i for i in dict.fromkeys(ids) if i not in slots]
+        keys = [entity_key_bytes("item_id", i) for i in missing]
+        rows: list[tuple[str, bytes, str, bytes]] = []
+        for lo in range(0, len(keys), _MAX_ITEMS_PER_QUERY):
+            rows += self._read_items(keys[lo : lo + _MAX_ITEMS_PER_QUERY])
+        self._cache.add(missing, *self._decode_items(keys, rows))
+        return np.fromiter(map(slots.__getitem__, ids), dtype=np.int64, count=len(ids))
 
+    def _decode_items(
+        self, keys: list[bytes], rows: list[tuple[str, bytes, str, bytes]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Rows read for ``keys`` -> (features without the age, found, first seen, whether
+        first seen is known, category), one per key."""
         pos = {k: i for i, k in enumerate(keys)}
         blobs: dict[str, list[bytes | None]] = {v.name: [None] * len(keys) for v in self._item_views}
         first_seen: list[bytes | None] = [None] * len(keys)
@@ -272,28 +390,19 @@ class OnlineFeatureReader:
             found_u |= ok
             for j, c in self._item_cols[view.name]:
                 items_u[ok, c] = values[ok, j]
+        seen_u = np.zeros(len(keys))
+        known_u = np.zeros(len(keys), dtype=bool)
         cats_u = [""] * len(keys)
         for i in range(len(keys)):
             seen = _decode_double(first_seen[i])
             if seen is not None:
                 found_u[i] = True
-                if self._age_col is not None:
-                    items_u[i, self._age_col] = np.float32((now_s - seen) / 3600.0)
+                seen_u[i] = seen
+                known_u[i] = True
             cat = _decode_string(category[i])
             if cat:
                 cats_u[i] = cat
-        if n == len(unique):
-            index = np.arange(n)
-        else:
-            where = {item: i for i, item in enumerate(unique)}
-            index = np.fromiter((where[i] for i in ids), dtype=np.int64, count=n)
-        return RankFeatures(
-            user=user,
-            items=items_u[index],
-            user_found=user_found,
-            items_found=found_u[index],
-            item_categories=tuple(cats_u[i] for i in index),
-        )
+        return items_u, found_u, seen_u, known_u, cats_u
 
     def _read_items(self, keys: list[bytes]) -> list[tuple[str, bytes, str, bytes]]:
         if not keys:

@@ -97,6 +97,14 @@ class RunningServer:
     http_address: str
     app_name: str
     metrics_address: str = ""  # the Prometheus endpoint (host:port, path /metrics)
+    # With ``start(direct_ingress=True)``: each Ranker replica's own gRPC port (host:port),
+    # which skips the proxy hop. Empty on the proxy path (the default).
+    direct_grpc_addresses: tuple[str, ...] = ()
+
+    @property
+    def direct_grpc_address(self) -> str:
+        """The first replica's direct gRPC address ("" on the proxy path)."""
+        return self.direct_grpc_addresses[0] if self.direct_grpc_addresses else ""
 
 
 def _free_port(host: str) -> int:
@@ -105,14 +113,39 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def start(settings: Settings) -> RunningServer:
+DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def start(settings: Settings, *, direct_ingress: bool = False) -> RunningServer:
     """Start Serve (gRPC + HTTP proxies) and deploy the application; returns its addresses.
 
     Ports of 0 are replaced by free ones (the metrics port by the Learner, which binds it).
     Joins ``settings.ray_address`` if set, else starts a loopback-only local Ray cluster.
+
+    ``direct_ingress`` (opt-in; the proxy path is the default and keeps working beside it):
+    Ray Serve 2.60's feature flag ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, under which each
+    Ranker replica hosts a gRPC server of its own (the same servicers, ``SERVICERS``; ports
+    from ``RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT``, 40000) and a client dialing it skips the
+    proxy hop (``RunningServer.direct_grpc_addresses``). Serve reads the flag when its
+    processes start, so it needs a cluster this call starts (no ``ray_address``, Ray not yet
+    initialised in this process) unless the environment already has it set. Those ports
+    bind every interface (``[::]``); the ingress's ``PeerPolicy`` still refuses other hosts
+    while ``serving.host`` is loopback. Known limits of the flag in 2.60 (draining waits at
+    least ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``, 30 s, per replica stop).
     """
+    import os
+
     from protos.ray_local import init_local_ray
 
+    if direct_ingress and os.environ.get(DIRECT_INGRESS_ENV) != "1":
+        import ray
+
+        if ray.is_initialized() or settings.ray_address or os.environ.get("RAY_ADDRESS"):
+            raise ValueError(
+                f"direct ingress needs {DIRECT_INGRESS_ENV}=1 in the environment of the Ray "
+                "cluster: start the cluster with it (or let serving.app.start start one)"
+            )
+        os.environ[DIRECT_INGRESS_ENV] = "1"
     init_local_ray(address=settings.ray_address)
     from ray import serve
     from ray.serve.config import gRPCOptions
@@ -130,10 +163,52 @@ def start(settings: Settings) -> RunningServer:
     )
     serve.run(build_app(settings), name=cfg.app_name, blocking=False)
     running = RunningServer(
-        f"{cfg.host}:{grpc_port}", f"{cfg.host}:{http_port}", cfg.app_name, metrics_address(cfg.app_name)
+        f"{cfg.host}:{grpc_port}",
+        f"{cfg.host}:{http_port}",
+        cfg.app_name,
+        metrics_address(cfg.app_name),
+        direct_grpc_addresses(cfg.app_name, cfg.host) if direct_ingress else (),
     )
     logger.info("freshrank serving gRPC on %s", running.grpc_address)
+    if direct_ingress:
+        logger.info("direct ingress: Ranker replicas on %s", ", ".join(running.direct_grpc_addresses))
     return running
+
+
+def direct_grpc_addresses(app_name: str, host: str, timeout_s: float = 60.0) -> tuple[str, ...]:
+    """The gRPC ports the application's ingress replicas host under direct ingress, as
+    ``host:port`` (``host`` replaces the node address for a loopback-only app); waits until
+    the controller lists at least one. Empty when direct ingress is off."""
+    import time
+
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        return ()
+    controller: Any = client._controller
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(app_name))
+        grpc_groups = [g for g in groups if str(getattr(g.protocol, "value", g.protocol)).lower() == "grpc"]
+        ports = sorted({t.port for g in grpc_groups for t in g.targets})
+        if ports and not set(ports) & set(_proxy_ports()):
+            return tuple(f"{host}:{port}" for port in ports)
+        if time.monotonic() > deadline:
+            return ()
+        time.sleep(0.5)
+
+
+def _proxy_ports() -> list[int]:
+    """The gRPC proxy's port (target groups list the proxy while no replica is up)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    try:
+        return [int(client.get_serve_details()["grpc_options"]["port"])] if client else []
+    except Exception:
+        return []
 
 
 def metrics_address(app_name: str, timeout_s: float = 30.0) -> str:

@@ -252,12 +252,10 @@ class HybridRanker:
 
     def rank(self, query: RankQuery) -> RankOutcome:
         items = query.item_ids
-        n = len(items)
         found = self._features.get(query.user_id, items, now=query.request_time)
-        user_rows = np.broadcast_to(found.user, (n, found.user.shape[0]))
-        base = self._base.score(
-            [query.user_id] * n, items, user_rows, found.items, found.item_categories
-        )
+        # One user: its vocabulary row is looked up once and its features broadcast
+        # (``BaseScorer.score`` takes a str and a (Fu,) row), not N times.
+        base = self._base.score(query.user_id, items, found.user, found.items, found.item_categories)
         inputs = self._featurizer.transform(
             base.logits,
             base.user_embeddings,
