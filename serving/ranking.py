@@ -242,11 +242,9 @@ class HybridRanker:
     def base_logits(self, query: RankQuery) -> np.ndarray:
         """The base's logits for the query's candidates, in candidate order (the shadow
         comparison: features looked up and scored as ``rank`` does, nothing else)."""
-        n = len(query.item_ids)
         found = self._features.get(query.user_id, query.item_ids, now=query.request_time)
-        user_rows = np.broadcast_to(found.user, (n, found.user.shape[0]))
         scores = self._base.score(
-            [query.user_id] * n, query.item_ids, user_rows, found.items, found.item_categories
+            query.user_id, query.item_ids, found.user, found.items, found.item_categories
         )
         return np.asarray(scores.logits, dtype=np.float64)
 
