@@ -12,7 +12,11 @@ never served from and is removed at exit.
 and the online learner under a random ingress token (``serving.auth.session_token``) that the
 returned client sends; each call gets a fresh app and a fresh copy (its own registry, served
 log and learner state). Used as a module fixture by tests/serving/test_grpc_app.py,
-test_fuzz.py and tests/faults/test_switches.py (each stops what it started).
+test_fuzz.py and tests/faults/test_switches.py (each stops what it started);
+tests/serving/test_observability.py and tests/faults/test_durability.py start their own app
+on ``trained_workspace(settings, serving_simulator())``, the same trained workspace, and
+tests/faults/test_breaker_live.py and test_manipulation.py on ``fault_simulator()`` logs.
+New tests: use these, so the session trains no extra base.
 """
 
 from __future__ import annotations
