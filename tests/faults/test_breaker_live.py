@@ -20,7 +20,6 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -90,11 +89,10 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
-    from feature_store.simulate import SimulatorConfig, simulate
     from serving import app
     from serving.client import RankerClient
-    from serving.pipeline import prepare_base, slice_events
     from serving.settings import load_settings
+    from tests.serve_system import FAST_BASE, fault_simulator, trained_workspace
 
     workspace = tmp_path_factory.mktemp("breaker-live")
     settings = load_settings(
@@ -104,7 +102,7 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
             # the flip through them; here the base must stay what it is.
             "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2,
                         "fresh_push_seconds": 3600.0},
-            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
+            "base_model": FAST_BASE,
             "online_layer": {
                 "emit": "on_arrival",
                 "alpha": 0.5,  # learn (and so lose) fast
@@ -122,19 +120,15 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
             },
         },
     )
-    events = simulate(
-        SimulatorConfig(seed=5, days=6, impressions_per_day=5_000, n_users=300, items_per_day=60)
-    )
-    start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
-    prepare_base(settings, events, as_of, backend="local")
+    # The fault tests' log and base (tests.serve_system), trained once per session.
+    trained = trained_workspace(settings, fault_simulator())
     from serving.auth import session_token
 
     with session_token():  # Feedback needs the ingress token; RankerClient sends it
         running = app.start(settings)
         client = RankerClient(running.grpc_address, running.app_name)
         client.wait_ready()
-        replay = slice_events(events, as_of, None)
+        replay = trained.replay
         try:
             yield Live(client, replay, replay.column("request_id").unique().to_pylist())
         finally:

@@ -1,7 +1,7 @@
 """Nothing accepted is lost: kill the learner, kill a ranker replica, restart the whole app.
 
-One module-scoped system (simulated log, Feast applied, a base trained, the real Serve app
-with its gRPC proxy). Requests carry the server's own time (no ``request_time``), feedback
+One module-scoped system (the serving tests' simulated log, Feast applied, a base trained:
+``tests.serve_system.trained_workspace``, copied; the real Serve app with its gRPC proxy). Requests carry the server's own time (no ``request_time``), feedback
 the wall clock, so the join window (10 minutes) is open throughout. Every gRPC call goes
 through ``serving.client.RankerClient`` via ``_client``; the learner's counters are read
 through its deployment handle. Kills are SIGKILL of the replica's pid (read from its log
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +62,15 @@ def _client(address: str, app_name: str) -> RankerClient:
 
 @pytest.fixture(scope="module")
 def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
-    from feature_store.simulate import SimulatorConfig, simulate
     from serving import app
-    from serving.pipeline import prepare_base
+    from tests.serve_system import FAST_BASE, TEST_SERVING, serving_simulator, trained_workspace
 
     workspace = tmp_path_factory.mktemp("durability")
     settings = load_settings(
         workspace=workspace,
         overrides={
-            "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2},
-            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
+            "serving": TEST_SERVING,
+            "base_model": FAST_BASE,
             "online_layer": {
                 "emit": "on_arrival",
                 "join_window_s": 600.0,
@@ -86,13 +85,9 @@ def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
             },
         },
     )
-    events = simulate(
-        SimulatorConfig(seed=5, days=3, impressions_per_day=3_000, n_users=300, items_per_day=100)
-    )
-    start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
-    prepare_base(settings, events, as_of, backend="local")
-    late = events.filter(pc.greater_equal(events.column("ts"), pa.scalar(as_of, events.column("ts").type)))
+    # The serving tests' log and base (tests.serve_system), trained once per session: 390
+    # logged requests after the base's data, of which this module takes about 100.
+    late = trained_workspace(settings, serving_simulator()).replay
     ids = late.column("request_id").unique().to_pylist()
     by_id = {rid: late.filter(pc.equal(late.column("request_id"), rid)) for rid in ids[:400]}
     from serving.auth import session_token

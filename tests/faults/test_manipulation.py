@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -35,18 +34,17 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
-    from feature_store.simulate import SimulatorConfig, simulate
     from serving import app
     from serving.client import RankerClient
-    from serving.pipeline import prepare_base, slice_events
     from serving.settings import load_settings
+    from tests.serve_system import FAST_BASE, TEST_SERVING, fault_simulator, trained_workspace
 
     workspace = tmp_path_factory.mktemp("manipulation-live")
     settings = load_settings(
         workspace=workspace,
         overrides={
-            "serving": {"grpc_port": 0, "http_port": 0, "metrics_port": 0, "weight_poll_seconds": 0.2},
-            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
+            "serving": TEST_SERVING,
+            "base_model": FAST_BASE,
             "online_layer": {  # the guard and the breaker at their defaults
                 "emit": "on_arrival",
                 "batch_size": 64,
@@ -60,12 +58,8 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
             },
         },
     )
-    events = simulate(
-        SimulatorConfig(seed=8, days=6, impressions_per_day=5_000, n_users=300, items_per_day=60)
-    )
-    start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
-    prepare_base(settings, events, as_of, backend="local")
+    # The fault tests' log (tests.serve_system.fault_simulator) with this module's seed.
+    trained = trained_workspace(settings, fault_simulator(seed=8))
     from serving.auth import session_token
 
     with session_token():  # Feedback needs the ingress token; RankerClient sends it
@@ -73,7 +67,7 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         client = RankerClient(running.grpc_address, running.app_name)
         client.wait_ready()
         requests: dict[str, dict] = {}
-        replay = slice_events(events, as_of, None)
+        replay = trained.replay
         for row in replay.select(["request_id", "user_id", "item_id", "ts", "label"]).to_pylist():
             entry = requests.setdefault(row["request_id"], {"user": row["user_id"], "ts": row["ts"],
                                                             "items": {}})

@@ -389,33 +389,21 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(ray_cluster, tmp_path_factory) -> Iterator[Running]:
-    from feature_store.simulate import SimulatorConfig, simulate
     from serving import app
-    from serving.pipeline import prepare_base, slice_events
     from serving.settings import load_settings
+    from tests.serve_system import FAST_BASE, TEST_SERVING, serving_simulator, trained_workspace
 
     workspace = tmp_path_factory.mktemp("observability")
     settings = load_settings(
         workspace=workspace,
         overrides={
-            "serving": {
-                "grpc_port": 0,
-                "http_port": 0,
-                "metrics_port": 0,
-                "weight_poll_seconds": 0.2,
-                "log_level": "DEBUG",
-                "app_name": "freshrank-obs",
-            },
-            "base_model": {"train_days": 2, "epochs": 1, "min_gain_vs_constant": -1.0},
+            "serving": {**TEST_SERVING, "log_level": "DEBUG", "app_name": "freshrank-obs"},
+            "base_model": FAST_BASE,
             "online_layer": {"emit": "on_arrival", "batch_size": 32, "max_batch_delay_s": 0.2},
         },
     )
-    events = simulate(
-        SimulatorConfig(seed=3, days=4, impressions_per_day=4_000, n_users=400, items_per_day=120)
-    )  # as in test_grpc_app: smaller logs trip the base's data gates
-    start = events.column("ts")[0].as_py()
-    as_of = (start + timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
-    prepare_base(settings, events, as_of, backend="local")
+    # The serving tests' log and base (tests.serve_system): trained once per session.
+    trained = trained_workspace(settings, serving_simulator())
     from serving.auth import session_token
 
     with session_token():  # Feedback needs the ingress token; RankerClient sends it
@@ -427,7 +415,7 @@ def running(ray_cluster, tmp_path_factory) -> Iterator[Running]:
                 settings,
                 started.grpc_address,
                 started.metrics_address,
-                slice_events(events, as_of, None),
+                trained.replay,
                 started.app_name,
             )
         finally:
