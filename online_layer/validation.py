@@ -120,6 +120,10 @@ def _type_ok(name: str, t: pa.DataType) -> bool:
     expected = EVENTS_SCHEMA.field(name).type
     if pa.types.is_string(expected):
         return _is_string(t)
+    if pa.types.is_list(expected):  # what serving logged (features, inputs): lists or nulls
+        return pa.types.is_null(t) or (
+            pa.types.is_list(t) and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type))
+        )
     return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)
 
 
