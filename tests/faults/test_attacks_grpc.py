@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 PROBE_USERS = 30
 RANK_SLACK = 2.0  # ranks (of 20) beyond the honest control's drift
+CORRECTION_SLACK = 0.15  # logits beyond it (the served correction is clipped to 2)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Live:
     items: list[str] = field(default_factory=list)
     next: int = 0
     drift: float = 0.0  # how far honest traffic alone moved the target's mean rank
+    correction_drift: float = 0.0  # ... and its mean online correction (logit)
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     @property
@@ -112,15 +114,19 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         live.items = sorted({i for r in live.requests[:400] for i in r["items"]})
         users = sorted({r["user"] for r in live.requests[:400]})
         live.probes = users[:PROBE_USERS]
-        chosen = [str(i) for i in live.rng.choice(live.items, size=20, replace=False)]
+        # The target: the item the base scores lowest for the probe users, among all
+        # logged items (the attack moved such an item from the bottom to the top);
+        # the others: 19 random items. Items here score within a few hundredths of each
+        # other, so only a clear bottom makes the rank a fair measure.
         base_scores: dict[str, list[float]] = {}
-        for n, user in enumerate(live.probes):
-            for item in live.client.rank(f"pick-{n}", user, chosen).items:
-                base_scores.setdefault(item.item_id, []).append(item.base_score)
-        # The target: the item the base ranks lowest for the probe users (the issue's
-        # attack moved such an item from the bottom to the top).
-        live.target = min(chosen, key=lambda i: float(np.mean(base_scores[i])))
-        live.others = [i for i in chosen if i != live.target]
+        for n, user in enumerate(live.probes[:5]):
+            for start in range(0, len(live.items), 100):
+                chunk = live.items[start:start + 100]
+                for item in live.client.rank(f"pick-{n}-{start}", user, chunk).items:
+                    base_scores.setdefault(item.item_id, []).append(item.base_score)
+        live.target = min(live.items, key=lambda i: float(np.mean(base_scores[i])))
+        pool = [i for i in live.items if i != live.target]
+        live.others = [str(i) for i in live.rng.choice(pool, size=19, replace=False)]
         # The control: honest traffic alone (as much as one campaign mixes in) moves the
         # layer, and so the target; a campaign must not move it beyond that.
         before = measure(live, "control-before")
@@ -129,6 +135,7 @@ def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
         time.sleep(0.6)
         after = measure(live, "control-after")
         live.drift = abs(after[0] - before[0])
+        live.correction_drift = abs(after[2] - before[2])
         print(f"\nattacks: target {live.target}; honest traffic alone (the control): rank "
               f"{before[0]:.2f} -> {after[0]:.2f}, score {before[1]:.4f} -> {after[1]:.4f}, "
               f"correction {before[2]:+.3f} -> {after[2]:+.3f} logit")
@@ -159,6 +166,7 @@ def judged(live: Live, name: str, before: tuple[float, float, float],
           f"{before[2]:+.3f} -> {correction:+.3f} logit; quarantined {quarantined}; "
           f"campaign clicks {counted}")
     assert abs(rank - before[0]) <= live.drift + RANK_SLACK, (before, rank)
+    assert correction - before[2] <= live.correction_drift + CORRECTION_SLACK, (before, correction)
     assert score <= before[1] * 1.5 + 0.01, (before, score)
     assert sum(quarantined.values()) > 0
     assert status.breaker_state == "closed", status.breaker_reason
