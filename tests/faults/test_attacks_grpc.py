@@ -5,9 +5,10 @@ defaults) serves honest traffic throughout: logged requests of real users (users
 was trained on), ranked at the server's time, with their logged labels as feedback. Each
 test is one campaign of issue 15 mixed into that traffic, and asserts what matters:
 
-* the target's rank and score for real users (30 probe users, each ranking it among the
-  same 19 items) move no further than honest traffic alone moves them (the control,
-  measured once for the module) plus two ranks;
+* the target's online correction for real users (30 probe users, each ranking it among
+  the same 19 items) moves no further than honest traffic alone moves it (the control,
+  measured once for the module) plus 0.15 logit, its score at most 1.5x, and it stays out
+  of the top 3 (its rank is printed; it is a noisy measure here, see ``judged``);
 * the served layer (what the learner published; ``online_version`` is set, no fallback)
   is the one measured, so a poisoned layer was not published;
 * what the guard or the join did with the campaign is counted in ``Status`` (quarantined
@@ -34,7 +35,7 @@ from tests.serve_system import System, running_system, send_feedback
 pytestmark = pytest.mark.slow
 
 PROBE_USERS = 30
-RANK_SLACK = 2.0  # ranks (of 20) beyond the honest control's drift
+TOP_RANKS = 3  # the target must stay out of the top 3 of 20 (the campaign's aim: rank 0)
 CORRECTION_SLACK = 0.15  # logits beyond it (the served correction is clipped to 2)
 
 
@@ -165,7 +166,11 @@ def judged(live: Live, name: str, before: tuple[float, float, float],
           f"{live.drift:.2f}), score {before[1]:.4f} -> {score:.4f}, correction "
           f"{before[2]:+.3f} -> {correction:+.3f} logit; quarantined {quarantined}; "
           f"campaign clicks {counted}")
-    assert abs(rank - before[0]) <= live.drift + RANK_SLACK, (before, rank)
+    # The gate is the target's online correction: what a campaign moves, up to the 2-logit
+    # clip. The rank is reported and bounded loosely: these items score within a few
+    # hundredths of each other, so +0.08 logit (honest drift alone reached +0.09) moved the
+    # target 7 of 20 places in one run; a steered target goes to the top (rank ~0).
+    assert rank >= TOP_RANKS, (before, rank)
     assert correction - before[2] <= live.correction_drift + CORRECTION_SLACK, (before, correction)
     assert score <= before[1] * 1.5 + 0.01, (before, score)
     assert sum(quarantined.values()) > 0
