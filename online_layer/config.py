@@ -84,6 +84,10 @@ class OnlineLayerConfig:
         (``online_layer.validation.MAX_ID_LENGTH``).
     max_pending_requests : int
         Served records kept for joining; the oldest are closed early beyond this.
+    max_closed_requests : int
+        Request ids whose window closed that the join remembers (so their late feedback
+        is dropped, not refused as ``unknown_id``); the oldest are forgotten beyond this.
+        Each is kept as an 8-byte digest, whatever the id's length: about 150 bytes each.
     replay_fraction : float
         Each mini-batch also learns ``round(replay_fraction * batch)`` older examples drawn
         from a replay buffer (0 disables it).
@@ -141,6 +145,7 @@ class OnlineLayerConfig:
     implicit_negatives: bool = False
     max_clock_skew_s: float = 3600.0
     max_pending_requests: int = 200_000
+    max_closed_requests: int = 400_000
     replay_fraction: float = 0.0
     replay_capacity: int = 50_000
     publish_every_batches: int = 10
@@ -182,8 +187,8 @@ class OnlineLayerConfig:
             value = getattr(self, name)
             if not (_is_number(value) and value >= 0):
                 raise ValueError(f"online_layer.{name} must be a finite number >= 0, got {value!r}")
-        at_least_one = ("batch_size", "max_pending_requests", "replay_capacity",
-                        "publish_every_batches", "readiness_window", "keep_snapshots",
+        at_least_one = ("batch_size", "max_pending_requests", "max_closed_requests",
+                        "replay_capacity", "publish_every_batches", "readiness_window", "keep_snapshots",
                         "max_position", "max_id_chars")
         for name in at_least_one:
             value = getattr(self, name)

@@ -45,6 +45,7 @@ class FeedbackIntake:
             cfg.emit,
             cfg.implicit_negatives,
             cfg.max_served_ahead_s,
+            max_closed=cfg.max_closed_requests,
         )
         self.max_id_chars = cfg.max_id_chars
         self.counts = FeedbackCounts()

@@ -19,6 +19,7 @@ for a request never served is (``unknown_id``).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -104,6 +105,7 @@ class FeedbackJoiner:
         emit: str = "window_close",
         implicit_negatives: bool = False,
         max_ahead_s: float | None = None,
+        max_closed: int = 400_000,
     ) -> None:
         self.window_us = int(round(join_window_s * 1e6))
         self.ahead_us = None if max_ahead_s is None else int(round(max_ahead_s * 1e6))
@@ -119,9 +121,10 @@ class FeedbackJoiner:
         self._heap: list[tuple[int, int, str]] = []
         self._seq = 0
         # Request ids whose window closed, and why ("late" or "retired"), so that feedback
-        # for them is dropped rather than rejected as unknown. Bounded.
-        self._closed: OrderedDict[str, str] = OrderedDict()
-        self._closed_capacity = max(4 * max_pending, 10_000)
+        # for them is dropped rather than rejected as unknown. Bounded in count, and each
+        # kept as a 64-bit digest (``_closed_key``), so long ids cost no more than short.
+        self._closed: OrderedDict[int, str] = OrderedDict()
+        self._closed_capacity = max_closed
 
     @property
     def pending_requests(self) -> int:
@@ -145,9 +148,15 @@ class FeedbackJoiner:
         if self.watermark_us is None or ts_us > self.watermark_us:
             self.watermark_us = ts_us
 
+    @property
+    def closed_remembered(self) -> int:
+        """How many closed request ids the join remembers (at most ``max_closed``)."""
+        return len(self._closed)
+
     def _remember_closed(self, request_id: str, why: str) -> None:
-        self._closed[request_id] = why
-        self._closed.move_to_end(request_id)
+        key = _closed_key(request_id)
+        self._closed[key] = why
+        self._closed.move_to_end(key)
         while len(self._closed) > self._closed_capacity:
             self._closed.popitem(last=False)
 
@@ -172,7 +181,7 @@ class FeedbackJoiner:
         self._entries[record.request_id] = entry
         self._seq += 1
         heapq.heappush(self._heap, (entry.expires_us, self._seq, record.request_id))
-        self._closed.pop(record.request_id, None)
+        self._closed.pop(_closed_key(record.request_id), None)
         self._advance(ts_us)
         out = self.close_expired()
         while len(self._entries) > self.max_pending:
@@ -198,7 +207,7 @@ class FeedbackJoiner:
             rid = cols.request_id[i]
             entry = self._entries.get(rid)
             if entry is None:
-                why = self._closed.get(rid)
+                why = self._closed.get(_closed_key(rid))
                 if why is not None:
                     dropped[why] += 1
                     continue
@@ -336,3 +345,9 @@ class FeedbackJoiner:
         self._entries.clear()
         self._heap.clear()
         return dropped
+
+
+def _closed_key(request_id: str) -> int:
+    """A 64-bit digest of a request id: a collision (odds ~n^2 / 2^65) only turns one
+    unknown id's refusal into a drop."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")

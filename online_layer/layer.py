@@ -29,7 +29,6 @@ from protos.metrics import log_losses_from_logits
 
 if TYPE_CHECKING:
     from online_layer.config import OnlineLayerConfig
-    from online_layer.warm_start import CheckedReplay
 
 
 @dataclass(eq=False)
@@ -149,28 +148,6 @@ class Layer:
         if math.isfinite(self.max_correction):
             logits = clip_correction(inputs.base_logit, logits, self.max_correction)
         return logits
-
-    def warm_start_from(
-        self, checked: CheckedReplay, batch_size: int, replay_fraction: float
-    ) -> int:
-        """Learn a checked replay batch in mini-batches of ``batch_size`` (scored with the
-        rank-time position token, learned with the positions given); returns how many."""
-        inputs, labels, positions, days = checked
-        learned = 0
-        for start in range(0, len(inputs), batch_size):
-            part = slice(start, start + batch_size)
-            n = labels[part].shape[0]
-            self.learn(
-                self.featurizer.with_positions(inputs.take(part), None),
-                positions[part],
-                labels[part],
-                days[part],
-                arrived=np.full(n, np.nan),
-                replay_fraction=replay_fraction,
-            )
-            self.warm_start += n
-            learned += 1
-        return learned
 
     def rollback(self, before: float | None = None) -> str | None:
         """Restore the last ready snapshot (with ``before``: the newest one published

@@ -70,7 +70,7 @@ from online_layer.safety import Safety
 from online_layer.served import Emitted, ServedRecord, to_us
 from online_layer.ticker import Ticker
 from online_layer.validation import BatchRejected, FeedbackEvents, LabelRateGuard, RejectReason
-from online_layer.warm_start import ReplayBatch, check_replay
+from online_layer.warm_start import ReplayBatch, as_emitted, check_replay
 
 # The result types live beside their jobs; they are named here too, for callers that
 # import them with the learner.
@@ -251,26 +251,26 @@ class OnlineLearner:
             return self._safety.established(list(user_ids), self._event_now())
 
     def learn_replay(self, batches: Iterable[ReplayBatch]) -> int:
-        """Learn already featurized examples (progressively validated, no flood check).
-
-        Each batch is checked like feedback (base version, widths, finite values, labels,
-        positions) and rejected whole, counted by reason, if it fails. Returns the number
-        of mini-batches learned.
-        """
+        """Learn already featurized examples through the live door: each batch is checked
+        like feedback (base version, widths, finite values, labels, positions, ids; rejected
+        whole, counted by reason), then screened by the guard, flood-checked, learned and
+        judged by the breaker mini-batch by mini-batch (``online_layer.warm_start``).
+        Returns the number of mini-batches learned."""
         learned = 0
         with self._lock:
-            layer = self._layer
+            layer, cfg = self._layer, self.config
             for batch in batches:
                 try:
-                    checked = check_replay(
-                        batch, layer.base_version, layer.featurizer, self.config.max_position
-                    )
+                    checked = check_replay(batch, layer.base_version, layer.featurizer,
+                                           cfg.max_position, require_ids=self._safety.screening,
+                                           max_id_chars=cfg.max_id_chars)
                 except BatchRejected as rejection:
                     self._intake.reject(rejection)
                     continue
-                learned += layer.warm_start_from(
-                    checked, self.config.batch_size, self.config.replay_fraction
-                )
+                for part in as_emitted(checked, layer.featurizer, cfg.batch_size):
+                    examples = layer.examples
+                    learned += self._learn_emitted(part)
+                    layer.warm_start += layer.examples - examples
             self._maybe_publish(self._clock(), force=learned > 0)
         return learned
 
@@ -361,7 +361,8 @@ class OnlineLearner:
 
     def _publish(self, now: float) -> PublishedSnapshot:
         readiness = self._serving_readiness()
-        snap = snapshot_of(self._layer, readiness, self.config.ftrl_params(), now)
+        snap = snapshot_of(self._layer, readiness, self.config.ftrl_params(), now,
+                           breaker=self._safety.judgement())
         self._layer.publishing.record(snap)
         logger.info("published %s (ready=%s: %s)", snap.version, readiness.ready, readiness.reason)
         if not deliver(self._sink, snap):

@@ -34,10 +34,16 @@ def _day(day: int | None) -> str | None:
 
 
 def snapshot_of(
-    layer: Layer, readiness: Readiness, params: Mapping[str, float], now: float
+    layer: Layer,
+    readiness: Readiness,
+    params: Mapping[str, float],
+    now: float,
+    breaker: Mapping[str, Any] | None = None,
 ) -> PublishedSnapshot:
     """The layer's current weights as the next published snapshot (nothing is recorded:
-    ``PublishState.record`` does that once it is published)."""
+    ``PublishState.record`` does that once it is published). ``breaker``: the circuit
+    breaker's judgement at publish time (``state``, ``losing_since``), kept in the lineage
+    so that a sink never promotes a snapshot published while the layer was losing."""
     sequence = layer.publishing.next_sequence()
     base_version = layer.base_version
     version = layer_version(base_version, layer.generation, sequence)
@@ -70,6 +76,7 @@ def snapshot_of(
         "layout": layer.featurizer.layout(),
         "kernel_version": kernel_version(),
         "published_at": now,
+        "breaker": dict(breaker) if breaker is not None else None,
     }
     oldest, newest = layer.publishing.arrival_span()
     return PublishedSnapshot(

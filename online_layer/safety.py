@@ -78,6 +78,11 @@ class Safety:
     def status(self) -> BreakerStatus:
         return self.breaker.status()
 
+    def judgement(self) -> dict[str, object]:
+        """The breaker's state and the start of a losing run (None: not losing), for a
+        snapshot's lineage: a sink promotes only snapshots published closed, not losing."""
+        return {"state": self.breaker.state.value, "losing_since": self.breaker.losing_since}
+
     def _opened(self) -> int:
         return sum(n for move, n in self.breaker.transitions.items() if move.endswith("->open"))
 

@@ -5,6 +5,12 @@ roll back to, so this sink keeps only *ready* snapshots (those that passed the l
 check) and at most one per ``min_interval_s``. The last persisted ready snapshot for a base
 becomes the online champion: what serving loads when it starts (a restart does not lose
 what was learned), and what ``rollback`` restores.
+
+The circuit breaker has the last word: a snapshot published while it was not closed, or
+during a run of losing judgements (``lineage["breaker"]["losing_since"]`` set), is never
+persisted, so when the breaker trips the champion is still a snapshot from before the
+losing run began (the same rule as the learner's own rollback), and a restart cannot bring
+back the weights the breaker judged. Such snapshots are counted (``withheld``).
 """
 
 from __future__ import annotations
@@ -47,9 +53,17 @@ class RegistrySnapshotSink:
         self._clock = clock
         self._last_at: float | None = None
         self._parent: str | None = None
+        self.withheld = 0  # ready snapshots not kept: published while the breaker judged
 
     def __call__(self, version: str, blob: bytes, lineage: Mapping[str, Any]) -> None:
         if not lineage.get("readiness", {}).get("ready", False):
+            return
+        breaker = lineage.get("breaker") or {}
+        if breaker.get("state", "closed") != "closed" or breaker.get("losing_since") is not None:
+            self.withheld += 1
+            logger.info("online snapshot %s not persisted: the circuit breaker was %s%s",
+                        version, breaker.get("state"),
+                        ", judging a losing run" if breaker.get("losing_since") is not None else "")
             return
         now = self._clock()
         if self._last_at is not None and now - self._last_at < self._min_interval:

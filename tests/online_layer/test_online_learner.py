@@ -292,6 +292,8 @@ def test_a_new_layer_is_warm_started_by_replay_and_earns_readiness(make_learner)
             "base-2", record.inputs, np.array([e["label"] for e in events]),
             positions=np.array([e["position"] for e in events]),
             event_time=np.full(len(events), np.datetime64(START.replace(tzinfo=None), "us")),
+            user_ids=np.full(len(events), record.user_id, dtype=object),
+            item_ids=np.asarray(record.item_ids, dtype=object),
         ))
     report = learner.rebase("base-2", replay=replay)
     assert report.warm_start_examples == 300 * 8 and report.examples_learned == 300 * 8
