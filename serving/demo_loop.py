@@ -5,8 +5,8 @@ Started at the first nightly boundary, in a thread beside the replay (which keep
 Rank and Feedback through gRPC the whole time), it does what a controller on a real app
 does, through the same admin rpcs:
 
-1. An injected bad candidate: the champion's artifact with its item embeddings shuffled
-   (a corrupted export), registered with its gates bypassed, so only shadow scoring can
+1. An injected bad candidate: the champion's artifact with its item rows shuffled and its
+   output layer's sign flipped (a corrupted export), registered with its gates bypassed, so only shadow scoring can
    stop it. It is shadowed on live traffic, judged by the controller's shadow rule
    (``serving.controller.verdicts.judge_shadow``) and aborted.
 2. One real cycle of the controller (``serving.controller.machine.Controller``): triggers
@@ -45,12 +45,18 @@ DEMO_CONTROLLER: dict[str, Any] = {
     "poll_every": "1s",
     "train_backend": "local",  # in-process fit: no second Ray Train start-up on 2 cores
     "shadow_min_requests": 300,
+    # The simulator's items score within ~0.01 of each other and half of a day's items are
+    # new, so two honest bases of consecutive days rank slates alike only loosely (a
+    # retrained base measured 0.20 rank correlation here): the demo's bounds separate a
+    # broken base (negative correlation) from a retrained one. Production defaults: 0.3 / 0.5.
+    "shadow_min_rank_correlation": 0.0,
+    "shadow_min_top_k_overlap": 0.2,
     "shadow_timeout": "4m",
     "canary_share": 0.2,
-    "canary_min_events": 1_500,
+    "canary_min_events": 2_000,
     "canary_min_duration": "20s",
     "canary_timeout": "4m",
-    "canary_margin": 0.05,
+    "canary_margin": 0.10,  # few thousand rows: a wide interval (production: 0.03 on 40k)
 }
 ACTOR = "freshrank-demo"
 
@@ -69,9 +75,14 @@ def inject_bad_candidate(settings: Settings) -> str:
         raise RuntimeError("no champion base to corrupt")
     weights = read_weights(champion.path)
     rng = np.random.default_rng(0)
-    for name, array in weights.items():
-        if "item" in name and array.ndim >= 1 and array.shape[0] > 1:
+    for name, array in list(weights.items()):
+        if name.startswith("item_") and array.ndim >= 1 and array.shape[0] > 1:
             weights[name] = array[rng.permutation(array.shape[0])]
+    # and the output layer's sign flipped: an export bug that no offline check of the
+    # artifact's shapes would notice
+    for name in ("mlp.4.weight", "mlp.4.bias"):
+        if name in weights:
+            weights[name] = -weights[name]
     manifest = json.loads((Path(champion.path) / "manifest.json").read_text())
     with np.load(Path(champion.path) / "vocab.npz", allow_pickle=False) as vocab:
         users, items = vocab["user_ids"].tolist(), vocab["item_ids"].tolist()
@@ -133,7 +144,7 @@ class LiveLoop:
 
         cfg = self._settings.controller
         bad = inject_bad_candidate(self._settings)
-        self._note(f"injected bad candidate {bad} (shuffled item embeddings, gates bypassed)")
+        self._note(f"injected bad candidate {bad} (shuffled item rows, output sign flipped, gates bypassed)")
         self._client.stage_candidate(bad, "shadow", "demo: shadow the injected candidate", ACTOR)
         self._note(f"shadow {bad}: scoring a copy of live traffic, never served")
         deadline = time.monotonic() + 240

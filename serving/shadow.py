@@ -26,19 +26,22 @@ from protos.metrics import sigmoid
 __all__ = ["LATENCY_SAMPLES", "ShadowStats", "compare_orders", "merge_stats"]
 
 LATENCY_SAMPLES = 512  # recent scoring times kept per replica, per base
+DEFAULT_TOP_K = 10  # the overlap's k when a request asks for every candidate (top_k 0)
 
 
 def compare_orders(champion_logits: np.ndarray, candidate_logits: np.ndarray, top_k: int) -> tuple[float, float, float]:
     """(top-k overlap, Spearman correlation, mean |p_candidate - p_champion|) of one request.
 
-    Ties are ranked by position (stable sort), like the ranker's own ordering. Spearman of
+    ``top_k`` 0 (every candidate returned) compares the first ``DEFAULT_TOP_K``: the overlap
+    of a whole list with itself would always be 1. Ties are ranked by position (stable
+    sort), like the ranker's own ordering. Spearman of
     fewer than two items, or of a constant score vector, is 1.0 when the orders agree
     trivially (a single item), else 0.0.
     """
     champ = np.asarray(champion_logits, dtype=np.float64)
     cand = np.asarray(candidate_logits, dtype=np.float64)
     n = champ.shape[0]
-    k = n if top_k <= 0 else min(top_k, n)
+    k = min(DEFAULT_TOP_K if top_k <= 0 else top_k, n)
     order_champ = np.argsort(-champ, kind="stable")
     order_cand = np.argsort(-cand, kind="stable")
     overlap = len(set(order_champ[:k].tolist()) & set(order_cand[:k].tolist())) / k if k else 1.0

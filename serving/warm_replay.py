@@ -100,6 +100,8 @@ def warm_start_batches(
     ys: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     times: list[np.ndarray] = []
+    users: list[str] = []
+    items: list[str] = []
     for entry in entries:
         record = entry.record
         t_us = served_time_us(entry)
@@ -111,14 +113,20 @@ def warm_start_batches(
         ys.append(np.array([k if k is not None else 0.0 for k in known], dtype=np.float64))
         positions.append(np.arange(n, dtype=np.int64))
         times.append(np.full(n, t_us, dtype="datetime64[us]"))
+        users.extend([record.user_id] * n)
+        items.extend(record.item_ids)
     if not parts:
         return
     inputs = OnlineInputs.concat(parts)
     y = np.concatenate(ys)
     pos = np.concatenate(positions)
     when = np.concatenate(times)
+    user_ids = np.asarray(users, dtype=object)
+    item_ids = np.asarray(items, dtype=object)
     start = max(0, len(y) - MAX_REPLAY_EXAMPLES)
     logger.info("warm start of base %s: replaying %d logged impressions", base_version, len(y) - start)
     for lo in range(start, len(y), BATCH_ROWS):
         rows = slice(lo, min(lo + BATCH_ROWS, len(y)))
-        yield ReplayBatch(base_version, inputs.take(rows), y[rows], pos[rows], when[rows])
+        # who and what: the replay passes the manipulation guard like live feedback
+        yield ReplayBatch(base_version, inputs.take(rows), y[rows], pos[rows], when[rows],
+                          user_ids=user_ids[rows], item_ids=item_ids[rows])
