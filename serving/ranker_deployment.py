@@ -39,6 +39,7 @@ from serving.requests import (
     parse_feedback_request,
     parse_rank_request,
 )
+from serving.errors import InvalidRequest
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -56,9 +57,13 @@ def _rank_query(ranker: Ranker, request: pb.RankRequest) -> RankQuery:
 
 def _feedback_events(ranker: Ranker, request: pb.FeedbackRequest) -> pa.Table:
     cfg = ranker._settings.serving
-    return parse_feedback_request(
-        request, cfg.max_feedback_events, limits=ranker._limits, max_position=cfg.max_candidates
-    )
+    try:
+        return parse_feedback_request(
+            request, cfg.max_feedback_events, limits=ranker._limits, max_position=cfg.max_candidates
+        )
+    except InvalidRequest:  # refused at the door (INVALID_ARGUMENT): counted in Status too
+        ranker._invalid_feedback += 1
+        raise
 
 
 def _admin_action(ranker: Ranker, request: Any) -> AdminAction:
@@ -123,6 +128,7 @@ class Ranker:
         self._last_poll = 0.0
         self._requests = 0
         self._fallbacks = 0
+        self._invalid_feedback = 0  # Feedback calls this replica refused as INVALID_ARGUMENT
         self._health = HealthState(lambda: bool(self._ranker.base_version))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -321,6 +327,8 @@ class Ranker:
             reply.fallback_detail = fallback.detail
         for reason, count in report.rejected_batches.items():
             reply.rejected_batches[reason] = count
+        if self._invalid_feedback:  # refused before the learner saw them (this replica)
+            reply.rejected_batches["invalid_argument"] = self._invalid_feedback
         fill_learner_status(reply, report)
         reply.online_enabled = self._online_enabled
         reply.control_serial = self._control_serial or ""

@@ -7,8 +7,8 @@ batches, the poisons of issue 15:
 
 * NaN labels, event times from next year, and a message of another schema (the bytes of a
   ``RankRequest`` sent to ``Feedback``, and an older client's events without an event time)
-  are refused at the ingress: ``INVALID_ARGUMENT`` naming the field; the learner never sees
-  them;
+  are refused at the ingress: ``INVALID_ARGUMENT`` naming the field, counted in
+  ``Status.rejected_batches["invalid_argument"]``; the learner never sees them;
 * unknown ids (a request never served, an item not shown in a served request) are
   rejected whole by the learner: ``rejected_reason`` ``unknown_id``, counted in
   ``Status.rejected_batches``;
@@ -110,9 +110,10 @@ def _refused(traffic: Traffic, payload: bytes, field: str) -> None:
     assert field in (error.details() or ""), error.details()
 
 
-def _poisoned(traffic: Traffic, poison: Any, expect: Any) -> None:
+def _poisoned(traffic: Traffic, poison: Any, expect: Any, refused: bool = False) -> None:
     """Apply ``poison`` between two idle states; the weights must not move, the counters
-    must show ``expect``; then a good batch must be learned."""
+    must show ``expect`` (and, when the ingress ``refused`` calls, a grown
+    ``invalid_argument`` count); then a good batch must be learned."""
     status = traffic.system.client.status()
     rejected = dict(status.rejected_batches)
     before = _state(traffic)
@@ -120,6 +121,8 @@ def _poisoned(traffic: Traffic, poison: Any, expect: Any) -> None:
     after = _state(traffic)
     assert after == before, "a poisoned batch moved the weights"
     grown = {k: v - rejected.get(k, 0) for k, v in traffic.system.client.status().rejected_batches.items()}
+    at_door = grown.pop("invalid_argument", 0)
+    assert (at_door >= 1) if refused else (at_door == 0), grown
     assert {k: v for k, v in grown.items() if v} == expect
     traffic.good(10, "after-poison")
     assert _state(traffic)[0] > after[0], "learning stopped after a poisoned batch"
@@ -133,7 +136,7 @@ def test_nan_labels_are_refused_naming_the_field(traffic: Traffic) -> None:
         request = feedback_request(_table(rows))
         _refused(traffic, request.SerializeToString(), "events[0].label")
 
-    _poisoned(traffic, poison, {})
+    _poisoned(traffic, poison, {}, refused=True)
 
 
 def test_times_from_next_year_are_refused_and_do_not_stop_learning(traffic: Traffic) -> None:
@@ -149,7 +152,7 @@ def test_times_from_next_year_are_refused_and_do_not_stop_learning(traffic: Traf
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "request_time" in (caught.value.details() or "")
 
-    _poisoned(traffic, poison, {})
+    _poisoned(traffic, poison, {}, refused=True)
 
 
 def test_messages_of_another_schema_are_refused(traffic: Traffic) -> None:
@@ -162,7 +165,7 @@ def test_messages_of_another_schema_are_refused(traffic: Traffic) -> None:
             label=row["label"], position=row["position"]) for row in traffic.served(1, "old")])
         _refused(traffic, older.SerializeToString(), "events[0].event_time")
 
-    _poisoned(traffic, poison, {})
+    _poisoned(traffic, poison, {}, refused=True)
 
 
 def test_unknown_ids_are_rejected_whole_and_counted(traffic: Traffic) -> None:
