@@ -104,7 +104,8 @@ class DemoReport:
             f"base model: {self.base.version} trained on {self.base.train_rows:,} events "
             f"in {self.base.train_seconds:.1f}s (Ray Train); features {self.base.feature_seconds:.1f}s",
             "",
-            "Progressive validation (every mini-batch scored before it is learned):",
+            f"Progressive validation of the serving base's online layer ({self.learner.base_version}'s: "
+            "a promotion starts a new layer; every mini-batch scored before it is learned):",
             f"{'day':<12}{'events':>9}{'logloss base':>14}{'logloss hybrid':>16}"
             f"{'AUC base':>10}{'AUC hybrid':>12}",
         ]

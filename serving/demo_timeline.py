@@ -55,7 +55,7 @@ class Timeline:
     failed_calls: Counter[str] = field(default_factory=Counter)
     pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
     requests: int = 0
-    _pair: tuple[str, str] | None = None
+    _layer_of: dict[str, bool] = field(default_factory=dict)  # base -> served with a layer
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, text: str) -> None:
@@ -69,14 +69,16 @@ class Timeline:
     def served(self, when: datetime, base_version: str, online_version: str,
                labels: np.ndarray, scores: np.ndarray, base_scores: np.ndarray) -> None:
         """One Rank reply and the labels of its items (in reply order)."""
-        pair = (base_version, online_version.rsplit("-", 1)[0] if online_version else "")
         with self._lock:
             self.requests += 1
-            if pair[0] != (self._pair or ("", ""))[0] or bool(pair[1]) != bool((self._pair or ("", ""))[1]):
+            # One line when a base first serves and when its layer starts or stops serving
+            # (a canary interleaves two bases request by request: not a line each).
+            with_layer = bool(online_version)
+            if self._layer_of.get(base_version) != with_layer:
                 layer = f"online {online_version}" if online_version else "base alone"
                 self.entries.append((time.perf_counter() - self.started, self.requests,
-                                     f"serving base {base_version} with {layer}"))
-            self._pair = pair
+                                     f"base {base_version} serving with {layer}"))
+            self._layer_of[base_version] = with_layer
             self.pairs[(base_version, "online" if online_version else "base alone")] += 1
             day = self.days.setdefault(f"{when:%Y-%m-%d}", DayLoss())
             day.add(labels, scores, base_scores, bool(online_version))
