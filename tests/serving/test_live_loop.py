@@ -85,19 +85,104 @@ class Load:
             time.sleep(0.005)
 
 
-def _wait(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+def _wait(predicate, timeout: float = 30.0, what="condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     with running_system(tmp_path_factory.mktemp("live-loop"), serving={"shadow_share": 1.0}) as running:
         yield running
+
+
+# ------------------------------------------------------------------ the on-call runbook
+
+RUNBOOK = Path(__file__).resolve().parents[2] / "infra" / "RUNBOOK.md"
+
+
+def runbook_sections() -> list[tuple[str, list[str]]]:
+    """(section title, its ``$ freshrank ...`` commands) in the order of the runbook."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+        elif line.startswith("$ freshrank "):
+            sections[-1][1].append(line[2:].strip())
+    return [(title, commands) for title, commands in sections if commands]
+
+
+def test_the_runbook_names_a_command_for_every_symptom_it_lists():
+    titles = [title for title, _ in runbook_sections()]
+    for symptom in ("breaker is open", "stale online weights", "canary", "features are stale",
+                    "bad base was promoted"):
+        assert any(symptom in title for title in titles), symptom
+
+
+def _run_cli(command: str, env: dict[str, str], capsys) -> tuple[int, str]:
+    import os
+    import shlex
+
+    from serving.cli import main
+
+    argv = shlex.split(os.path.expandvars(command.replace("$TARGET", env["TARGET"]).replace("$WORKSPACE", env["WORKSPACE"])))
+    capsys.readouterr()
+    status = main(argv[1:])
+    out = capsys.readouterr()
+    return status, out.out + out.err
+
+
+def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_says(system, capsys):
+    """Each section's situation is set up first (a ready layer, a canary, a promoted base),
+    then its commands run through the real ``freshrank`` CLI, then the effect is checked."""
+    import json
+
+    client = system.client
+    champion = client.status().base_version
+    env = {"TARGET": system.address, "WORKSPACE": str(system.settings.workspace)}
+    # a ready online layer (rollback online needs a snapshot to go back to)
+    for req in requests_of(system.events, 400)[300:380]:
+        rid = f"rb-{req.column('request_id')[0].as_py()}"
+        client.rank(rid, req.column("user_id")[0].as_py(), req.column("item_id").to_pylist(),
+                    request_time=req.column("ts")[0].as_py())
+        rows = req.select(["request_id", "user_id", "item_id", "ts", "label", "position"]).to_pylist()
+        reply = send_feedback(client, [{**r, "request_id": rid} for r in rows])
+        assert reply.rejected_reason == "", reply.rejected_detail
+    # the learner's own ready snapshot (after the rollback above its layer was rebased)
+    _wait(lambda: client.status().online_ready, timeout=60,
+          what=lambda: f"a ready online layer ({client.status().online_readiness_detail})")
+    candidate = _train_candidate(system.settings)
+    ran = 0
+    for title, commands in runbook_sections():
+        if "canary" in title:
+            client.stage_candidate(candidate, "canary", "runbook test: a canary to abort", "tester", canary_share=0.2)
+        if "bad base" in title:
+            client.promote_base("runbook test: a bad base", "tester", base_version=candidate)
+            _wait(lambda: client.status().base_version == candidate, what="the bad base serving")
+        for command in commands:
+            status, output = _run_cli(command, env, capsys)
+            assert status == 0, f"{command!r} exited {status}: {output[-500:]}"
+            ran += 1
+            words = command.split()
+            now = client.status()
+            if words[1] == "status":
+                assert json.loads(output[output.index("{"):])["baseVersion"] == now.base_version
+            elif words[1:3] == ["online", "disable"]:
+                assert now.online_enabled is False
+            elif words[1:3] == ["online", "enable"]:
+                assert now.online_enabled is True
+            elif words[1:3] == ["rollback", "online"]:
+                assert json.loads(output.splitlines()[0])["action"] == "rollback_online"
+            elif words[1:3] == ["canary", "abort"]:
+                assert now.candidate_base_version == "" and now.candidate_phase == pb.CANDIDATE_PHASE_UNSPECIFIED
+            elif words[1:3] == ["rollback", "base"]:
+                _wait(lambda: client.status().base_version == champion, what="the rollback")
+                assert ModelRegistry(system.settings.registry_dir).get("base", candidate).status == "rejected"
+    assert ran == sum(len(c) for _, c in runbook_sections()) >= 9
 
 
 def test_a_full_cycle_under_load_fails_no_call_and_never_mismatches_a_pair(system):
@@ -108,9 +193,11 @@ def test_a_full_cycle_under_load_fails_no_call_and_never_mismatches_a_pair(syste
     # feedback for the champion so its layer is live before the cycle starts
     for req in requests[:60]:
         rid = req.column("request_id")[0].as_py()
-        client.rank(rid, req.column("user_id")[0].as_py(), req.column("item_id").to_pylist())
+        client.rank(rid, req.column("user_id")[0].as_py(), req.column("item_id").to_pylist(),
+                    request_time=req.column("ts")[0].as_py())  # feedback carries the logged times
         rows = req.select(["request_id", "user_id", "item_id", "ts", "label", "position"]).to_pylist()
-        send_feedback(client, rows)
+        reply = send_feedback(client, rows)
+        assert reply.rejected_reason == "", reply.rejected_detail
     with Load(system.address, system.app_name, requests) as load:
         _wait(lambda: load.calls > 20, what="load")
         # shadow: scored beside the champion, never served
@@ -204,84 +291,3 @@ def test_abort_without_a_candidate_is_a_failed_precondition(system):
         system.client.abort_candidate("test", "tester")
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no candidate" in caught.value.details()
-
-
-# ------------------------------------------------------------------ the on-call runbook
-
-RUNBOOK = Path(__file__).resolve().parents[2] / "infra" / "RUNBOOK.md"
-
-
-def runbook_sections() -> list[tuple[str, list[str]]]:
-    """(section title, its ``$ freshrank ...`` commands) in the order of the runbook."""
-    sections: list[tuple[str, list[str]]] = [("", [])]
-    for line in RUNBOOK.read_text().splitlines():
-        if line.startswith("## "):
-            sections.append((line[3:].strip(), []))
-        elif line.startswith("$ freshrank "):
-            sections[-1][1].append(line[2:].strip())
-    return [(title, commands) for title, commands in sections if commands]
-
-
-def test_the_runbook_names_a_command_for_every_symptom_it_lists():
-    titles = [title for title, _ in runbook_sections()]
-    for symptom in ("breaker is open", "stale online weights", "canary", "features are stale",
-                    "bad base was promoted"):
-        assert any(symptom in title for title in titles), symptom
-
-
-def _run_cli(command: str, env: dict[str, str], capsys) -> tuple[int, str]:
-    import os
-    import shlex
-
-    from serving.cli import main
-
-    argv = shlex.split(os.path.expandvars(command.replace("$TARGET", env["TARGET"]).replace("$WORKSPACE", env["WORKSPACE"])))
-    capsys.readouterr()
-    status = main(argv[1:])
-    out = capsys.readouterr()
-    return status, out.out + out.err
-
-
-def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_says(system, capsys):
-    """Each section's situation is set up first (a ready layer, a canary, a promoted base),
-    then its commands run through the real ``freshrank`` CLI, then the effect is checked."""
-    import json
-
-    client = system.client
-    champion = client.status().base_version
-    env = {"TARGET": system.address, "WORKSPACE": str(system.settings.workspace)}
-    # a ready online layer (rollback online needs a snapshot to go back to)
-    for req in requests_of(system.events, 400)[300:380]:
-        rid = f"rb-{req.column('request_id')[0].as_py()}"
-        client.rank(rid, req.column("user_id")[0].as_py(), req.column("item_id").to_pylist())
-        rows = req.select(["request_id", "user_id", "item_id", "ts", "label", "position"]).to_pylist()
-        send_feedback(client, [{**r, "request_id": rid} for r in rows])
-    _wait(lambda: client.status().online_version != "", timeout=60, what="a ready online layer")
-    candidate = _train_candidate(system.settings)
-    ran = 0
-    for title, commands in runbook_sections():
-        if "canary" in title:
-            client.stage_candidate(candidate, "canary", "runbook test: a canary to abort", "tester", canary_share=0.2)
-        if "bad base" in title:
-            client.promote_base("runbook test: a bad base", "tester", base_version=candidate)
-            _wait(lambda: client.status().base_version == candidate, what="the bad base serving")
-        for command in commands:
-            status, output = _run_cli(command, env, capsys)
-            assert status == 0, f"{command!r} exited {status}: {output[-500:]}"
-            ran += 1
-            words = command.split()
-            now = client.status()
-            if words[1] == "status":
-                assert json.loads(output[output.index("{"):])["baseVersion"] == now.base_version
-            elif words[1:3] == ["online", "disable"]:
-                assert now.online_enabled is False
-            elif words[1:3] == ["online", "enable"]:
-                assert now.online_enabled is True
-            elif words[1:3] == ["rollback", "online"]:
-                assert json.loads(output)["action"] == "rollback_online"
-            elif words[1:3] == ["canary", "abort"]:
-                assert now.candidate_base_version == "" and now.candidate_phase == pb.CANDIDATE_PHASE_UNSPECIFIED
-            elif words[1:3] == ["rollback", "base"]:
-                _wait(lambda: client.status().base_version == champion, what="the rollback")
-                assert ModelRegistry(system.settings.registry_dir).get("base", candidate).status == "rejected"
-    assert ran == sum(len(c) for _, c in runbook_sections()) >= 9
