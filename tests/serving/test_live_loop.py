@@ -123,7 +123,11 @@ def test_the_runbook_names_a_command_for_every_symptom_it_lists():
         assert any(symptom in title for title in titles), symptom
 
 
-def _run_cli(command: str, env: dict[str, str], capsys) -> tuple[int, str]:
+def _run_cli(command: str, env: dict[str, str], capsys) -> tuple[int, str, str]:
+    """Run one runbook line in-process; returns (exit status, stdout, stdout+stderr).
+
+    This process is also the Ray driver, so replicas' log lines are forwarded into the
+    captured streams; the command's own answer is read from stdout only."""
     import os
     import shlex
 
@@ -133,7 +137,13 @@ def _run_cli(command: str, env: dict[str, str], capsys) -> tuple[int, str]:
     capsys.readouterr()
     status = main(argv[1:])
     out = capsys.readouterr()
-    return status, out.out + out.err
+    return status, out.out, out.out + out.err
+
+
+def _first_json(text: str) -> dict:
+    """The first JSON object in ``text`` (forwarded log lines may follow it)."""
+    obj, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
+    return obj
 
 
 def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_says(system, capsys):
@@ -164,19 +174,19 @@ def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_sa
             client.promote_base("runbook test: a bad base", "tester", base_version=candidate)
             _wait(lambda: client.status().base_version == candidate, what="the bad base serving")
         for command in commands:
-            status, output = _run_cli(command, env, capsys)
-            assert status == 0, f"{command!r} exited {status}: {output[-500:]}"
+            status, output, everything = _run_cli(command, env, capsys)
+            assert status == 0, f"{command!r} exited {status}: {everything[-500:]}"
             ran += 1
             words = command.split()
             now = client.status()
             if words[1] == "status":
-                assert json.loads(output[output.index("{"):])["baseVersion"] == now.base_version
+                assert _first_json(output)["baseVersion"] == now.base_version
             elif words[1:3] == ["online", "disable"]:
                 assert now.online_enabled is False
             elif words[1:3] == ["online", "enable"]:
                 assert now.online_enabled is True
             elif words[1:3] == ["rollback", "online"]:
-                assert json.loads(output.splitlines()[0])["action"] == "rollback_online"
+                assert _first_json(output)["action"] == "rollback_online"
             elif words[1:3] == ["canary", "abort"]:
                 assert now.candidate_base_version == "" and now.candidate_phase == pb.CANDIDATE_PHASE_UNSPECIFIED
             elif words[1:3] == ["rollback", "base"]:
