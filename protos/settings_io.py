@@ -20,12 +20,12 @@ unknown [demo] key(s): sise; known: size
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from protos.errors import InvalidInput
 
-__all__ = ["SettingsError", "check_known_keys", "from_section"]
+__all__ = ["SettingsError", "check_bounds", "check_known_keys", "from_section"]
 
 T = TypeVar("T")
 
@@ -73,3 +73,40 @@ def from_section(
         raise
     except (TypeError, ValueError) as exc:
         raise error(f"[{section}] {exc}") from exc
+
+
+def check_bounds(
+    section: str,
+    config: object,
+    *,
+    at_least: Mapping[str, float] | None = None,
+    above: Mapping[str, float] | None = None,
+    ports: Iterable[str] = (),
+) -> None:
+    """Refuse a config whose fields are out of range, naming ``section.field`` and the value,
+    the same way in every package: ``at_least`` (field -> smallest allowed), ``above``
+    (field -> the bound it must exceed), ``ports`` (0..65535; 0: the OS picks). NaN fails
+    every bound.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Bounded:
+    ...     workers: int = 0
+    >>> try:
+    ...     check_bounds("demo", Bounded(), at_least={"workers": 1})
+    ... except ValueError as error:
+    ...     print(error)
+    demo.workers must be >= 1, got 0
+    """
+    for name, bound in (at_least or {}).items():
+        value = getattr(config, name)
+        if not value >= bound:
+            raise ValueError(f"{section}.{name} must be >= {bound:g}, got {value}")
+    for name, bound in (above or {}).items():
+        value = getattr(config, name)
+        if not value > bound:
+            raise ValueError(f"{section}.{name} must be > {bound:g}, got {value}")
+    for name in ports:
+        value = getattr(config, name)
+        if not 0 <= value <= 65535:
+            raise ValueError(f"{section}.{name} must be in [0, 65535], got {value}")

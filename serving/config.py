@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protos.settings_io import from_section
+from protos.settings_io import check_bounds, from_section
 
 
 @dataclass(frozen=True)
@@ -93,37 +93,20 @@ class ServingConfig:
     base_cache: int = 3
 
     def __post_init__(self) -> None:
-        if not self.compact_seconds > 0:
-            raise ValueError("serving.compact_seconds must be > 0")
+        check_bounds(
+            "serving", self,
+            at_least={"max_candidates": 1, "ranker_replicas": 1, "max_ongoing_requests": 1,
+                      "max_feedback_events": 1, "max_id_bytes": 1, "max_attributes": 1,
+                      "max_attribute_bytes": 1, "max_clock_skew_seconds": 0,
+                      "max_event_age_seconds": 0},  # max_event_age_seconds 0: no limit
+            above={"compact_seconds": 0, "online_ttl_seconds": 0, "weight_poll_seconds": 0,
+                   "fresh_push_seconds": 0},
+            ports=("grpc_port", "http_port", "metrics_port"),
+        )
         if not 0.0 <= self.shadow_share <= 1.0:
             raise ValueError(f"serving.shadow_share must be in [0, 1], got {self.shadow_share}")
         if self.base_cache < 2:
             raise ValueError("serving.base_cache must be >= 2 (champion and candidate)")
-        for name in ("grpc_port", "http_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ValueError(f"serving.{name} must be in [0, 65535], got {port}")
-        if self.max_candidates < 1:
-            raise ValueError(f"serving.max_candidates must be >= 1, got {self.max_candidates}")
-        if self.online_ttl_seconds <= 0:
-            raise ValueError("serving.online_ttl_seconds must be > 0")
-        if self.weight_poll_seconds <= 0:
-            raise ValueError("serving.weight_poll_seconds must be > 0")
-        if self.ranker_replicas < 1:
-            raise ValueError("serving.ranker_replicas must be >= 1")
-        if self.max_ongoing_requests < 1:
-            raise ValueError("serving.max_ongoing_requests must be >= 1")
-        if self.fresh_push_seconds <= 0:
-            raise ValueError("serving.fresh_push_seconds must be > 0")
-        if self.max_feedback_events < 1:
-            raise ValueError("serving.max_feedback_events must be >= 1")
-        for name in ("max_id_bytes", "max_attributes", "max_attribute_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"serving.{name} must be >= 1")
-        if not self.max_clock_skew_seconds >= 0:
-            raise ValueError("serving.max_clock_skew_seconds must be >= 0")
-        if not self.max_event_age_seconds >= 0:
-            raise ValueError("serving.max_event_age_seconds must be >= 0 (0: no limit)")
         if not isinstance(self.open_rpcs, tuple) or not all(
             isinstance(name, str) for name in self.open_rpcs
         ):

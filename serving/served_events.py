@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +30,64 @@ from serving.served_log import (
     wal_root,
 )
 
-__all__ = ["compact_served_log", "event_log_lag_seconds", "online_inputs_of", "served_events"]
+__all__ = [
+    "FeedbackLabels",
+    "compact_served_log",
+    "event_log_lag_seconds",
+    "online_inputs_of",
+    "read_feedback_labels",
+    "served_events",
+]
 
 if TYPE_CHECKING:
     from online_layer.features import OnlineInputs
 
 logger = logging.getLogger(__name__)
+
+@dataclass
+class FeedbackLabels:
+    """The accepted-feedback log read once: every label by impression, with its time and the
+    log record it came in. One reader for the compactor and for the warm start of a new
+    base, so both give an impression the same final label."""
+
+    by_impression: dict[tuple[str, str], list[tuple[int, float, int]]] = field(default_factory=dict)
+    records: list[tuple[int, float]] = field(default_factory=list)  # (seq, written_at)
+    newest_us: int = -(2**62)  # the newest feedback event time read
+
+    def final_label(self, request_id: str, item_id: str, served_us: int, window_us: int) -> float | None:
+        """The largest label within the join window after the impression; None if none."""
+        got = [label for ts, label, _ in self.by_impression.get((request_id, item_id), ())
+               if ts <= served_us + window_us]
+        return max(got) if got else None
+
+    def through(self, seq: int) -> FeedbackLabels:
+        """The labels as a reader that stopped at record ``seq`` saw them."""
+        return FeedbackLabels(
+            {key: [g for g in got if g[2] <= seq] for key, got in self.by_impression.items()},
+            [r for r in self.records if r[0] <= seq], self.newest_us)
+
+
+def read_feedback_labels(workspace: str | os.PathLike[str], after: int = 0) -> FeedbackLabels:
+    """The feedback log's records after ``after`` (an empty result without a log)."""
+    read = FeedbackLabels()
+    directory = feedback_dir(workspace)
+    if not directory.is_dir():
+        return read
+    for seq, payload in WalTailer(directory, after=after).poll(10**9):
+        header, table = decode_feedback(payload)
+        read.records.append((seq, float(header["w"])))
+        if table is None:
+            continue
+        ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if len(ts):
+            read.newest_us = max(read.newest_us, int(ts.max()))
+        for rid, item, t, label in zip(
+            table.column("request_id").to_pylist(), table.column("item_id").to_pylist(),
+            ts.tolist(), table.column("label").to_pylist(), strict=True,
+        ):
+            read.by_impression.setdefault((rid, item), []).append((int(t), float(label), seq))
+    return read
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
@@ -55,8 +108,7 @@ def _list_array(rows: list[np.ndarray | None], type_: pa.DataType) -> pa.Array:
                                     type=type_, mask=mask)
 
 
-def served_events(entries: Iterable[ServedEntry], labels: dict[tuple[str, str], list[tuple[int, float]]],
-                  window_us: int) -> pa.Table:
+def served_events(entries: Iterable[ServedEntry], labels: FeedbackLabels, window_us: int) -> pa.Table:
     """Impressions in the events schema, each with its final label (largest within the
     window after the request; 0 without feedback) and what the model saw (the features
     as served, the online inputs, the propensity: 1.0 when the entry has none)."""
@@ -73,12 +125,11 @@ def served_events(entries: Iterable[ServedEntry], labels: dict[tuple[str, str], 
         user = entry.user_features
         items = entry.item_features
         for position, item in enumerate(record.item_ids):
-            got = [label for ts, label in labels.get((record.request_id, item), ())
-                   if ts <= t_us + window_us]
+            label = labels.final_label(record.request_id, item, t_us, window_us)
             cols["user_id"].append(record.user_id)
             cols["item_id"].append(item)
             cols["ts"].append(t_us)
-            cols["label"].append(max(got) if got else 0.0)
+            cols["label"].append(0.0 if label is None else label)
             cols["request_id"].append(record.request_id)
             cols["position"].append(position)
             cols["item_category"].append(
@@ -233,31 +284,10 @@ def compact_served_log(
         window_us = int(join_window_s * 1e6)
         fb_dir = feedback_dir(workspace)
         fb_after = read_checkpoint(fb_dir, "compactor") if fb_dir.is_dir() else 0
-        feedback: list[tuple[int, float]] = []
-        labels: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        label_seqs: dict[tuple[str, str], list[int]] = {}
-        watermark = -(2**62)
-        if fb_dir.is_dir():
-            for seq, payload in WalTailer(fb_dir, after=fb_after).poll(10**9):
-                header, table = decode_feedback(payload)
-                feedback.append((seq, float(header["w"])))
-                if table is None:
-                    continue
-                ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
-                if len(ts):
-                    watermark = max(watermark, int(ts.max()))
-                for rid, item, t, label in zip(
-                    table.column("request_id").to_pylist(), table.column("item_id").to_pylist(),
-                    ts.tolist(), table.column("label").to_pylist(), strict=True,
-                ):
-                    labels.setdefault((rid, item), []).append((int(t), float(label)))
-                    label_seqs.setdefault((rid, item), []).append(seq)
+        labels = read_feedback_labels(workspace, after=fb_after)
+        feedback = labels.records
+        watermark = labels.newest_us
         fb_last = feedback[-1][0] if feedback else fb_after
-
-        def labels_through(bound: int) -> dict[tuple[str, str], list[tuple[int, float]]]:
-            """The labels as a run that read feedback up to ``bound`` saw them."""
-            return {key: [v for v, q in zip(got, label_seqs[key], strict=True) if q <= bound]
-                    for key, got in labels.items()}
         per_dir: list[tuple[Path, list[tuple[int, ServedEntry]]]] = []
         root_served = served_root(workspace)
         for directory in sorted(p for p in root_served.iterdir() if p.is_dir()) if root_served.is_dir() else []:
@@ -282,7 +312,7 @@ def compact_served_log(
                 last = seq
             if closed:
                 if redo:  # the last run died before its checkpoint: write the same again
-                    seen = labels_through(read_checkpoint(directory, "compactor_intent_fb"))
+                    seen = labels.through(read_checkpoint(directory, "compactor_intent_fb"))
                 else:
                     seen = labels
                     write_checkpoint(directory, "compactor_intent_fb", fb_last)

@@ -3,8 +3,9 @@
 An online layer's weights mean nothing on another base, so a promoted base starts a new
 layer (``OnlineLearner.rebase``). Its warm start replays what serving logged for that base:
 the impressions the base served while it was the canary (``ServedEntry``: the inputs as the
-base saw them, the positions shown) with their labels from the accepted-feedback log (the
-largest label per impression; 0 once its join window has closed without feedback).
+base saw them, the positions shown) with their labels from the accepted-feedback log, read as the compactor reads them
+(``serving.served_events.read_feedback_labels``: the largest label within the join window;
+0 once the window has closed without one).
 Impressions whose window is still open are left to live feedback. The replayed examples
 count toward the new layer's readiness check; until it passes, serving runs the new base
 alone (``FALLBACK_REASON_ONLINE_ABSENT``).
@@ -18,17 +19,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from protos.wal import WalTailer
-from serving.served_log import (
-    ServedEntry,
-    decode_feedback,
-    decode_served,
-    feedback_dir,
-    served_root,
-    served_time_us,
-)
+from serving.served_events import read_feedback_labels
+from serving.served_log import ServedEntry, decode_served, served_root, served_time_us
 
 if TYPE_CHECKING:
     from online_layer.warm_start import ReplayBatch
@@ -59,29 +53,6 @@ def _served_for(workspace: str | os.PathLike[str], base_version: str) -> list[Se
     return entries
 
 
-def _labels(workspace: str | os.PathLike[str]) -> tuple[dict[tuple[str, str], float], int]:
-    """(request_id, item_id) -> largest accepted label, and the newest feedback time (us)."""
-    labels: dict[tuple[str, str], float] = {}
-    newest = -(2**62)
-    directory = feedback_dir(workspace)
-    if not directory.is_dir():
-        return labels, newest
-    for _, payload in WalTailer(directory).poll(10**9):
-        _, table = decode_feedback(payload)
-        if table is None:
-            continue
-        ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if len(ts):
-            newest = max(newest, int(ts.max()))
-        for rid, item, label in zip(
-            table.column("request_id").to_pylist(), table.column("item_id").to_pylist(),
-            table.column("label").to_pylist(), strict=True,
-        ):
-            key = (rid, item)
-            labels[key] = max(labels.get(key, 0.0), float(label))
-    return labels, newest
-
-
 def warm_start_batches(
     workspace: str | os.PathLike[str], base_version: str, join_window_s: float
 ) -> Iterator[ReplayBatch]:
@@ -93,8 +64,8 @@ def warm_start_batches(
     entries = _served_for(workspace, base_version)
     if not entries:
         return
-    labels, newest_feedback = _labels(workspace)
-    newest = max(newest_feedback, served_time_us(entries[-1]))
+    labels = read_feedback_labels(workspace)
+    newest = max(labels.newest_us, served_time_us(entries[-1]))
     window_us = int(join_window_s * 1e6)
     parts: list[OnlineInputs] = []
     ys: list[np.ndarray] = []
@@ -105,7 +76,7 @@ def warm_start_batches(
     for entry in entries:
         record = entry.record
         t_us = served_time_us(entry)
-        known = [labels.get((record.request_id, item)) for item in record.item_ids]
+        known = [labels.final_label(record.request_id, item, t_us, window_us) for item in record.item_ids]
         if t_us + window_us > newest and all(k is None for k in known):
             continue  # still open and nothing heard yet: live feedback will teach it
         n = len(record.item_ids)

@@ -29,33 +29,18 @@ its last). Its calibration fit trains on the day before the first cut-off's vali
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from serving.backtest.policies import Fit
 
 if TYPE_CHECKING:
     from base_model.artifact import BaseScorer
     from serving.backtest.data import ReplayData
+    from serving.backtest.tiers import TierContext
 
 __all__ = ["FreshCeiling", "fresh_chain"]
-
-
-class _Fitter(Protocol):
-    last_block: str
-
-    def fit_base(
-        self,
-        data: ReplayData,
-        n_rows: int,
-        cutoff: datetime,
-        parent: Fit | None,
-        *,
-        no_holdout: bool = ...,
-        overrides: Mapping[str, Any] | None = ...,
-        train_days: int | None = ...,
-    ) -> tuple[Fit, BaseScorer] | None: ...
 
 
 class FreshCeiling:
@@ -71,7 +56,7 @@ class FreshCeiling:
 
 def fresh_chain(
     data: ReplayData,
-    tiers: _Fitter,
+    tiers: TierContext,
     shared: tuple[Fit, BaseScorer],
     times: list[datetime],
     bound: Callable[[datetime], int],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from protos.settings_io import from_section
+from protos.settings_io import check_bounds, from_section
 from protos.timeparse import parse_duration
 
 __all__ = ["ControllerConfig", "TRAIN_BACKENDS"]
@@ -125,21 +125,18 @@ class ControllerConfig:
             raise ValueError("controller.canary_confidence must be in (0.5, 1)")
         if not (math.isfinite(self.canary_margin) and self.canary_margin >= 0):
             raise ValueError("controller.canary_margin must be a finite number >= 0")
-        for name in ("shadow_min_requests", "canary_min_events", "canary_bootstrap_samples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"controller.{name} must be >= 1")
+        check_bounds(
+            "controller", self,
+            at_least={"shadow_min_requests": 1, "canary_min_events": 1, "canary_bootstrap_samples": 1,
+                      "shadow_max_latency_ratio": 1, "shadow_max_latency_ratio_p99": 1},
+            above={"rpc_timeout_seconds": 0},
+            ports=("metrics_port",),
+        )
         for name in ("shadow_min_top_k_overlap", "shadow_min_rank_correlation"):
             if not -1.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"controller.{name} must be in [-1, 1]")
         if not 0 < self.shadow_min_ctr_ratio <= 1.0 <= self.shadow_max_ctr_ratio:
             raise ValueError("controller: need 0 < shadow_min_ctr_ratio <= 1 <= shadow_max_ctr_ratio")
-        for name in ("shadow_max_latency_ratio", "shadow_max_latency_ratio_p99"):
-            if not getattr(self, name) >= 1.0:
-                raise ValueError(f"controller.{name} must be >= 1")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"controller.metrics_port must be in [0, 65535], got {self.metrics_port}")
-        if not self.rpc_timeout_seconds > 0:
-            raise ValueError("controller.rpc_timeout_seconds must be > 0")
 
     def duration(self, name: str) -> timedelta:
         """A duration field (``every``, ``check_every``, ...) as a ``timedelta``."""

@@ -4,7 +4,8 @@ The layer is made to lose: first it learns that one half of the items (by a hash
 is clicked 1.9 times as often as the base predicts and the other 0.1 times, when real users
 (of logged requests, at their logged times) rank the same 12 items; then the world flips.
 On the flipped events the learned layer is worse than the base alone; the breaker must open,
-every Rank must fall back with ``FALLBACK_REASON_BREAKER_OPEN`` within 10 s of the onset,
+every Rank must fall back with ``FALLBACK_REASON_BREAKER_OPEN`` (within 10 s of the onset on
+an idle machine: a figure printed with ``-s``, not asserted),
 ``Status`` must show it; after the cool-down the half-open test on fresh (flipped, now
 learned) events closes it and the correction serves again. Short breaker settings keep it
 bounded; the times measured are printed (``-s``).
@@ -14,7 +15,6 @@ The unit part at the top checks serving's side of the decision without Ray.
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from collections import Counter
@@ -194,7 +194,7 @@ class Traffic:
 
 
 @pytest.mark.slow
-def test_a_losing_layer_trips_the_breaker_within_10s_and_recovers(live: Live) -> None:
+def test_a_losing_layer_trips_the_breaker_and_recovers(live: Live) -> None:
     traffic = Traffic(live)
     # 1. The layer learns group 0 is clicked, and serves.
     deadline = time.monotonic() + 60
@@ -242,7 +242,4 @@ def test_a_losing_layer_trips_the_breaker_within_10s_and_recovers(live: Live) ->
           f"to serve the layer again {time_to_recover:.2f} s after the trip "
           f"(cool-down {BREAKER['cooldown_seconds']} s); transitions "
           f"{dict(status.breaker_transitions)}")
-    # how fast is a figure (printed above, reported in bench/RESULTS.md), not an assertion:
-    # the behaviour is that it trips after the onset, within the wait loop's deadline
-    assert time_to_trip >= 0.0
-    assert math.isfinite(time_to_recover)
+    # how fast is a figure (printed above, reported in bench/RESULTS.md), not an assertion

@@ -68,10 +68,22 @@ BAD_ARGUMENTS = [
     (["online", "disable", "--reason", "x", "--token-file", "{tmp}/no-token"], "cannot be read"),
     (["rollback", "feature", "--reason", "x"], "invalid choice"),
     (["rollback", "online", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
+    # the live loop's controller and on-call commands
+    (["run", "--max-cycles", "two"], "--max-cycles"),
+    (["run", "--max-cycles", "-1"], "must be >= 0"),
+    (["run", "--once", "--target", "nocolon"], "host:port"),
+    (["run", "--once", "--config", "{tmp}/bad-controller.toml"], "unknown [controller] key(s): evry"),
+    (["run", "--once", "--config", "{tmp}/slow.toml"], "bad duration 'weekly'"),
+    (["canary", "stop", "--reason", "x"], "invalid choice"),
+    (["canary", "abort"], "--reason"),
+    (["canary", "abort", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
+    (["rollback", "base", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
+    (["rollback", "base", "--to", "base-0001", "--reason", "x", "--token-file", "{tmp}/no-token"],
+     "cannot be read"),
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS, ids=[" ".join(a[:2]) for a, _ in BAD_ARGUMENTS])
+@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS, ids=[" ".join(a[:3]) for a, _ in BAD_ARGUMENTS])
 def test_a_bad_argument_is_one_line_on_stderr_and_status_2(
     argv: list[str],
     message: str,
@@ -80,7 +92,10 @@ def test_a_bad_argument_is_one_line_on_stderr_and_status_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     (tmp_path / "bad.toml").write_text("[serving]\ngrpc_prot = 1\n")
+    (tmp_path / "bad-controller.toml").write_text("[controller]\nevry = '7d'\n")
+    (tmp_path / "slow.toml").write_text("[controller]\nevery = 'weekly'\n")
     monkeypatch.delenv("FRESHRANK_CONFIG", raising=False)
+    monkeypatch.delenv("FRESHRANK_INGRESS_TOKEN", raising=False)
     monkeypatch.setenv("FRESHRANK_WORKSPACE", str(tmp_path / "ws"))
     status = cli.main([a.format(tmp=tmp_path) for a in argv])
     out, err = capsys.readouterr()

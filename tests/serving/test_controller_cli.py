@@ -1,6 +1,6 @@
 """``freshrank run`` and the on-call commands of the live loop from the command line: the
-one-controller lock (two real processes), the record it leaves, and its argument errors
-(one line on stderr, status 2)."""
+one-controller lock (two real processes) and the record it leaves. Its argument errors are
+rows of ``tests/serving/test_cli.py``'s table (one line on stderr, status 2)."""
 
 from __future__ import annotations
 
@@ -17,38 +17,6 @@ from serving.controller.store import ControllerBusy, ControllerLock, Store, cont
 
 REPO = Path(__file__).resolve().parents[2]
 
-BAD_ARGUMENTS = [
-    (["run", "--max-cycles", "two"], "--max-cycles"),
-    (["run", "--max-cycles", "-1"], "must be >= 0"),
-    (["run", "--once", "--target", "nocolon"], "host:port"),
-    (["run", "--once", "--config", "{tmp}/bad.toml"], "unknown [controller] key(s): evry"),
-    (["run", "--once", "--config", "{tmp}/slow.toml"], "bad duration 'weekly'"),
-    (["canary", "stop", "--reason", "x"], "invalid choice"),
-    (["canary", "abort"], "--reason"),
-    (["canary", "abort", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
-    (["rollback", "base", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
-    (["rollback", "base", "--to", "base-0001", "--reason", "x", "--token-file", "{tmp}/no-token"],
-     "cannot be read"),
-]
-
-
-@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS, ids=[" ".join(a[:3]) for a, _ in BAD_ARGUMENTS])
-def test_a_bad_argument_is_one_line_on_stderr_and_status_2(
-    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    (tmp_path / "bad.toml").write_text("[controller]\nevry = '7d'\n")
-    (tmp_path / "slow.toml").write_text("[controller]\nevery = 'weekly'\n")
-    monkeypatch.delenv("FRESHRANK_CONFIG", raising=False)
-    monkeypatch.delenv("FRESHRANK_INGRESS_TOKEN", raising=False)
-    monkeypatch.setenv("FRESHRANK_WORKSPACE", str(tmp_path / "ws"))
-    status = cli.main([a.format(tmp=tmp_path) for a in argv])
-    out, err = capsys.readouterr()
-    assert status == 2
-    assert out == ""
-    assert len(err.strip().splitlines()) == 1, err
-    assert message in err and "Traceback" not in err
-    assert err.startswith("freshrank"), err
 
 
 def test_run_once_on_an_empty_workspace_records_a_blocked_check(

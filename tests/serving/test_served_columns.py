@@ -7,6 +7,8 @@ In-process, no Ray: real logs on disk, real Parquet.
 
 from __future__ import annotations
 
+import dataclasses
+
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from online_layer.served import ServedRecord
 from protos.events import EVENTS_SCHEMA, REQUIRED_COLUMNS, SERVED_COLUMNS
 from protos.wal import WriteAheadLog
 from serving.served_events import (
+    FeedbackLabels,
     compact_served_log,
     event_log_lag_seconds,
     online_inputs_of,
@@ -80,7 +83,7 @@ def test_a_record_written_before_the_feature_columns_still_decodes() -> None:
     assert entry.user_features is None and entry.item_features is None
     assert entry.propensity is None
     # ... and the compactor writes it with nulls for what was not logged, propensity 1.
-    row = served_events([entry], {}, 0).to_pylist()[0]
+    row = served_events([entry], FeedbackLabels(), 0).to_pylist()[0]
     assert row["user_features"] is None and row["item_features"] is None
     assert row["propensity"] == 1.0 and row["online_base_logit"] == 0.5
     assert row["online_dense"] == [1.0, 2.0, 3.0] and row["online_sparse"] == [7, 8]
@@ -251,5 +254,36 @@ def test_a_compaction_redone_after_a_crash_writes_nothing_twice(tmp_path: Path) 
     assert len(keys) == len(set(keys)) == 6
     labels = dict(zip(keys, log.column("label").to_pylist()))
     assert labels[("a", "i-2")] == 1.0 and labels[("b", "i-1")] == 0.0  # as first written
+    writer.close()
+    feedback.close()
+
+
+def test_a_new_bases_warm_start_labels_its_impressions_as_the_compactor_does(tmp_path: Path) -> None:
+    from serving.served_log import FeedbackLog
+    from serving.warm_replay import warm_start_batches
+
+    writer = ServedLogWriter(tmp_path, replica="r1")
+    feedback = FeedbackLog(tmp_path)
+    writer.append(_entry("a"))  # closed, clicked on i-2 in its window
+    writer.append(_entry("b", WHEN + timedelta(seconds=1)))  # closed, a click after its window
+    other = _entry("c", WHEN + timedelta(seconds=2))
+    writer.append(ServedEntry(dataclasses.replace(other.record, base_version="base-0002"),
+                              other.final_logits, other.item_categories, "", 1.0))
+    writer.append(_entry("d", WHEN + timedelta(seconds=200)))  # its window still open
+    writer.sync()
+    feedback.append(_clicks("a", "i-2", WHEN + timedelta(seconds=2)), 1)
+    feedback.append(_clicks("b", "i-1", WHEN + timedelta(seconds=150)), 1)
+    batches = list(warm_start_batches(tmp_path, "base-0001", join_window_s=60.0))
+    request_at = {np.datetime64(WHEN.replace(tzinfo=None) + timedelta(seconds=s), "us"): rid
+                  for rid, s in (("a", 0), ("b", 1), ("c", 2), ("d", 200))}
+    replayed = {(request_at[t], item): y for b in batches
+                for t, item, y in zip(b.event_time, b.item_ids.tolist(), b.labels.tolist(), strict=True)}
+    assert replayed == {("a", "i-1"): 0.0, ("a", "i-2"): 1.0, ("b", "i-1"): 0.0, ("b", "i-2"): 0.0}
+    assert all(b.base_version == "base-0001" for b in batches)
+    events_dir = tmp_path / "events"
+    compact_served_log(tmp_path, events_dir, 60.0, close_all=True)
+    log = read_event_log(events_dir)
+    compacted = {(r["request_id"], r["item_id"]): r["label"] for r in log.to_pylist()}
+    assert all(compacted[key] == label for key, label in replayed.items())
     writer.close()
     feedback.close()
