@@ -11,11 +11,13 @@ never served from and is removed at exit.
 ``running_system`` copies the shared workspace and starts the Serve app with its gRPC proxy
 and the online learner under a random ingress token (``serving.auth.session_token``) that the
 returned client sends; each call gets a fresh app and a fresh copy (its own registry, served
-log and learner state). Used as a module fixture by tests/serving/test_grpc_app.py,
-test_fuzz.py and tests/faults/test_switches.py (each stops what it started);
+log and learner state). Used as a package fixture by tests/serving/grpc_app/ and
+tests/faults/hostile/ (two modules share each app), as a module fixture by
+tests/faults/test_switches.py, test_learner_dead.py and tests/serving/test_live_loop.py (each
+stops what it started);
 tests/serving/test_observability.py and tests/faults/test_durability.py start their own app
 on ``trained_workspace(settings, serving_simulator())``, the same trained workspace, and
-tests/faults/test_breaker_live.py and test_manipulation.py on ``fault_simulator()`` logs.
+tests/faults/test_breaker_live.py on a ``fault_simulator()`` log.
 New tests: use these, so the session trains no extra base.
 """
 

@@ -39,7 +39,7 @@ def as_of_day(day: int) -> datetime:
 
 @dataclass(frozen=True)
 class Trained:
-    """The session's three Ray Train fits (``conftest.trained``)."""
+    """The session's three fits (``conftest.trained``): v1 through Ray Train, v2 cold and warm in-process."""
 
     registry: ModelRegistry
     v1: TrainResult

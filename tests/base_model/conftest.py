@@ -43,12 +43,17 @@ def first_version(
 
 @pytest.fixture(scope="session")
 def trained(first_version: tuple[ModelRegistry, TrainResult], world: pa.Table) -> Trained:
-    """Two more fits on the next window (days 1-7, validated on day 8): cold and warm from v1."""
+    """Two more fits on the next window (days 1-7, validated on day 8): cold and warm from v1.
+
+    In-process (``backend="local"``: the Ray worker's loop, bitwise the same weights, which
+    ``test_base_training`` checks): v1 already covers the Ray Train path, and each Ray fit
+    costs ~20 s of start-up."""
     registry, v1 = first_version
     cold = train_base_model(
-        TRAIN_CFG, world, registry, as_of=as_of_day(8), parent=None, promote=False
+        TRAIN_CFG, world, registry, as_of=as_of_day(8), parent=None, promote=False, backend="local"
     )
     warm = train_base_model(
-        TRAIN_CFG, world, registry, as_of=as_of_day(8), parent=v1.version, promote=False
+        TRAIN_CFG, world, registry, as_of=as_of_day(8), parent=v1.version, promote=False,
+        backend="local",
     )
     return Trained(registry, v1, cold, warm)

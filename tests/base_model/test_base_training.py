@@ -1,7 +1,8 @@
 """Training through Ray Train: a cold first version, then warm vs cold on the next window.
 
-The three fits are shared session fixtures (``conftest.trained``) on the session's loopback
-Ray cluster.
+The three fits are shared session fixtures (``conftest.trained``): v1 through Ray Train on the
+session's loopback Ray cluster, the two v2 fits in-process (the same loop, bitwise the same
+weights: checked below).
 """
 
 from __future__ import annotations

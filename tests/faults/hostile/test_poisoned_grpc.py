@@ -1,7 +1,7 @@
 """Poisoned feedback batches through a real gRPC channel: each refused with its reason,
 counted, the weights bit-identical, and the next good batch learned.
 
-One app (``tests.serve_system.running_system``) learns from real users' logged requests
+One app (``conftest.shared_system``, shared with test_attacks_grpc.py, which runs first) learns from real users' logged requests
 (ranked at the server's time, their logged labels as feedback). Then, between good
 batches, the poisons of issue 15:
 
@@ -32,7 +32,7 @@ import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.client import feedback_request
-from tests.serve_system import FEEDBACK_SCHEMA, System, running_system, send_feedback
+from tests.serve_system import FEEDBACK_SCHEMA, System, send_feedback
 
 pytestmark = pytest.mark.slow
 
@@ -67,18 +67,18 @@ class Traffic:
 
 
 @pytest.fixture(scope="module")
-def traffic(ray_cluster, tmp_path_factory) -> Iterator[Traffic]:
-    with running_system(tmp_path_factory.mktemp("poisoned-grpc")) as system:
-        traffic = Traffic(system)
-        # Enough honest examples that the click-flood check is armed (2,000 examples,
-        # label_rate_min_events), and the layer serves.
-        deadline = time.monotonic() + 120
-        learner = _learner(system)
-        while (learner.report.remote().result(timeout_s=20).examples_learned < 2_100
-               or system.client.status().fallback):
-            assert time.monotonic() < deadline, system.client.status().fallback_detail
-            traffic.good(20, "warm")
-        yield traffic
+def traffic(shared_system: System) -> Iterator[Traffic]:
+    system = shared_system
+    traffic = Traffic(system)
+    # Enough honest examples that the click-flood check is armed (2,000 examples,
+    # label_rate_min_events), and the layer serves.
+    deadline = time.monotonic() + 120
+    learner = _learner(system)
+    while (learner.report.remote().result(timeout_s=20).examples_learned < 2_100
+           or system.client.status().fallback):
+        assert time.monotonic() < deadline, system.client.status().fallback_detail
+        traffic.good(20, "warm")
+    yield traffic
 
 
 def _learner(system: System):  # noqa: ANN202

@@ -1,7 +1,7 @@
 """Manipulated feedback through a real gRPC channel against the running Serve app.
 
-One app (``tests.serve_system.running_system``: the guard and the breaker at their
-defaults) serves honest traffic throughout: logged requests of real users (users the base
+One app (``conftest.shared_system``, shared with test_poisoned_grpc.py: the guard and the
+breaker at their defaults) serves honest traffic throughout: logged requests of real users (users the base
 was trained on), ranked at the server's time, with their logged labels as feedback. Each
 test is one campaign of issue 15 mixed into that traffic, and asserts what matters:
 
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from tests.serve_system import System, running_system, send_feedback
+from tests.serve_system import System, send_feedback
 
 pytestmark = pytest.mark.slow
 
@@ -99,48 +99,48 @@ def _logit(p: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def live(ray_cluster, tmp_path_factory) -> Iterator[Live]:
-    with running_system(tmp_path_factory.mktemp("attacks-grpc")) as system:
-        requests: dict[str, dict] = {}
-        for row in system.events.select(["request_id", "user_id", "item_id", "label"]).to_pylist():
-            entry = requests.setdefault(row["request_id"], {"user": row["user_id"], "items": {}})
-            entry["items"][row["item_id"]] = max(row["label"], entry["items"].get(row["item_id"], 0))
-        live = Live(system, list(requests.values()))
-        deadline = time.monotonic() + 90
-        live.honest(40)
-        while live.client.status().fallback:  # the layer learns from honest traffic, serves
-            assert time.monotonic() < deadline, live.client.status().fallback_detail
-            live.honest(20)
-        time.sleep(0.6)  # a weight poll
-        live.items = sorted({i for r in live.requests[:400] for i in r["items"]})
-        users = sorted({r["user"] for r in live.requests[:400]})
-        live.probes = users[:PROBE_USERS]
-        # The target: the item the base scores lowest for the probe users, among all
-        # logged items (the issue's attack moved such an item from the bottom to the top);
-        # the others: 19 random items. Items here score within a few hundredths of each
-        # other, so only a clear bottom makes the rank a fair measure.
-        base_scores: dict[str, list[float]] = {}
-        for n, user in enumerate(live.probes[:5]):
-            for start in range(0, len(live.items), 100):
-                chunk = live.items[start:start + 100]
-                for item in live.client.rank(f"pick-{n}-{start}", user, chunk).items:
-                    base_scores.setdefault(item.item_id, []).append(item.base_score)
-        live.target = min(live.items, key=lambda i: float(np.mean(base_scores[i])))
-        pool = [i for i in live.items if i != live.target]
-        live.others = [str(i) for i in live.rng.choice(pool, size=19, replace=False)]
-        # The control: honest traffic alone (as much as one campaign mixes in) moves the
-        # layer, and so the target; a campaign must not move it beyond that.
-        before = measure(live, "control-before")
-        for _ in range(15):
-            live.honest(8)
-        time.sleep(0.6)
-        after = measure(live, "control-after")
-        live.drift = abs(after[0] - before[0])
-        live.correction_drift = abs(after[2] - before[2])
-        print(f"\nattacks: target {live.target}; honest traffic alone (the control): rank "
-              f"{before[0]:.2f} -> {after[0]:.2f}, score {before[1]:.4f} -> {after[1]:.4f}, "
-              f"correction {before[2]:+.3f} -> {after[2]:+.3f} logit")
-        yield live
+def live(shared_system: System) -> Iterator[Live]:
+    system = shared_system
+    requests: dict[str, dict] = {}
+    for row in system.events.select(["request_id", "user_id", "item_id", "label"]).to_pylist():
+        entry = requests.setdefault(row["request_id"], {"user": row["user_id"], "items": {}})
+        entry["items"][row["item_id"]] = max(row["label"], entry["items"].get(row["item_id"], 0))
+    live = Live(system, list(requests.values()))
+    deadline = time.monotonic() + 90
+    live.honest(40)
+    while live.client.status().fallback:  # the layer learns from honest traffic, serves
+        assert time.monotonic() < deadline, live.client.status().fallback_detail
+        live.honest(20)
+    time.sleep(0.6)  # a weight poll
+    live.items = sorted({i for r in live.requests[:400] for i in r["items"]})
+    users = sorted({r["user"] for r in live.requests[:400]})
+    live.probes = users[:PROBE_USERS]
+    # The target: the item the base scores lowest for the probe users, among all
+    # logged items (the issue's attack moved such an item from the bottom to the top);
+    # the others: 19 random items. Items here score within a few hundredths of each
+    # other, so only a clear bottom makes the rank a fair measure.
+    base_scores: dict[str, list[float]] = {}
+    for n, user in enumerate(live.probes[:5]):
+        for start in range(0, len(live.items), 100):
+            chunk = live.items[start:start + 100]
+            for item in live.client.rank(f"pick-{n}-{start}", user, chunk).items:
+                base_scores.setdefault(item.item_id, []).append(item.base_score)
+    live.target = min(live.items, key=lambda i: float(np.mean(base_scores[i])))
+    pool = [i for i in live.items if i != live.target]
+    live.others = [str(i) for i in live.rng.choice(pool, size=19, replace=False)]
+    # The control: honest traffic alone (as much as one campaign mixes in) moves the
+    # layer, and so the target; a campaign must not move it beyond that.
+    before = measure(live, "control-before")
+    for _ in range(15):
+        live.honest(8)
+    time.sleep(0.6)
+    after = measure(live, "control-after")
+    live.drift = abs(after[0] - before[0])
+    live.correction_drift = abs(after[2] - before[2])
+    print(f"\nattacks: target {live.target}; honest traffic alone (the control): rank "
+          f"{before[0]:.2f} -> {after[0]:.2f}, score {before[1]:.4f} -> {after[1]:.4f}, "
+          f"correction {before[2]:+.3f} -> {after[2]:+.3f} logit")
+    yield live
 
 
 def attack_rows(live: Live, bot: str, rid: str, clicked: set[str], k: int = 8) -> list[dict]:

@@ -14,7 +14,6 @@ Deterministic: ``derandomize=True`` (the examples are a function of the test), b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protos.freshrank.v1 import ranking_pb2 as pb
-from tests.serve_system import System, running_system
+from tests.serve_system import System
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +39,6 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-
-
-@pytest.fixture(scope="module")
-def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
-    with running_system(tmp_path_factory.mktemp("fuzz")) as running:
-        yield running
 
 
 # ------------------------------------------------------------------------ strategies

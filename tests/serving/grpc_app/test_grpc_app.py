@@ -9,7 +9,6 @@ join window runs on event time, and a wall-clock request would close every logge
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -17,15 +16,9 @@ import pyarrow as pa
 import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
-from tests.serve_system import System, running_system
+from tests.serve_system import System
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
-    with running_system(tmp_path_factory.mktemp("grpc-app")) as running:
-        yield running
 
 
 def one_request(events: pa.Table, index: int) -> pa.Table:
