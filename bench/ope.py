@@ -1,0 +1,104 @@
+"""Off-policy evaluation (issue 20): estimates, intervals and truths.
+
+1. Simulator coverage: one simulated world (``feature_store.simulate``), re-served
+   ``--reps`` times by epsilon-greedy over a noisy score (fresh logging draws and clicks
+   each time, ``serving.offpolicy.simulated.relog``); for each candidate policy (uniform,
+   the oracle ranking by true attraction, the worst ranking) and each estimator: the share
+   of replications whose interval covers the true click rate, the mean interval width, and
+   the bias (mean estimate minus truth) with its standard error.
+2. Open Bandit (when the shared data is there): the random policy's click rate estimated
+   from the BTS log, against the random log's own on-policy rate.
+
+    PYTHONPATH=. python bench/ope.py --reps 40 [--data DIR/open-bandit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# bench/serving.py is named after the package: keep this directory off sys.path, the
+# repository root on it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import numpy as np  # noqa: E402
+
+from feature_store.simulate import SimulatorConfig, simulate  # noqa: E402
+from serving.offpolicy.evaluate import evaluate  # noqa: E402
+from serving.offpolicy.logdata import bandit_log  # noqa: E402
+from serving.offpolicy.policies import ranking, uniform  # noqa: E402
+from serving.offpolicy.simulated import relog, true_value  # noqa: E402
+
+
+def simulator_coverage(reps: int, days: float, resamples: int, method: str) -> dict[str, object]:
+    cfg = SimulatorConfig(days=days, impressions_per_day=40_000, n_users=500)
+    events = simulate(cfg)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for rep in range(reps):
+        relogged = relog(events, cfg.position_decay, epsilon=0.3, seed=rep)
+        log = relogged.log
+        for target in (uniform(log), ranking(log, relogged.attraction, "oracle"),
+                       ranking(log, -relogged.attraction, "worst")):
+            truth = true_value(relogged, target)
+            report = evaluate(log, target, method=method, resamples=resamples, seed=rep)
+            for name, got in report["estimates"].items():
+                cell = rows.setdefault(f"{target.name}/{name}", {"cover": [], "width": [], "err": [], "truth": []})
+                cell["cover"].append(float(got["low"] <= truth <= got["high"]))
+                cell["width"].append(got["high"] - got["low"])
+                cell["err"].append(got["estimate"] - truth)
+                cell["truth"].append(truth)
+            rows.setdefault(f"{target.name}/ess", {"ess": []}).setdefault("ess", []).append(report["ess"])
+    out: dict[str, object] = {"events": events.num_rows, "reps": reps, "method": method}
+    for key, cell in rows.items():
+        if "ess" in cell:
+            out[key] = round(float(np.mean(cell["ess"])), 1)
+            continue
+        err = np.asarray(cell["err"])
+        out[key] = {
+            "coverage": round(float(np.mean(cell["cover"])), 3),
+            "mean_width": round(float(np.mean(cell["width"])), 5),
+            "bias": round(float(err.mean()), 5),
+            "bias_se": round(float(err.std(ddof=1) / np.sqrt(err.size)), 5),
+            "truth": round(float(np.mean(cell["truth"])), 5),
+        }
+    return out
+
+
+def open_bandit(folder: Path, resamples: int, method: str) -> dict[str, object]:
+    from feature_store.importers import import_dataset
+
+    bts = bandit_log(import_dataset("open-bandit", folder / "bts"), "catalogue")
+    random_log = bandit_log(import_dataset("open-bandit", folder / "random"), "catalogue")
+    report = evaluate(bts, uniform(bts), method=method, resamples=resamples)
+    on_policy = evaluate(random_log, uniform(random_log), method=method, resamples=resamples)
+    return {"random_on_policy": on_policy["logged_rate"], "from_bts_log": report["estimates"],
+            "ess": round(report["ess"], 1), "bts_on_policy": report["logged_rate"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--days", type=float, default=0.5)
+    parser.add_argument("--resamples", type=int, default=300)
+    parser.add_argument("--interval", default="bootstrap", choices=("bootstrap", "clt"))
+    parser.add_argument("--data", type=Path, help="the open-bandit folder (random/ and bts/)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    result: dict[str, object] = {"machine": f"{platform.processor() or platform.machine()}, "
+                                 f"{platform.python_version()}"}
+    result["simulator"] = simulator_coverage(args.reps, args.days, args.resamples, args.interval)
+    if args.data is not None and (args.data / "bts" / "all.csv").is_file():
+        result["open_bandit"] = open_bandit(args.data, max(args.resamples, 1000), args.interval)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
