@@ -5,11 +5,12 @@
    each time, ``serving.offpolicy.simulated.relog``); for each candidate policy (uniform,
    the oracle ranking by true attraction, the worst ranking) and each estimator: the share
    of replications whose interval covers the true click rate, the mean interval width, and
-   the bias (mean estimate minus truth) with its standard error.
+   the bias (mean estimate minus truth) with its standard error; then ``--bias-reps``
+   more replications of the point estimates alone, for a sharper bias test.
 2. Open Bandit (when the shared data is there): the random policy's click rate estimated
    from the BTS log, against the random log's own on-policy rate.
 
-    PYTHONPATH=. python bench/ope.py --reps 40 [--data DIR/open-bandit]
+    python bench/ope.py --reps 40 --bias-reps 200 [--data DIR/open-bandit]
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import numpy as np  # noqa: E402
 
 from feature_store.simulate import SimulatorConfig, simulate  # noqa: E402
+from serving.offpolicy.estimators import doubly_robust, ips, snips  # noqa: E402
 from serving.offpolicy.evaluate import evaluate  # noqa: E402
 from serving.offpolicy.logdata import bandit_log  # noqa: E402
 from serving.offpolicy.policies import ranking, uniform  # noqa: E402
+from serving.offpolicy.reward_model import cross_fitted_rewards  # noqa: E402
 from serving.offpolicy.simulated import relog, true_value  # noqa: E402
 
 
@@ -71,6 +74,29 @@ def simulator_coverage(reps: int, days: float, resamples: int, method: str) -> d
     return out
 
 
+def simulator_bias(reps: int, days: float) -> dict[str, object]:
+    """Point estimates only (no intervals), over many more replications: the bias test."""
+    cfg = SimulatorConfig(days=days, impressions_per_day=40_000, n_users=500)
+    events = simulate(cfg)
+    errors: dict[str, list[float]] = {}
+    for rep in range(reps):
+        relogged = relog(events, cfg.position_decay, epsilon=0.3, seed=10_000 + rep)
+        log = relogged.log
+        q = cross_fitted_rewards(log, seed=rep)
+        for target in (uniform(log), ranking(log, relogged.attraction, "oracle"),
+                       ranking(log, -relogged.attraction, "worst")):
+            truth = true_value(relogged, target)
+            for terms in (ips(log, target), snips(log, target), doubly_robust(log, target, q)):
+                errors.setdefault(f"{target.name}/{terms.name}", []).append(terms.estimate - truth)
+    out: dict[str, object] = {"reps": reps}
+    for key, err in errors.items():
+        e = np.asarray(err)
+        se = float(e.std(ddof=1) / np.sqrt(e.size))
+        out[key] = {"bias": round(float(e.mean()), 5), "bias_se": round(se, 5),
+                    "z": round(float(e.mean()) / se, 2), "sd": round(float(e.std(ddof=1)), 5)}
+    return out
+
+
 def open_bandit(folder: Path, resamples: int, method: str) -> dict[str, object]:
     from feature_store.importers import import_dataset
 
@@ -85,6 +111,8 @@ def open_bandit(folder: Path, resamples: int, method: str) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--bias-reps", type=int, default=200,
+                        help="replications of the point estimates only (the bias test)")
     parser.add_argument("--days", type=float, default=0.5)
     parser.add_argument("--resamples", type=int, default=300)
     parser.add_argument("--interval", default="bootstrap", choices=("bootstrap", "clt"))
@@ -94,6 +122,7 @@ def main() -> None:
     result: dict[str, object] = {"machine": f"{platform.processor() or platform.machine()}, "
                                  f"{platform.python_version()}"}
     result["simulator"] = simulator_coverage(args.reps, args.days, args.resamples, args.interval)
+    result["simulator_bias"] = simulator_bias(args.bias_reps, args.days)
     if args.data is not None and (args.data / "bts" / "all.csv").is_file():
         result["open_bandit"] = open_bandit(args.data, max(args.resamples, 1000), args.interval)
     result["seconds"] = round(time.perf_counter() - started, 1)

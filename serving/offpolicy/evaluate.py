@@ -68,6 +68,10 @@ def evaluate(
 
 def _warnings(log: BanditLog, target: TargetPolicy, ess: float, mean_weight: float) -> list[str]:
     notes = []
+    if target.probs is not None and log.candidates == "request" and int(log.cand_count.max()) == 1:
+        notes.append("every request holds one logged item, so the candidate can only show what "
+                     "was shown; for a log with one row per slot over a fixed catalogue (Open "
+                     "Bandit) use --candidates catalogue")
     if target.probs is not None and np.all(log.propensity == 1.0):
         notes.append("every propensity is 1: the log is deterministic, so impressions the "
                      "candidate would have placed elsewhere carry no information and the "

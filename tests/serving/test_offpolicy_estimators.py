@@ -79,6 +79,15 @@ def test_the_logging_policy_gets_the_logged_rate_from_every_estimator() -> None:
     assert report["ess"] == pytest.approx(log.n)
 
 
+def test_a_deterministic_log_is_reported_as_unable_to_judge_another_policy() -> None:
+    """Serving logs propensity 1.0 while it is deterministic: the report says so."""
+    rows = np.arange(40)
+    log = bandit_log(events_table(rows // 4, rows % 4, rows % 4, (rows % 5 == 0), np.ones(40)))
+    report = evaluate(log, uniform(log), resamples=50)
+    assert any("deterministic" in w for w in report["warnings"])
+    assert not any("deterministic" in w for w in evaluate(log, logged(), resamples=50)["warnings"])
+
+
 def test_the_interval_unit_is_the_request() -> None:
     """Two slots of one request with the same click: resampling requests sees the
     correlation (a wider interval) that resampling impressions would miss."""
