@@ -8,7 +8,9 @@
    the bias (mean estimate minus truth) with its standard error; then ``--bias-reps``
    more replications of the point estimates alone, for a sharper bias test.
 2. Open Bandit (when the shared data is there): the random policy's click rate estimated
-   from the BTS log, against the random log's own on-policy rate.
+   from the BTS log, and the BTS policy's (its daily show frequencies,
+   ``serving.offpolicy.marginals``) from the random log, each against the other log's own
+   on-policy rate.
 
     python bench/ope.py --reps 40 --bias-reps 200 [--data DIR/open-bandit]
 """
@@ -35,6 +37,7 @@ from feature_store.simulate import SimulatorConfig, simulate  # noqa: E402
 from serving.offpolicy.estimators import doubly_robust, ips, snips  # noqa: E402
 from serving.offpolicy.evaluate import evaluate  # noqa: E402
 from serving.offpolicy.logdata import bandit_log  # noqa: E402
+from serving.offpolicy.marginals import logged_marginals  # noqa: E402
 from serving.offpolicy.policies import ranking, uniform  # noqa: E402
 from serving.offpolicy.reward_model import cross_fitted_rewards  # noqa: E402
 from serving.offpolicy.simulated import relog, true_value  # noqa: E402
@@ -98,14 +101,23 @@ def simulator_bias(reps: int, days: float) -> dict[str, object]:
 
 
 def open_bandit(folder: Path, resamples: int, method: str) -> dict[str, object]:
+    """Each logging policy's rate estimated from the other's log, beside its own log's rate."""
     from feature_store.importers import import_dataset
 
-    bts = bandit_log(import_dataset("open-bandit", folder / "bts"), "catalogue")
-    random_log = bandit_log(import_dataset("open-bandit", folder / "random"), "catalogue")
-    report = evaluate(bts, uniform(bts), method=method, resamples=resamples)
-    on_policy = evaluate(random_log, uniform(random_log), method=method, resamples=resamples)
-    return {"random_on_policy": on_policy["logged_rate"], "from_bts_log": report["estimates"],
-            "ess": round(report["ess"], 1), "bts_on_policy": report["logged_rate"]}
+    events = {p: import_dataset("open-bandit", folder / p) for p in ("random", "bts")}
+    logs = {p: bandit_log(t, "catalogue") for p, t in events.items()}
+    random_from_bts = evaluate(logs["bts"], uniform(logs["bts"]), method=method, resamples=resamples)
+    bts_marginals = logged_marginals(logs["random"], events["random"], events["bts"], "bts")
+    bts_from_random = evaluate(logs["random"], bts_marginals, method=method, resamples=resamples)
+    return {
+        "random_on_policy": evaluate(
+            logs["random"], uniform(logs["random"]), method=method, resamples=resamples)["logged_rate"],
+        "random_from_bts_log": random_from_bts["estimates"],
+        "random_from_bts_log_ess": round(random_from_bts["ess"], 1),
+        "bts_on_policy": random_from_bts["logged_rate"],
+        "bts_from_random_log": bts_from_random["estimates"],
+        "bts_from_random_log_ess": round(bts_from_random["ess"], 1),
+    }
 
 
 def main() -> None:

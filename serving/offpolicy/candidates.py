@@ -7,7 +7,10 @@
   (``user_features``/``item_features``, as served; rows without them score with the
   training means, which the report says);
 - ``score:COLUMN``: ranking by a numeric events column, e.g. ``score:base_score`` (the base
-  alone, as served) against a log served by base + online correction.
+  alone, as served) against a log served by base + online correction;
+- ``marginals:FILE``: the context-free policy that wrote the events file FILE, as its show
+  frequencies per time window (``serving.offpolicy.marginals``; catalogue candidates), e.g.
+  Open Bandit's BTS policy evaluated on the random policy's log.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pyarrow as pa
 
 from protos.errors import InvalidInput
 from serving.offpolicy.logdata import BanditLog
+from serving.offpolicy.marginals import DAY_US, logged_marginals
 from serving.offpolicy.policies import TargetPolicy, logged, ranking, uniform
 
 if TYPE_CHECKING:
@@ -27,12 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = ["POLICY_FORMS", "base_scores", "resolve_policy"]
 
-POLICY_FORMS = "uniform, logged, base:VERSION (or base:champion), score:COLUMN"
+POLICY_FORMS = "uniform, logged, base:VERSION (or base:champion), score:COLUMN, marginals:FILE"
 
 
 def resolve_policy(text: str, log: BanditLog, events: pa.Table,
-                   registry_dir: Path | None = None) -> tuple[TargetPolicy, list[str]]:
-    """The policy ``text`` names, and notes for the report.
+                   registry_dir: Path | None = None,
+                   window_us: int = DAY_US) -> tuple[TargetPolicy, list[str]]:
+    """The policy ``text`` names, and notes for the report (``window_us``: the window of
+    ``marginals:FILE``).
 
     Raises:
         InvalidInput: an unknown form, a column that is not numeric or has nulls, a base
@@ -46,6 +52,12 @@ def resolve_policy(text: str, log: BanditLog, events: pa.Table,
         return logged(), []
     if kind == "score" and arg:
         return ranking(log, _column_scores(log, events, arg), name=text), []
+    if kind == "marginals" and arg:
+        from feature_store.events_file import load_events
+
+        policy = logged_marginals(log, events, load_events(arg), text, window_us)
+        return policy, [f"{text}: marginals estimated from that log's show frequencies per "
+                        f"{window_us / 3.6e9:g} h window; the interval does not include their noise"]
     if kind == "base" and arg:
         _shown_rows(log, text)
         if registry_dir is None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from protos.errors import InvalidInput
+from protos.timeparse import parse_duration
 from serving.offpolicy.candidates import POLICY_FORMS
 from serving.offpolicy.intervals import INTERVAL_METHODS
 from serving.offpolicy.logdata import CANDIDATE_MODES
@@ -42,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--folds", type=int, default=5, help="reward-model cross-fitting folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resamples and folds (default 0)")
+    p.add_argument("--window", type=parse_duration, default=timedelta(days=1),
+                   help="marginals:FILE: the time window of its show frequencies (default 1d)")
     p.set_defaults(func=run)
 
 
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--level must be in (0, 1), got {args.level}")
     events = load_events(args.events)
     log = bandit_log(events, args.candidates)
-    target, notes = resolve_policy(args.policy, log, events, args.settings.registry_dir)
+    window_us = int(args.window.total_seconds() * 1_000_000)
+    target, notes = resolve_policy(args.policy, log, events, args.settings.registry_dir, window_us)
     report = evaluate(log, target, method=args.interval, level=args.level,
                       resamples=args.resamples, seed=args.seed, folds=args.folds)
     report["warnings"] = notes + report["warnings"]

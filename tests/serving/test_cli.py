@@ -70,6 +70,7 @@ BAD_ARGUMENTS = [
     (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "base:champion", "--candidates", "catalogue"],
      "use --candidates request"),
     (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "score:nope"], "no column 'nope'"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "marginals:{tmp}/logged.csv"], "use --candidates catalogue"),
     (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "uniform", "--level", "95"], "--level must be in (0, 1)"),
     (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "uniform", "--interval", "jackknife"], "invalid choice"),
     (["online", "pause", "--reason", "x"], "invalid choice"),

@@ -19,6 +19,7 @@ from serving import cli
 from serving.offpolicy.candidates import base_scores
 from serving.offpolicy.evaluate import evaluate
 from serving.offpolicy.logdata import bandit_log
+from serving.offpolicy.marginals import logged_marginals
 from serving.offpolicy.policies import ranking, uniform
 from serving.offpolicy.simulated import Relogged, relog, true_value
 
@@ -47,21 +48,42 @@ def test_simulated_intervals_cover_each_policys_true_click_rate(relogged: Relogg
             assert not rate["low"] <= truth <= rate["high"], (target.name, truth, rate)
 
 
-def test_open_bandit_random_policys_rate_is_estimated_from_the_bts_log(shared_data: Path) -> None:
-    """Uniformly random over the 80 items (the ``random`` log's policy), estimated from the
-    ``bts`` log's propensities, lands within its interval of the random log's own rate."""
+@pytest.fixture(scope="module")
+def open_bandit(shared_data: Path) -> dict[str, pa.Table]:
+    """Open Bandit's ``random`` and ``bts`` logs (10,000 rows each) as events."""
     from feature_store.importers import import_dataset
 
-    bts = bandit_log(import_dataset("open-bandit", shared_data / "open-bandit" / "bts"), "catalogue")
-    random_log = bandit_log(import_dataset("open-bandit", shared_data / "open-bandit" / "random"),
-                            "catalogue")
+    return {p: import_dataset("open-bandit", shared_data / "open-bandit" / p) for p in ("random", "bts")}
+
+
+def test_open_bandit_random_policys_rate_is_estimated_from_the_bts_log(
+    open_bandit: dict[str, pa.Table],
+) -> None:
+    """Uniformly random over the 80 items (the ``random`` log's policy), estimated from the
+    ``bts`` log's propensities, lands within its interval of the random log's own rate."""
+    bts = bandit_log(open_bandit["bts"], "catalogue")
+    random_log = bandit_log(open_bandit["random"], "catalogue")
     on_policy = float(random_log.reward.mean())  # 38 clicks in 10,000
-    report = evaluate(bts, uniform(bts), resamples=500)
+    report = evaluate(bts, uniform(bts), resamples=300)
     assert report["ess"] < 0.1 * bts.n  # far from the random log: a real test of the weights
     for name, got in report["estimates"].items():
         assert got["low"] <= on_policy <= got["high"], (name, on_policy, got)
-    assert evaluate(random_log, uniform(random_log), resamples=100)["estimates"]["ips"][
+    assert evaluate(random_log, uniform(random_log), resamples=50)["estimates"]["ips"][
         "estimate"] == pytest.approx(on_policy, rel=1e-6)  # random's propensities are 1/80
+
+
+def test_open_bandit_bts_policys_rate_is_estimated_from_the_random_log(
+    open_bandit: dict[str, pa.Table],
+) -> None:
+    """The BTS policy (its marginals read back from its own log as daily show frequencies)
+    estimated from the ``random`` log lands within its interval of the BTS log's own rate."""
+    random_log = bandit_log(open_bandit["random"], "catalogue")
+    on_policy = float(bandit_log(open_bandit["bts"], "catalogue").reward.mean())  # 42 clicks
+    target = logged_marginals(random_log, open_bandit["random"], open_bandit["bts"], "bts")
+    report = evaluate(random_log, target, resamples=300)
+    assert report["ess"] < 0.5 * random_log.n  # BTS concentrates on a few items
+    for name, got in report["estimates"].items():
+        assert got["low"] <= on_policy <= got["high"], (name, on_policy, got)
 
 
 def _register_tiny_base(workspace: Path) -> str:

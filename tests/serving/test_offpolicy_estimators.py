@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from protos.errors import InvalidInput
@@ -10,9 +11,10 @@ from serving.offpolicy.estimators import doubly_robust, ips, kish_ess, snips
 from serving.offpolicy.evaluate import evaluate
 from serving.offpolicy.intervals import bootstrap, clt, per_request
 from serving.offpolicy.logdata import bandit_log
+from serving.offpolicy.marginals import DAY_US, logged_marginals
 from serving.offpolicy.policies import logged, ranking, uniform
 from serving.offpolicy.reward_model import cross_fitted_rewards, fit_predict
-from tests.serving.offpolicy_kit import events_table, item_policy, item_values, one_slot_bandit
+from tests.serving.offpolicy_kit import T0, events_table, item_policy, item_values, one_slot_bandit
 
 MU = np.array([0.1, 0.2, 0.3, 0.4])  # the logging policy favours the worst items
 Q = np.array([0.5, 0.2, 0.1, 0.05])
@@ -125,6 +127,30 @@ def test_the_reward_model_never_predicts_a_request_from_its_own_clicks() -> None
     row = log.event_cand[-1]
     seen = fit_predict(log, np.ones(log.n, bool), np.array([row]))[0, 0]
     assert honest[row, 0] < 0.005 and seen > 2 * honest[row, 0]  # the slot's rate, not its own click
+
+
+def test_a_context_free_policy_is_read_back_from_its_show_frequencies() -> None:
+    """Two days of a policy showing items 0..3 at one slot with known daily probabilities:
+    its marginals per day are recovered within sampling error, and sum to 1 per slot."""
+    rng = np.random.default_rng(8)
+    day_probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    n = 4000
+    day = np.repeat([0, 1], n // 2)
+    item = np.array([rng.choice(4, p=day_probs[d]) for d in day])
+    table = events_table(np.arange(n), item, np.zeros(n, int), np.zeros(n), day_probs[day, item])
+    ts = pa.array((T0.timestamp() * 1e6 + day * 86_400e6 + np.arange(n)).astype(np.int64))
+    table = table.set_column(table.schema.get_field_index("ts"), "ts",
+                             ts.cast(pa.timestamp("us", tz="UTC")))
+    log = bandit_log(table, "catalogue")
+    probs = logged_marginals(log, table, table, window_us=DAY_US).probs
+    assert probs is not None
+    per_request = probs.reshape(log.n_requests, 4)
+    assert np.allclose(per_request.sum(axis=1), 1.0)
+    first, last = log.request[0], log.request[-1]
+    assert np.allclose(per_request[first], day_probs[0], atol=0.03)
+    assert np.allclose(per_request[last], day_probs[1], atol=0.03)
+    with pytest.raises(InvalidInput, match="--candidates catalogue"):
+        logged_marginals(bandit_log(table), table, table)
 
 
 def test_kish_ess() -> None:
