@@ -31,6 +31,8 @@ from protos.errors import InvalidInput
 __all__ = ["CANDIDATE_MODES", "BanditLog", "bandit_log"]
 
 CANDIDATE_MODES = ("request", "catalogue")
+#: Catalogue mode keeps (requests x items x slots) arrays: past this, refuse (memory).
+MAX_CATALOGUE_CELLS = 50_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +129,11 @@ def bandit_log(events: pa.Table, candidates: str = "request") -> BanditLog:
         event_of_cand = order
     else:
         n_items = items.size
+        cells = n_requests * n_items * (int(position.max()) + 1)
+        if cells > MAX_CATALOGUE_CELLS:
+            raise InvalidInput(
+                f"catalogue candidates need {n_requests} requests x {n_items} items x slots = "
+                f"{cells:,} cells (over {MAX_CATALOGUE_CELLS:,}): use --candidates request")
         cand_start = np.arange(n_requests + 1) * n_items
         cand_item = np.tile(np.arange(n_items), n_requests)
         event_of_cand = np.full(n_requests * n_items, -1, dtype=np.int64)

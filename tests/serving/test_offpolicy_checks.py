@@ -129,3 +129,26 @@ def test_evaluate_command_reports_a_registered_base_as_its_ranking(
     logged_report = reports["logged"]
     assert logged_report["estimates"]["dr"] == pytest.approx(logged_report["logged_rate"])
     assert set(base) >= {"estimates", "logged_rate", "ess", "interval", "warnings"}
+
+
+def test_a_base_scores_the_candidates_with_the_features_logged_beside_them(tmp_path: Path) -> None:
+    """Rows that carry the served features are scored with them (no "training means" note):
+    the same logits as the scorer gives those features directly."""
+    from base_model.artifact import BaseScorer
+    from tests.base_model.test_base_artifact import features
+    from tests.serving.offpolicy_kit import events_table
+
+    version = _register_tiny_base(tmp_path)
+    scorer = BaseScorer.load(ModelRegistry(tmp_path / "registry").get("base", version).path)
+    rows = np.arange(12)
+    table = events_table(rows // 4, rows % 4, rows % 4, np.zeros(12), np.full(12, 0.25))
+    uf, itf = features(12)
+    for name, values in (("user_features", uf), ("item_features", itf)):
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(list(values), table.schema.field(name).type))
+    log = bandit_log(table)
+    scores, notes = base_scores(log, table, scorer)
+    assert notes == []
+    direct = scorer.score(table.column("user_id").to_pylist(), table.column("item_id").to_pylist(),
+                          uf, itf).logits
+    assert np.allclose(scores, direct[log.event_of_cand])
