@@ -16,8 +16,9 @@ reported results say what they mean:
   the four hashed user features joined by ``|`` (one id per feature combination, ~250 per
   file). ``item_category`` is the group of ``item_feature_1`` (a hashed categorical with 12
   levels, hashed differently in each policy's file), named ``obd-cat-<smallest item id in
-  the group>`` so both policies agree. The logging propensities are not part of the events
-  format and are dropped.
+  the group>`` so both policies agree. ``propensity`` is the file's ``propensity_score``:
+  the logging policy's probability of that item at that slot (what off-policy evaluation,
+  ``freshrank evaluate``, needs).
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ def _open_bandit_policy(folder: Path) -> pd.DataFrame:
             "position": (log["position"].astype(np.int64) - 1).astype(np.int32).to_numpy(),
         }
     )
+    if "propensity_score" in log:
+        frame["propensity"] = log["propensity_score"].astype(np.float32).to_numpy()
     context_path = folder / "item_context.csv"
     if context_path.is_file():
         context = pd.read_csv(context_path, index_col=0)

@@ -102,6 +102,7 @@ def build_parser(prog: str = "freshrank") -> argparse.ArgumentParser:
     from serving import commands, operator_commands
     from serving.controller import command as controller_cli
     from serving.backtest import cli as backtest_cli
+    from serving.offpolicy import cli as evaluate_cli
 
     parser = OneLineParser(
         prog=prog,
@@ -116,6 +117,7 @@ def build_parser(prog: str = "freshrank") -> argparse.ArgumentParser:
     operator_commands.register(subparsers)
     controller_cli.register(subparsers)
     backtest_cli.register(subparsers)
+    evaluate_cli.register(subparsers)
     for leaf in _leaves(subparsers):
         _add_shared_options(leaf, root=False)
         leaf.set_defaults(command_prog=leaf.prog)

@@ -65,6 +65,10 @@ def test_open_bandit_clicks_positions_and_derived_user_ids(shared_data: Path) ->
     assert frame["item_category"].notna().all() and frame["item_category"].nunique() == 12
     assert frame["item_category"].str.fullmatch(r"obd-cat-\d+").all()
     assert 0.001 < frame["label"].mean() < 0.01
+    # The logging propensities are kept: 1/80 for the uniformly random policy.
+    random_rows = frame["request_id"].str.startswith("random-")
+    assert np.allclose(frame.loc[random_rows, "propensity"], 1 / 80)
+    assert frame["propensity"].between(0, 1, inclusive="right").all()
     only_random = import_dataset("open-bandit", shared_data / "open-bandit" / "random").to_pandas()
     assert len(only_random) == 10_000
     assert np.isin(only_random["user_id"], frame["user_id"]).all()  # same scheme, same ids

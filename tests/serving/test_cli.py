@@ -62,6 +62,17 @@ BAD_ARGUMENTS = [
     (["demo", "--config", "{tmp}/bad.toml"], "grpc_prot"),
     (["backtest", "--events", "x", "--set", "tiers.x=1"], "unknown section"),
     (["backtest", "--events", "x", "--warmup", "two weeks"], "bad duration"),
+    # off-policy evaluation
+    (["evaluate", "--events", "{tmp}/missing.parquet", "--policy", "uniform"], "not found"),
+    (["evaluate", "--events", "{tmp}/no-propensity.csv", "--policy", "uniform"], "lack propensity"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "greedy"], "unknown policy 'greedy'"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "base:base-0042"], "no version 'base-0042'"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "base:champion", "--candidates", "catalogue"],
+     "use --candidates request"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "score:nope"], "no column 'nope'"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "marginals:{tmp}/logged.csv"], "use --candidates catalogue"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "uniform", "--level", "95"], "--level must be in (0, 1)"),
+    (["evaluate", "--events", "{tmp}/logged.csv", "--policy", "uniform", "--interval", "jackknife"], "invalid choice"),
     (["online", "pause", "--reason", "x"], "invalid choice"),
     (["online", "disable"], "--reason"),
     (["online", "disable", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
@@ -94,6 +105,8 @@ def test_a_bad_argument_is_one_line_on_stderr_and_status_2(
     (tmp_path / "bad.toml").write_text("[serving]\ngrpc_prot = 1\n")
     (tmp_path / "bad-controller.toml").write_text("[controller]\nevry = '7d'\n")
     (tmp_path / "slow.toml").write_text("[controller]\nevery = 'weekly'\n")
+    (tmp_path / "no-propensity.csv").write_text("user_id,item_id,ts,label,position\nu1,i1,0,1,0\n")
+    (tmp_path / "logged.csv").write_text("user_id,item_id,ts,label,position,propensity\nu1,i1,0,1,0,0.5\n")
     monkeypatch.delenv("FRESHRANK_CONFIG", raising=False)
     monkeypatch.delenv("FRESHRANK_INGRESS_TOKEN", raising=False)
     monkeypatch.setenv("FRESHRANK_WORKSPACE", str(tmp_path / "ws"))
