@@ -49,7 +49,9 @@ if TYPE_CHECKING:
     from protos.freshrank.v1 import ranking_pb2
     from serving.controller.config import ControllerConfig
 
-__all__ = ["Verdict", "canary_groups", "judge_canary", "judge_shadow", "ratio_bound"]
+__all__ = [
+    "Verdict", "canary_groups", "judge_canary", "judge_shadow", "ratio_bound", "user_ratio_bound",
+]
 
 _CHUNK = 64  # bootstrap replicates drawn at a time (bounds memory: chunk x users)
 
@@ -180,15 +182,29 @@ def ratio_bound(
 ) -> tuple[float, float]:
     """The (1 - confidence) and confidence quantiles of ``LL_cand / LL_champ - 1`` under a
     Poisson bootstrap over each group's users."""
-    rng = np.random.default_rng(seed)
     per_user = {name: _per_user(*groups[name]) for name in ("candidate", "champion")}
+    return user_ratio_bound(per_user, confidence, samples, seed)
+
+
+def user_ratio_bound(
+    per_user: dict[str, tuple[np.ndarray, np.ndarray]],
+    confidence: float,
+    samples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """The (1 - confidence) and confidence quantiles of ``mean_cand / mean_champ - 1``, a
+    group's mean being ``sum(values) / sum(counts)`` over its users (``per_user[name]``:
+    each user's value sum and row count), under a Poisson bootstrap over each group's users.
+    The canary's log loss is one such mean; a click rate (clicks over impressions) another."""
+    rng = np.random.default_rng(seed)
     replicated = []
     for start in range(0, samples, _CHUNK):
         size = min(_CHUNK, samples - start)
         means = {}
-        for name, (loss_sums, counts) in per_user.items():
+        for name in ("candidate", "champion"):  # this order: the draws stay the same per seed
+            sums, counts = per_user[name]
             weights = rng.poisson(1.0, size=(size, len(counts))).astype(np.float64)
-            means[name] = (weights @ loss_sums) / np.maximum(weights @ counts, 1.0)
+            means[name] = (weights @ sums) / np.maximum(weights @ counts, 1.0)
         replicated.append(means["candidate"] / np.maximum(means["champion"], 1e-12) - 1.0)
     r = np.concatenate(replicated)
     return float(np.quantile(r, 1.0 - confidence)), float(np.quantile(r, confidence))
