@@ -111,7 +111,8 @@ def _list_array(rows: list[np.ndarray | None], type_: pa.DataType) -> pa.Array:
 def served_events(entries: Iterable[ServedEntry], labels: FeedbackLabels, window_us: int) -> pa.Table:
     """Impressions in the events schema, each with its final label (largest within the
     window after the request; 0 without feedback) and what the model saw (the features
-    as served, the online inputs, the propensity: 1.0 when the entry has none)."""
+    as served, the online inputs, the propensity: 1.0 when the entry has none; the
+    interleaving team: null when the request was not interleaved)."""
     cols: dict[str, list[Any]] = {name: [] for name in EVENTS_SCHEMA.names}
     for entry in entries:
         record = entry.record
@@ -147,6 +148,7 @@ def served_events(entries: Iterable[ServedEntry], labels: FeedbackLabels, window
             cols["online_dense"].append(inputs.dense[position])
             cols["online_sparse"].append(inputs.sparse[position])
             cols["propensity"].append(float(propensity[position]))
+            cols["interleave_team"].append(None if entry.team is None else int(entry.team[position]))
     arrays = []
     for f in EVENTS_SCHEMA:
         values = cols[f.name]
