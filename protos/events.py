@@ -54,7 +54,8 @@ propensity : float32
 interleave_team : int8
     Which ranker put the item in an interleaved list (``serving.interleaving``: 0 both, in
     the same round; 1 the champion; 2 the candidate); null: the request was not
-    interleaved. An interleaved request's other columns are the champion's.
+    interleaved. An interleaved request's other columns are the champion's (its
+    ``propensity`` null: the list is not the champion's policy).
 """
 
 from __future__ import annotations

@@ -300,5 +300,5 @@ def test_the_interleaving_team_round_trips_and_lands_in_the_event_log(tmp_path: 
     writer.sync()
     assert compact_served_log(tmp_path, tmp_path / "events", 60.0, close_all=True) == 4
     rows = read_event_log(tmp_path / "events").to_pylist()
-    assert [(r["request_id"], r["interleave_team"]) for r in rows] == [
-        ("a", None), ("a", None), ("c", 2), ("c", 1)]
+    assert [(r["request_id"], r["interleave_team"], r["propensity"]) for r in rows] == [
+        ("a", None, 1.0), ("a", None, 1.0), ("c", 2, None), ("c", 1, None)]
