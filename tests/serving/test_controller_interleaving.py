@@ -18,7 +18,7 @@ from serving.controller.config import ControllerConfig
 from serving.controller.staging import combine
 from serving.controller.verdicts import Verdict, judge_canary, judge_interleaving
 from serving.interleaving import CANDIDATE, CHAMPION, SHARED
-from tests.serving.controller_kit import T0, World, champion_of, served_rows, world  # noqa: F401
+from tests.serving.controller_kit import T0, FakeClock, World, champion_of, served_rows, world  # noqa: F401
 
 CFG = ControllerConfig(interleave_min_users=150, canary_min_duration="10m",
                        canary_min_events=3_000, canary_margin=0.05, canary_bootstrap_samples=200)
@@ -42,7 +42,7 @@ def interleaved_rows(champion: str, users: int, requests_per_user: int, *, candi
         "ts": pa.array([T0 + timedelta(seconds=int(s)) for s in np.sort(rng.integers(0, 3600, n))],
                        pa.timestamp("us", tz="UTC")),
         "label": (rng.random(n) < p).astype(np.float32),
-        "request_id": [f"il-{r}" for r in request.tolist()],
+        "request_id": [f"il-{user_prefix}-{r}" for r in request.tolist()],
         "base_version": [champion] * n,
         "final_score": np.full(n, 0.1, np.float32),
         "interleave_team": pa.array(teams, pa.int8()),
@@ -144,3 +144,45 @@ def test_a_cycle_whose_users_prefer_the_champion_aborts_the_canary(world: World)
     assert summary["outcome"] == "aborted" and "interleaving prefers the champion" in summary["reason"]
     assert "non-inferior" not in summary["reason"]  # the A/B passed; the interleaving failed it
     assert world.app.calls[-1] == "abort_candidate" and champion_of(world) == world.champion
+
+
+class _LaterRows(FakeClock):
+    """A clock whose sleep, once the A/B test has made its single look, writes more rows of
+    both kinds (as live traffic goes on), and enough interleaved users to decide."""
+
+    def __init__(self, world: World) -> None:  # noqa: F811
+        super().__init__(world.clock.at)
+        self.world = world
+        self.written = False
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        current, _ = self.world.store.load()
+        looks = ((current.staged if current else None) or {}).get("looks", {})
+        if "ab" in looks and not self.written:
+            self.written = True
+            events_dir = self.world.settings.feature_store.events_dir
+            candidate = str(current.version) if current else ""
+            later = [served_rows(self.world.champion, 200, 20, seed=4, user_prefix="c"),
+                     served_rows(candidate, 200, 20, seed=4, user_prefix="d", distortion=4.0)]
+            later = [t.set_column(t.schema.get_field_index("request_id"), "request_id",  # new ids
+                                  pa.array([f"later-{i}" for i in range(t.num_rows)]))
+                     for t in later]
+            for table in (*later, interleaved_rows(self.world.champion, 300, 4, candidate_ctr=0.3,
+                                           champion_ctr=0.15, user_prefix="e")):
+                write_event_log(table, events_dir)
+
+
+def test_each_test_looks_once_the_ab_verdict_is_kept_while_the_interleaving_waits(world: World) -> None:  # noqa: F811
+    _with_interleaving(world, candidate_ctr=0.3, champion_ctr=0.15)  # 300 users: ~230 decided
+    world.settings = dataclasses.replace(world.settings, controller=dataclasses.replace(
+        world.settings.controller, interleave_min_users=400))
+    world.clock = _LaterRows(world)
+    summary = world.controller().run_cycle()
+    assert summary["outcome"] == "promoted", summary
+    assert world.clock.written
+    canary = [e for e in world.store.history() if e["event"] == "verdict"][-1]["figures"]
+    # The A/B verdict is the first look's (4,000 rows a group), not a second look at the
+    # later rows, whose candidate is clearly worse; the interleaving decided on the later users.
+    assert canary["candidate_rows"] == canary["champion_rows"] == 4000
+    assert canary["interleaving"]["interleaved_requests"] == 2400
