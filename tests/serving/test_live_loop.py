@@ -6,6 +6,7 @@ interleaved with the candidate (``serving.interleave_share``), logged with their
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -167,8 +168,6 @@ def _first_json(text: str) -> dict:
 def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_says(system, capsys):
     """Each section's situation is set up first (a ready layer, a canary, a promoted base),
     then its commands run through the real ``freshrank`` CLI, then the effect is checked."""
-    import json
-
     client = system.client
     champion = client.status().base_version
     env = {"TARGET": system.address, "WORKSPACE": str(system.settings.workspace)}
