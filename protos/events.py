@@ -51,6 +51,11 @@ online_dense, online_sparse : list<float64>, list<int64>
 propensity : float32
     The probability with which the policy showed this item at this position: 1.0 while
     serving is deterministic (null: not known, e.g. a user's file).
+interleave_team : int8
+    Which ranker put the item in an interleaved list (``serving.interleaving``: 0 both, in
+    the same round; 1 the champion; 2 the candidate); null: the request was not
+    interleaved. An interleaved request's other columns are the champion's (its
+    ``propensity`` null: the list is not the champion's policy).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("online_dense", pa.list_(pa.float64())),
         pa.field("online_sparse", pa.list_(pa.int64())),
         pa.field("propensity", pa.float32()),
+        pa.field("interleave_team", pa.int8()),
     ]
 )
 
@@ -95,6 +101,7 @@ SERVED_COLUMNS: tuple[str, ...] = (
     "online_dense",
     "online_sparse",
     "propensity",
+    "interleave_team",
 )
 
 

@@ -60,6 +60,10 @@ class ServingConfig:
             workspace's hourly Parquet event log (impressions whose join window closed).
         shadow_share: Share of the champion's requests a staged candidate base also scores
             (shadow comparison; never served), off the reply path.
+        interleave_share: Share of the champion's requests (a stable hash of the request
+            id) that, during a canary, are served as the team-draft interleaving of the
+            champion's and the candidate's rankings (``serving.interleaving``; the team of
+            each shown item is in the served log). Each is ranked by both bases. 0: never.
         base_cache: Base versions each Ranker replica keeps loaded (champion, candidate, and
             the previous champion, so a rollback is a switch, not a load).
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
@@ -91,6 +95,7 @@ class ServingConfig:
     compact_seconds: float = 60.0
     shadow_share: float = 1.0
     base_cache: int = 3
+    interleave_share: float = 0.0
 
     def __post_init__(self) -> None:
         check_bounds(
@@ -105,6 +110,8 @@ class ServingConfig:
         )
         if not 0.0 <= self.shadow_share <= 1.0:
             raise ValueError(f"serving.shadow_share must be in [0, 1], got {self.shadow_share}")
+        if not 0.0 <= self.interleave_share <= 1.0:
+            raise ValueError(f"serving.interleave_share must be in [0, 1], got {self.interleave_share}")
         if self.base_cache < 2:
             raise ValueError("serving.base_cache must be >= 2 (champion and candidate)")
         if not isinstance(self.open_rpcs, tuple) or not all(

@@ -43,6 +43,7 @@ from serving.errors import InvalidRequest
 from serving.settings import Settings
 
 if TYPE_CHECKING:
+    import numpy as np
     from ray.serve.handle import DeploymentHandle
 
     from online_layer.join import ServedRecord
@@ -259,11 +260,12 @@ class Ranker:
         impression is not. The learner reads the records from the log itself."""
         await asyncio.to_thread(self._served_log.sync)
 
-    def _remember(self, outcome: RankOutcome) -> None:
-        """Log what was shown (to the OS before the reply: it survives this replica's death)."""
+    def _remember(self, outcome: RankOutcome, team: np.ndarray | None = None) -> None:
+        """Log what was shown, with its interleaving teams if any (to the OS before the
+        reply: it survives this replica's death)."""
         from serving.served_log import served_entry
 
-        self._served_log.append(served_entry(outcome, time.time()))
+        self._served_log.append(served_entry(outcome, time.time(), team))
 
     # ----------------------------------------------------------------------- the rpcs
     # Each goes through the door (``serving.ingress.rpc``): it decodes the request, maps bad
@@ -275,7 +277,10 @@ class Ranker:
         observability.bind_request_id(query.request_id)
         self._ensure_background()
         ranker, by_candidate = self._bases.route(query.user_id)
-        outcome = ranker.rank(query)
+        outcome, team = ranker.rank(query), None
+        mixed = self._bases.interleave(query, outcome, by_candidate)  # None outside a canary
+        if mixed is not None:
+            outcome, team = mixed
         candidate = self._bases.wants_shadow(by_candidate)
         if candidate is not None:  # after the reply is built, in a thread: never served
             task = asyncio.get_running_loop().run_in_executor(
@@ -286,7 +291,7 @@ class Ranker:
         self._metrics.observe_rank(outcome)
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
-        self._remember(outcome)
+        self._remember(outcome, team)
         return outcome.to_response()
 
     @rpc(parse=_feedback_events)

@@ -1,6 +1,11 @@
 """One Ranker replica's bases: the champion, a staged candidate, and the ones kept for a
 fast rollback; which serves a request; and the shadow comparison.
 
+During a canary, ``serving.interleave_share`` of the champion's requests are interleaved
+(``interleave``): both bases rank the request and the reply is the team-draft
+interleaving of the two rankings (``serving.interleaving``), logged with the team of each
+shown item and the champion's scores and online inputs.
+
 A plan (``serving.plan``) names the bases; ``load`` builds a ``HybridRanker`` for each one
 not yet loaded (off the request path: the caller runs it in a thread), and ``apply`` then
 switches by reference assignment, so a request in flight finishes on the ranker it
@@ -16,20 +21,24 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from serving.interleaving import team_draft
 from serving.plan import CANARY, ServingPlan, in_canary
 from serving.shadow import ShadowStats
 
 if TYPE_CHECKING:
     from feature_store.online import OnlineFeatureReader
-    from serving.ranking import HybridRanker
+    from serving.ranking import HybridRanker, RankOutcome
     from serving.requests import RankQuery
     from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_SHADOW_IN_FLIGHT", "ReplicaBases"]
+__all__ = ["MAX_SHADOW_IN_FLIGHT", "ReplicaBases", "interleaved_outcome"]
 
 MAX_SHADOW_IN_FLIGHT = 4  # shadow scorings waiting at once; more are skipped (counted)
 
@@ -127,6 +136,19 @@ class ReplicaBases:
             return candidate, True
         return self.champion, False
 
+    def interleave(
+        self, query: RankQuery, outcome: RankOutcome, by_candidate: bool
+    ) -> tuple[RankOutcome, np.ndarray] | None:
+        """For ``serving.interleave_share`` of the champion's requests during a canary (by
+        a hash of the request id): ``outcome`` (the champion's) shown as the interleaving
+        of its ranking and the candidate's, with the teams; None: served as it is."""
+        plan, candidate = self.plan, self.candidate
+        share = self._settings.serving.interleave_share
+        if (by_candidate or candidate is None or plan is None or plan.phase != CANARY
+                or not in_canary(f"interleave\x1f{query.request_id}", share)):
+            return None
+        return interleaved_outcome(outcome, candidate.rank(query), plan.serial)
+
     def wants_shadow(self, by_candidate: bool) -> HybridRanker | None:
         """After a champion-served request while a candidate is staged: the candidate to
         shadow-score it with, for ``serving.shadow_share`` of them (None otherwise)."""
@@ -163,3 +185,18 @@ class ReplicaBases:
     def shadow_stats(self) -> dict[str, Any]:
         with self._shadow_lock:
             return self.shadow.to_dict()
+
+
+def interleaved_outcome(
+    champion: RankOutcome, candidate: RankOutcome, salt: str
+) -> tuple[RankOutcome, np.ndarray]:
+    """``champion`` re-ordered as the team-draft interleaving of both outcomes' rankings
+    (all candidates, best first; the coins from the request id and ``salt``, the plan's
+    serial), and the team of each shown item. Scores and online inputs stay the
+    champion's; the propensity is dropped (an interleaved list is not the champion's
+    policy: off-policy estimates leave these rows out)."""
+    ours = np.argsort(-champion.final_logits, kind="stable").tolist()
+    theirs = np.argsort(-candidate.final_logits, kind="stable").tolist()
+    mixed = team_draft(ours, theirs, len(champion.order), champion.query.request_id, salt)
+    order = np.asarray(mixed.items, dtype=np.int64)
+    return replace(champion, order=order, propensity=None), np.asarray(mixed.teams, dtype=np.int8)

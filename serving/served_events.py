@@ -111,7 +111,9 @@ def _list_array(rows: list[np.ndarray | None], type_: pa.DataType) -> pa.Array:
 def served_events(entries: Iterable[ServedEntry], labels: FeedbackLabels, window_us: int) -> pa.Table:
     """Impressions in the events schema, each with its final label (largest within the
     window after the request; 0 without feedback) and what the model saw (the features
-    as served, the online inputs, the propensity: 1.0 when the entry has none)."""
+    as served, the online inputs, the propensity: 1.0 when the entry has none, null for
+    an interleaved request without one; the interleaving team: null when the request was
+    not interleaved)."""
     cols: dict[str, list[Any]] = {name: [] for name in EVENTS_SCHEMA.names}
     for entry in entries:
         record = entry.record
@@ -122,6 +124,7 @@ def served_events(entries: Iterable[ServedEntry], labels: FeedbackLabels, window
         n = len(record.item_ids)
         propensity = (np.ones(n) if entry.propensity is None
                       else np.asarray(entry.propensity, dtype=np.float64))
+        interleaved = entry.team is not None and entry.propensity is None  # not known: null
         user = entry.user_features
         items = entry.item_features
         for position, item in enumerate(record.item_ids):
@@ -146,7 +149,8 @@ def served_events(entries: Iterable[ServedEntry], labels: FeedbackLabels, window
             cols["online_base_logit"].append(float(inputs.base_logit[position]))
             cols["online_dense"].append(inputs.dense[position])
             cols["online_sparse"].append(inputs.sparse[position])
-            cols["propensity"].append(float(propensity[position]))
+            cols["propensity"].append(None if interleaved else float(propensity[position]))
+            cols["interleave_team"].append(None if entry.team is None else int(entry.team[position]))
     arrays = []
     for f in EVENTS_SCHEMA:
         values = cols[f.name]

@@ -128,6 +128,8 @@ class ServedEntry:
             None when not logged.
         propensity: ``(n_shown,)`` probability each item was shown at its position; None:
             the deterministic policy (1.0 each).
+        team: ``(n_shown,)`` the interleaving team of each shown item
+            (``serving.interleaving``); None: the request was not interleaved.
     """
 
     record: ServedRecord
@@ -138,12 +140,15 @@ class ServedEntry:
     user_features: np.ndarray | None = None
     item_features: np.ndarray | None = None
     propensity: np.ndarray | None = None
+    team: np.ndarray | None = None
 
 
-def served_entry(outcome: RankOutcome, written_at: float) -> ServedEntry:
+def served_entry(outcome: RankOutcome, written_at: float,
+                 team: np.ndarray | None = None) -> ServedEntry:
     """What ``Rank`` logs for ``outcome``: the shown items (top-k, in the order shown)
-    with their inputs, scores, categories and features as served, and the fallback reason
-    (the ``FallbackReason`` name; "" when the online correction applied)."""
+    with their inputs, scores, categories and features as served, the fallback reason
+    (the ``FallbackReason`` name; "" when the online correction applied) and, for an
+    interleaved request, the team of each shown item."""
     from online_layer.served import ServedRecord
     from protos.freshrank.v1 import ranking_pb2
 
@@ -173,6 +178,7 @@ def served_entry(outcome: RankOutcome, written_at: float) -> ServedEntry:
         user_features=outcome.user_features,
         item_features=None if items is None else np.asarray(items)[shown],
         propensity=outcome.propensity[shown] if outcome.propensity is not None else None,
+        team=None if team is None else np.asarray(team, dtype=np.int8).reshape(len(index)),
     )
 
 
@@ -221,6 +227,8 @@ def encode_served(entry: ServedEntry) -> bytes:
     if entry.propensity is not None:
         header["p"] = 1
         extra.append(np.asarray(entry.propensity, dtype="<f8").reshape(n).tobytes())
+    if entry.team is not None:  # a few small ints: in the header, not a block
+        header["team"] = [int(t) for t in np.asarray(entry.team).reshape(n)]
     return _pack(
         _SERVED_TAG,
         header,
@@ -259,6 +267,7 @@ def decode_served(payload: bytes) -> ServedEntry:
         offset += 4 * n * fi
     if h.get("p"):
         propensity = np.frombuffer(body, dtype="<f8", count=n, offset=offset).astype(np.float64)
+    team = np.asarray(h["team"], dtype=np.int8) if "team" in h else None
     when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(h["t"]))
     record = ServedRecord(
         request_id=h["rid"],
@@ -270,7 +279,7 @@ def decode_served(payload: bytes) -> ServedEntry:
         online_version=h["ov"],
     )
     return ServedEntry(record, final.copy(), tuple(h["cats"]), h["fb"], float(h["w"]),
-                       user_features=user, item_features=items, propensity=propensity)
+                       user_features=user, item_features=items, propensity=propensity, team=team)
 
 
 def served_time_us(entry: ServedEntry) -> int:

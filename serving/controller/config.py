@@ -70,6 +70,11 @@ class ControllerConfig:
             a 3 % margin with 80 % power from about 36,000 rows per group.
         canary_confidence: One-sided confidence of the bound on the difference.
         canary_bootstrap_samples: Bootstrap replicates (users resampled) of that bound.
+        interleave_min_users: Users with a preference (a non-tied interleaving outcome)
+            before the interleaving verdict is made (``verdicts.judge_interleaving``, once);
+            the canary then needs it too. 0 (default): no interleaving verdict. The app
+            interleaves only with ``[serving] interleave_share`` > 0.
+        interleave_alpha: Level of its two-sided sign test.
         seed: Seed of the bootstrap.
         actor: Who the controller says it is in the audit log.
         metrics_host, metrics_port: Where ``freshrank run`` exports its Prometheus
@@ -102,6 +107,8 @@ class ControllerConfig:
     canary_margin: float = 0.03
     canary_confidence: float = 0.95
     canary_bootstrap_samples: int = 1_000
+    interleave_min_users: int = 0
+    interleave_alpha: float = 0.05
     seed: int = 0
     actor: str = "freshrank-controller"
     metrics_host: str = "127.0.0.1"
@@ -125,9 +132,12 @@ class ControllerConfig:
             raise ValueError("controller.canary_confidence must be in (0.5, 1)")
         if not (math.isfinite(self.canary_margin) and self.canary_margin >= 0):
             raise ValueError("controller.canary_margin must be a finite number >= 0")
+        if not 0.0 < self.interleave_alpha < 0.5:
+            raise ValueError(f"controller.interleave_alpha must be in (0, 0.5), got {self.interleave_alpha}")
         check_bounds(
             "controller", self,
             at_least={"shadow_min_requests": 1, "canary_min_events": 1, "canary_bootstrap_samples": 1,
+                      "interleave_min_users": 0,
                       "shadow_max_latency_ratio": 1, "shadow_max_latency_ratio_p99": 1},
             above={"rpc_timeout_seconds": 0},
             ports=("metrics_port",),

@@ -19,13 +19,13 @@ import pyarrow.compute as pc
 from protos.freshrank.v1 import ranking_pb2
 from serving.controller.moves import End, Move, Next, Wait
 from serving.controller.port import rpc_failure
-from serving.controller.verdicts import Verdict, judge_canary, judge_shadow
+from serving.controller.verdicts import Verdict, judge_canary, judge_interleaving, judge_shadow
 
 if TYPE_CHECKING:
     from serving.controller.machine import Controller
     from serving.controller.store import CycleState
 
-__all__ = ["abort", "begin_abort", "canary", "shadow"]
+__all__ = ["abort", "begin_abort", "canary", "combine", "shadow"]
 
 PHASES = {"shadow": ranking_pb2.CANDIDATE_PHASE_SHADOW, "canary": ranking_pb2.CANDIDATE_PHASE_CANARY}
 NEXT = {"shadow": "canary", "canary": "promote"}
@@ -95,7 +95,33 @@ def _judge(
         return judge_shadow(report, ctl.cfg)
     champion = report.champion_base_version or str(state.champion)
     rows = canary_rows(ctl.events(ctl.as_of(state) - timedelta(hours=1)), champion, str(state.version))
-    return judge_canary(rows, champion, str(state.version), ctl.cfg, elapsed)
+    ab = judge_canary(rows, champion, str(state.version), ctl.cfg, elapsed)
+    if ctl.cfg.interleave_min_users <= 0:
+        return ab
+    # Two single-look tests: each one's first final verdict is kept (in ``state.staged``)
+    # and never judged again while the other waits.
+    looks = (state.staged or {}).setdefault("looks", {})
+    if "ab" in looks:
+        ab = Verdict(**looks["ab"])
+    elif ab.final:
+        looks["ab"] = {"decision": ab.decision, "reason": ab.reason, "figures": ab.figures}
+    il = Verdict(**looks["interleaving"]) if "interleaving" in looks else judge_interleaving(
+        rows, champion, str(state.version), ctl.cfg, elapsed)
+    if il.final and "interleaving" not in looks:
+        looks["interleaving"] = {"decision": il.decision, "reason": il.reason, "figures": il.figures}
+    ctl.save(state)
+    return combine(ab, il)
+
+
+def combine(ab: Verdict, interleaving: Verdict) -> Verdict:
+    """The canary's verdict when it is judged twice: a fail as soon as either fails, a
+    pass when both pass, else wait; the A/B figures with the interleaving's beside them."""
+    figures = {**ab.figures, "interleaving": interleaving.figures}
+    failed = [v for v in (ab, interleaving) if v.decision == "fail"]
+    if failed:
+        return Verdict("fail", "; ".join(v.reason for v in failed), figures)
+    decision = "pass" if ab.decision == interleaving.decision == "pass" else "wait"
+    return Verdict(decision, f"{ab.reason}; {interleaving.reason}", figures)
 
 
 def canary_rows(events: pa.Table, champion: str, candidate: str) -> pa.Table:

@@ -31,6 +31,18 @@ Canary rule (non-inferiority of progressive log loss, one look).
     the chance of promoting a worse base): promote ("pass") when ``upper <=
     canary_margin`` (the candidate is at most ``canary_margin`` worse, at that confidence);
     otherwise "fail" (abort). Never judged before ``canary_timeout``: the caller aborts.
+    Interleaved requests (``interleave_team`` set) are not in either group.
+
+Interleaving rule (``judge_interleaving``; only with ``interleave_min_users`` > 0).
+    Rows: the champion's impressions since staging that were interleaved with the candidate
+    (``serving.serving.interleave_share``; the team of each in ``interleave_team``). Each
+    request's outcome is the sign of (candidate-team clicks - champion-team clicks), each
+    user's the sign of their requests' sum (``serving.interleaving``). Test: the exact
+    two-sided sign test over users at level ``interleave_alpha``, one look: made the first
+    time ``interleave_min_users`` users have a non-tied outcome and ``canary_min_duration``
+    has passed. Decision: "fail" when users significantly prefer the champion, "pass"
+    otherwise (the candidate preferred, or no preference shown); the chance that an equally
+    good candidate fails is at most ``interleave_alpha`` / 2.
 """
 
 from __future__ import annotations
@@ -49,7 +61,10 @@ if TYPE_CHECKING:
     from protos.freshrank.v1 import ranking_pb2
     from serving.controller.config import ControllerConfig
 
-__all__ = ["Verdict", "canary_groups", "judge_canary", "judge_shadow", "ratio_bound"]
+__all__ = [
+    "Verdict", "canary_groups", "judge_canary", "judge_interleaving", "judge_shadow", "ratio_bound",
+    "user_ratio_bound",
+]
 
 _CHUNK = 64  # bootstrap replicates drawn at a time (bounds memory: chunk x users)
 
@@ -121,6 +136,8 @@ def canary_groups(
     that can be judged (served by that base, with a label and a final score)."""
     out = {}
     judged = pc.and_(pc.is_valid(events.column("final_score")), pc.is_valid(events.column("label")))
+    if "interleave_team" in events.column_names:  # interleaved requests are neither group
+        judged = pc.and_(judged, pc.is_null(events.column("interleave_team")))
     for name, version in (("candidate", candidate), ("champion", champion)):
         rows = events.filter(pc.and_(judged, pc.equal(events.column("base_version"), version)))
         out[name] = (
@@ -172,6 +189,47 @@ def judge_canary(
     return Verdict("fail", "canary not shown non-inferior: " + text, figures)
 
 
+def judge_interleaving(
+    events: pa.Table, champion: str, candidate: str, cfg: ControllerConfig, elapsed: timedelta
+) -> Verdict:
+    """The interleaving rule (module docstring) on the event-log rows since the canary began."""
+    from serving.interleaving import CANDIDATE, CHAMPION, preference_test, user_outcomes
+
+    users, per_request = np.array([], dtype=object), np.array([], dtype=np.int8)
+    if "interleave_team" in events.column_names:
+        rows = events.filter(pc.and_(
+            pc.and_(pc.is_valid(events.column("interleave_team")), pc.is_valid(events.column("label"))),
+            pc.equal(events.column("base_version"), champion)))
+        requests = rows.column("request_id").to_numpy(zero_copy_only=False).astype(str)
+        _, first, index = np.unique(requests, return_index=True, return_inverse=True)
+        team = rows.column("interleave_team").to_numpy(zero_copy_only=False)
+        clicked = rows.column("label").to_numpy(zero_copy_only=False) > 0
+        credited = clicked.astype(np.float64)
+        net = (np.bincount(index, weights=credited * (team == CANDIDATE), minlength=len(first))
+               - np.bincount(index, weights=credited * (team == CHAMPION), minlength=len(first)))
+        per_request = np.sign(net).astype(np.int8)  # +1 candidate, -1 champion, 0 tie
+        users = rows.column("user_id").to_numpy(zero_copy_only=False)[first].astype(str)
+    test = preference_test(user_outcomes(users, per_request), alpha=cfg.interleave_alpha)
+    low, high = test.share_interval()
+    figures: dict[str, Any] = {
+        "champion": champion, "candidate": candidate, "interleaved_requests": int(len(per_request)),
+        "candidate_wins": test.candidate_wins, "champion_wins": test.champion_wins,
+        "ties": test.ties, "candidate_share": test.candidate_share, "share_lower": low,
+        "share_upper": high, "p_value": test.p_value, "alpha": cfg.interleave_alpha,
+        "elapsed_seconds": round(elapsed.total_seconds(), 1),
+    }
+    need = cfg.interleave_min_users
+    if elapsed < cfg.duration("canary_min_duration") or test.decided < need:
+        return Verdict("wait", f"interleaving: {test.decided} of {need} users with a preference "
+                       f"({len(per_request)} interleaved requests)", figures)
+    text = (f"users preferring the candidate {test.candidate_wins}, the champion "
+            f"{test.champion_wins} (share {test.candidate_share:.3f}, 95% [{low:.3f}, {high:.3f}], "
+            f"sign test p = {test.p_value:.3g}) over {len(per_request)} interleaved requests")
+    if test.preferred == "champion":
+        return Verdict("fail", "interleaving prefers the champion: " + text, figures)
+    return Verdict("pass", "interleaving shows no preference for the champion: " + text, figures)
+
+
 def ratio_bound(
     groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     confidence: float,
@@ -180,15 +238,29 @@ def ratio_bound(
 ) -> tuple[float, float]:
     """The (1 - confidence) and confidence quantiles of ``LL_cand / LL_champ - 1`` under a
     Poisson bootstrap over each group's users."""
-    rng = np.random.default_rng(seed)
     per_user = {name: _per_user(*groups[name]) for name in ("candidate", "champion")}
+    return user_ratio_bound(per_user, confidence, samples, seed)
+
+
+def user_ratio_bound(
+    per_user: dict[str, tuple[np.ndarray, np.ndarray]],
+    confidence: float,
+    samples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """The (1 - confidence) and confidence quantiles of ``mean_cand / mean_champ - 1``, a
+    group's mean being ``sum(values) / sum(counts)`` over its users (``per_user[name]``:
+    each user's value sum and row count), under a Poisson bootstrap over each group's users.
+    The canary's log loss is one such mean; a click rate (clicks over impressions) another."""
+    rng = np.random.default_rng(seed)
     replicated = []
     for start in range(0, samples, _CHUNK):
         size = min(_CHUNK, samples - start)
         means = {}
-        for name, (loss_sums, counts) in per_user.items():
+        for name in ("candidate", "champion"):  # this order: the draws stay the same per seed
+            sums, counts = per_user[name]
             weights = rng.poisson(1.0, size=(size, len(counts))).astype(np.float64)
-            means[name] = (weights @ loss_sums) / np.maximum(weights @ counts, 1.0)
+            means[name] = (weights @ sums) / np.maximum(weights @ counts, 1.0)
         replicated.append(means["candidate"] / np.maximum(means["champion"], 1e-12) - 1.0)
     r = np.concatenate(replicated)
     return float(np.quantile(r, 1.0 - confidence)), float(np.quantile(r, confidence))

@@ -1,7 +1,8 @@
 """The live loop in a running app, through real gRPC calls under steady load:
 stage a candidate base (shadow, then canary), promote it in place, roll it back, and
 refuse what must never serve; no call fails and no reply pairs a base with an online
-layer trained for another base."""
+layer trained for another base. During the canary half of the champion's requests are
+interleaved with the candidate (``serving.interleave_share``), logged with their teams."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
@@ -86,6 +89,20 @@ class Load:
             time.sleep(0.005)
 
 
+def _interleaved(system) -> list[tuple[Any, np.ndarray]]:
+    """(served record, teams) of every interleaved request in the replicas' served logs."""
+    from protos.wal import WalTailer
+    from serving.served_log import decode_served, served_root
+
+    found = []
+    for replica in sorted(p for p in served_root(system.settings.workspace).iterdir() if p.is_dir()):
+        for _, payload in WalTailer(replica).poll():
+            entry = decode_served(payload)
+            if entry.team is not None:
+                found.append((entry.record, entry.team))
+    return found
+
+
 def _wait(predicate, timeout: float = 30.0, what="condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -97,7 +114,8 @@ def _wait(predicate, timeout: float = 30.0, what="condition") -> None:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    with running_system(tmp_path_factory.mktemp("live-loop"), serving={"shadow_share": 1.0}) as running:
+    serving = {"shadow_share": 1.0, "interleave_share": 0.5}  # interleaving: during a canary only
+    with running_system(tmp_path_factory.mktemp("live-loop"), serving=serving) as running:
         yield running
 
 
@@ -150,8 +168,6 @@ def _first_json(text: str) -> dict:
 def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_says(system, capsys):
     """Each section's situation is set up first (a ready layer, a canary, a promoted base),
     then its commands run through the real ``freshrank`` CLI, then the effect is checked."""
-    import json
-
     client = system.client
     champion = client.status().base_version
     env = {"TARGET": system.address, "WORKSPACE": str(system.settings.workspace)}
@@ -229,6 +245,13 @@ def test_a_full_cycle_under_load_fails_no_call_and_never_mismatches_a_pair(syste
         first = next(i for i, (_, _, b) in enumerate(served) if b == candidate)
         wrong = [(u, b) for _, u, b in served[first:] if (b == candidate) != in_canary(u, 0.5)]
         assert wrong == [], wrong[:5]  # each user is served by the base its hash names
+        _wait(lambda: len(_interleaved(system)) >= 5, what="interleaved requests")
+        for record, team in _interleaved(system):  # the champion's users, by a hash of the id
+            assert record.base_version == champion and not in_canary(record.user_id, 0.5)
+            assert in_canary(f"interleave\x1f{record.request_id}", 0.5)
+            assert len(team) == len(record.item_ids) and set(team.tolist()) <= {0, 1, 2}
+            assert abs(int((team == 1).sum()) - int((team == 2).sum())) <= 1
+        assert any((team == 2).any() for _, team in _interleaved(system))  # the candidate's picks shown
         status = client.status()
         assert status.candidate_phase == pb.CANDIDATE_PHASE_CANARY and status.canary_share == 0.5
         # promote in place

@@ -287,3 +287,18 @@ def test_a_new_bases_warm_start_labels_its_impressions_as_the_compactor_does(tmp
     assert all(compacted[key] == label for key, label in replayed.items())
     writer.close()
     feedback.close()
+
+
+def test_the_interleaving_team_round_trips_and_lands_in_the_event_log(tmp_path: Path) -> None:
+    interleaved = dataclasses.replace(_entry("c"), team=np.array([2, 1], dtype=np.int8))
+    got = decode_served(encode_served(interleaved))
+    assert got.team is not None and got.team.tolist() == [2, 1]
+    assert decode_served(OLD_RECORD).team is None and decode_served(encode_served(_entry())).team is None
+    writer = ServedLogWriter(tmp_path, replica="r1")
+    writer.append(_entry("a"))
+    writer.append(interleaved)
+    writer.sync()
+    assert compact_served_log(tmp_path, tmp_path / "events", 60.0, close_all=True) == 4
+    rows = read_event_log(tmp_path / "events").to_pylist()
+    assert [(r["request_id"], r["interleave_team"], r["propensity"]) for r in rows] == [
+        ("a", None, 1.0), ("a", None, 1.0), ("c", 2, None), ("c", 1, None)]
