@@ -21,6 +21,9 @@ __all__ = ["BaseModelConfig", "UseGpu"]
 UseGpu = bool | Literal["auto"]
 
 
+#: Ray placement-group strategies (``ray.train.ScalingConfig(placement_strategy=...)``).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
 @dataclass(frozen=True)
 class BaseModelConfig:
     """How the base ranker is built, trained, gated and re-triggered.
@@ -62,9 +65,13 @@ class BaseModelConfig:
         Seeds the initial weights, the shuffle and the bootstrap. On CPU with one worker the
         same seed and data give bitwise the same weights, in-process and through Ray Train
         (torch runs on ``max(1, int(cpus_per_worker))`` threads in both).
-    num_workers, use_gpu, cpus_per_worker
+    num_workers, use_gpu, cpus_per_worker, placement_strategy
         Ray Train ``ScalingConfig``. ``use_gpu="auto"`` uses GPUs when the cluster has at
-        least ``num_workers`` of them, CPU otherwise.
+        least ``num_workers`` of them, CPU otherwise. ``placement_strategy`` is Ray's
+        placement-group strategy for the workers: ``PACK`` (the default: as few nodes as
+        fit, the cheapest gradient exchange) or ``SPREAD`` (one worker per node where it
+        can: a node's loss costs one worker, and each node's CPUs and memory add up);
+        ``STRICT_PACK`` and ``STRICT_SPREAD`` refuse to place otherwise.
     prefetch_batches, shuffle_buffer_rows, chunk_batches
         Ray Data iteration: a worker reads chunks of ``chunk_batches`` mini-batches (cut and
         shuffled on its device), ``prefetch_batches`` chunks ahead of training, through a
@@ -135,6 +142,7 @@ class BaseModelConfig:
     num_workers: int = 1
     use_gpu: UseGpu = "auto"
     cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"
     prefetch_batches: int = 2
     shuffle_buffer_rows: int = 16384
     cache_max_rows: int = 5_000_000
@@ -192,6 +200,11 @@ class BaseModelConfig:
         if self.use_gpu != "auto" and not isinstance(self.use_gpu, bool):
             raise ConfigError(f"use_gpu must be 'auto', true or false, got {self.use_gpu!r}")
         _float(self, "cpus_per_worker", low=0.0, low_open=True)
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
+                f"got {self.placement_strategy!r}"
+            )
         _int(self, "prefetch_batches", low=0)
         _int(self, "shuffle_buffer_rows", low=0)
         _int(self, "cache_max_rows", low=0)

@@ -138,7 +138,8 @@ def fit_with_ray(
             "train_rows": len(train),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=ray.train.RunConfig(name=run_name, storage_path=storage),
         datasets={

@@ -45,6 +45,7 @@ def test_toml_values_are_accepted() -> None:
         ({"embedding_dim": 8.5}, "embedding_dim must be an int"),
         ({"learning_rate": 0.0}, "learning_rate must be > 0.0"),
         ({"use_gpu": "maybe"}, "use_gpu must be 'auto', true or false"),
+        ({"placement_strategy": "spread"}, "placement_strategy must be one of PACK, SPREAD"),
         ({"hidden_layers": [64, -1]}, "hidden_layers must be a tuple of positive ints"),
         ({"confidence": 1.0}, "confidence must be < 1.0"),
         ({"oov_dropout": float("nan")}, "oov_dropout must be finite"),
