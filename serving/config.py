@@ -62,6 +62,12 @@ class ServingConfig:
             (shadow comparison; never served), off the reply path.
         base_cache: Base versions each Ranker replica keeps loaded (champion, candidate, and
             the previous champion, so a rollback is a switch, not a load).
+        explore_enabled, explore_share, explore_slots, explore_scale, explore_samples: The
+            exploration policy a replica starts with (``serving.exploration``: off by
+            default; the ``SetExploration`` rpc / ``freshrank explore on|off`` change it in
+            place): the share of requests that rank by a Thompson sample of the online
+            posterior, how many of the last top-k slots it fills (0: all), the posterior
+            standard deviation's multiplier, and the Monte Carlo draws for the propensity.
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
             files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
@@ -91,6 +97,11 @@ class ServingConfig:
     compact_seconds: float = 60.0
     shadow_share: float = 1.0
     base_cache: int = 3
+    explore_enabled: bool = False
+    explore_share: float = 0.05
+    explore_slots: int = 0
+    explore_scale: float = 1.0
+    explore_samples: int = 64
 
     def __post_init__(self) -> None:
         check_bounds(
@@ -105,6 +116,12 @@ class ServingConfig:
         )
         if not 0.0 <= self.shadow_share <= 1.0:
             raise ValueError(f"serving.shadow_share must be in [0, 1], got {self.shadow_share}")
+        from serving.exploration import ExplorationPolicy
+
+        try:
+            ExplorationPolicy.of(self)
+        except ValueError as error:
+            raise ValueError(str(error).replace("exploration.", "serving.explore_")) from None
         if self.base_cache < 2:
             raise ValueError("serving.base_cache must be >= 2 (champion and candidate)")
         if not isinstance(self.open_rpcs, tuple) or not all(

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from serving.exploration import ExplorationPolicy
 from serving.plan import CANARY, ServingPlan, in_canary
 from serving.shadow import ShadowStats
 
@@ -50,6 +51,7 @@ class ReplicaBases:
         self.shadow_skipped = 0
         self._random = random.Random(0)
         self._enabled = bool(settings.serving.online_enabled)
+        self.exploration = champion.exploration  # serving.exploration: the operator's policy
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -104,7 +106,15 @@ class ReplicaBases:
         )
         ranker = HybridRanker(self._features, base, featurizer, self._settings.serving)
         ranker.set_enabled(self._enabled)
+        ranker.exploration = self.exploration
         return ranker
+
+    def set_exploration(self, policy: ExplorationPolicy) -> bool:
+        """The operator's exploration policy, for every loaded base; whether it changed."""
+        changed, self.exploration = policy != self.exploration, policy
+        for ranker in self._loaded.values():
+            ranker.exploration = policy
+        return changed
 
     def set_enabled(self, enabled: bool) -> None:
         """The operator's switch, for every loaded base."""
