@@ -115,12 +115,6 @@ def explores(request_id: str, share: float) -> bool:
     return _digest(request_id, b"fr-explore") / 2.0**64 < share
 
 
-def _subset(inputs: OnlineInputs, rows: np.ndarray) -> OnlineInputs:
-    from online_layer.features import OnlineInputs
-
-    return OnlineInputs(inputs.base_logit[rows], inputs.dense[rows], inputs.sparse[rows])
-
-
 def _top(samples: np.ndarray, k: int) -> np.ndarray:
     """Each row's ``k`` largest columns, best first: ``(S, k)`` (argpartition, then sort)."""
     if k < samples.shape[1]:
@@ -151,7 +145,7 @@ def explore(
         return greedy[:k], propensity
     pool = greedy[head:]
     rng = np.random.default_rng(_digest(request_id, b"fr-draws"))
-    sub = _subset(inputs, pool)
+    sub = inputs.take(pool)
     samples = slot.model.sample_logits(sub, rng, n_samples=1 + policy.samples, scale=policy.scale)
     if math.isfinite(slot.max_correction):
         base = sub.base_logit[None, :]
