@@ -1,6 +1,7 @@
 """Issue 20: does Thompson-sampling exploration pay on the simulator? Prints one JSON object.
 
     PYTHONPATH=$PWD .venv/bin/python bench/exploration.py [--out bench/backtest/explore]
+        [--seed N] [--share F] [--slots N] [--scale F] [--logging-policy hidden|blind] [--name report.json]
 
 A simulated log (``feature_store.simulate``, the sizes below), point-in-time features
 through the backtest's own pipeline (``serving.backtest.data.prepare``), one base fitted on
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impressions-per-day", type=int, default=10_000)
     parser.add_argument("--share", type=float, default=None, help="override the pre-registered share")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slots", type=int, default=None, help="override the pre-registered slots")
+    parser.add_argument("--scale", type=float, default=None, help="override the pre-registered scale")
+    parser.add_argument("--logging-policy", default="hidden", choices=("hidden", "blind"),
+                        help="the simulator's logging policy (blind: traffic does not leak bursts)")
+    parser.add_argument("--name", default="report.json", help="report file name under --out")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -54,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     sim = SimulatorConfig(seed=11 + args.seed, start=START, days=float(args.days),
                           impressions_per_day=args.impressions_per_day, n_users=1_000,
-                          initial_items=150, items_per_day=120, base_ctr=0.1)
+                          initial_items=150, items_per_day=120, base_ctr=0.1,
+                          logging_policy=args.logging_policy)
     out = Path(args.out)
     workspace = out / "workspace"
     if workspace.exists():
@@ -85,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = ExploreSettings(position_decay=sim.position_decay, seed=args.seed)
     if args.share is not None:
         settings = replace(settings, share=args.share)
+    if args.slots is not None:
+        settings = replace(settings, slots=args.slots)
+    if args.scale is not None:
+        settings = replace(settings, scale=args.scale)
     arms = {}
     seconds = {}
     for name, policy in (("greedy", None), ("explore", settings.policy())):
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": int(hi), "evaluated_rows": int(hi - eval_lo), "base": fit.version,
         "seconds": {"features": round(t_features, 1), "fit_and_score": round(t_fit, 1), **seconds},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / args.name).write_text(json.dumps(report, indent=2, default=str) + "\n")
     shutil.rmtree(workspace, ignore_errors=True)
     print(json.dumps(report, default=str))
     return 0

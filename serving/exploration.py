@@ -22,6 +22,9 @@ draws of the same posterior plus the served one: ``(1 + hits) / (1 + samples)``;
 so an off-policy estimate can divide by it. The draws are seeded by the request id, so a
 request's ranking and propensities are reproducible.
 
+An exploring reply lists the items in the sample's order with their posterior-mean scores
+(so its scores need not be sorted); Status counts a replica's exploring requests.
+
 The switch lives with the other operator controls (``serving.admin.Controls``): the
 ``SetExploration`` rpc / ``freshrank explore on|off`` changes it in place on every replica.
 """
