@@ -219,8 +219,18 @@ class OnlineModel(ABC):
         the rows); ``scale`` multiplies its standard deviation (``online_layer.posterior``).
         """
         mean = self.predict_many(inputs)
-        precision = self.prior_precision + self._prec
-        return posterior.sample_logits(mean, inputs, precision, rng, n_samples, scale)
+        return posterior.sample_logits(mean, inputs, self._prec, self.prior_precision, rng, n_samples, scale)
+
+    def sample_noise(
+        self,
+        inputs: OnlineInputs,
+        rng: np.random.Generator,
+        n_samples: int = 1,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """The zero-mean part of ``sample_logits`` (for a caller that has the mean already)."""
+        self._check(inputs)
+        return posterior.sample_noise(inputs, self._prec, self.prior_precision, rng, n_samples, scale)
 
     def logit_variance(self, inputs: OnlineInputs) -> np.ndarray:
         """The posterior variance of every row's logit, shape ``(N,)``."""

@@ -43,18 +43,35 @@ def logit_variance(inputs: OnlineInputs, precision: np.ndarray) -> np.ndarray:
     return out
 
 
+def sample_noise(
+    inputs: OnlineInputs,
+    data_precision: np.ndarray,
+    prior_precision: float,
+    rng: np.random.Generator,
+    n_samples: int = 1,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """The zero-mean part of ``sample_logits``: ``(n_samples, N)`` draws of ``(w - mean) . x``."""
+    return sample_logits(np.zeros(len(inputs)), inputs, data_precision, prior_precision, rng,
+                         n_samples, scale)
+
+
 def sample_logits(
     mean_logits: np.ndarray,
     inputs: OnlineInputs,
-    precision: np.ndarray,
+    data_precision: np.ndarray,
+    prior_precision: float,
     rng: np.random.Generator,
     n_samples: int = 1,
     scale: float = 1.0,
 ) -> np.ndarray:
     """``n_samples`` Thompson samples of every row's logit, shape ``(n_samples, N)``.
 
-    ``mean_logits`` are the rows' posterior-mean logits (``predict_many``); ``precision`` the
-    full posterior precision per coordinate (prior included).
+    ``mean_logits`` are the rows' posterior-mean logits (``predict_many``); a coordinate's
+    precision is ``prior_precision + data_precision[i]`` (read only where the batch touches).
+    Dense columns: one draw each, projected by a small matrix product; hashed coordinates:
+    one draw per distinct index of the batch, gathered per row (a repeated index counts
+    once per occurrence, as its value is its count).
 
     Raises
     ------
@@ -70,9 +87,15 @@ def sample_logits(
         raise InputError(f"mean_logits must have shape ({len(inputs)},), got {mean.shape}")
     if len(inputs) == 0:
         return np.zeros((n_samples, 0), dtype=np.float64)
-    coords, values = _row_coordinates(inputs)
-    uniq, inv = np.unique(coords, return_inverse=True)
-    sd = scale / np.sqrt(precision[uniq])
-    eps = rng.standard_normal((n_samples, uniq.size)) * sd
-    delta = np.einsum("snk,nk->sn", eps[:, inv.reshape(coords.shape)], values)
-    return mean[None, :] + delta
+    n_dense = inputs.dense.shape[1]
+    out = np.repeat(mean[None, :], n_samples, axis=0)
+    if n_dense:
+        sd = scale / np.sqrt(prior_precision + data_precision[:n_dense])
+        out += (rng.standard_normal((n_samples, n_dense)) * sd) @ inputs.dense.T
+    if inputs.sparse.shape[1]:
+        uniq, inv = np.unique(inputs.sparse, return_inverse=True)
+        sd = scale / np.sqrt(prior_precision + data_precision[n_dense + uniq])
+        # float32 draws: half the cost of the dominant step, far below the noise's own scale
+        eps = rng.standard_normal((n_samples, uniq.size), dtype=np.float32) * sd.astype(np.float32)
+        out += eps[:, inv.reshape(inputs.sparse.shape)].sum(axis=2)
+    return out

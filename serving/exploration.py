@@ -149,7 +149,9 @@ def explore(
     pool = greedy[head:]
     rng = np.random.default_rng(_digest(request_id, b"fr-draws"))
     sub = inputs.take(pool)
-    samples = slot.model.sample_logits(sub, rng, n_samples=1 + policy.samples, scale=policy.scale)
+    # Draws around the served (clipped) mean, clipped again as serving clips the correction.
+    noise = slot.model.sample_noise(sub, rng, n_samples=1 + policy.samples, scale=policy.scale)
+    samples = mean_logits[pool][None, :] + noise
     if math.isfinite(slot.max_correction):
         base = sub.base_logit[None, :]
         samples = base + np.clip(samples - base, -slot.max_correction, slot.max_correction)

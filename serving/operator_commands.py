@@ -46,6 +46,17 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (``--slots``, ``--samples``: uint32 on the wire)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     online = subparsers.add_parser("online", help="switch the online correction off or on, in place")
     online.add_argument("state", choices=("enable", "disable"))
@@ -72,9 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     explore.add_argument("state", choices=("on", "off"))
     explore.add_argument("--share", type=float, default=None, help="share of requests that explore, in [0, 1]")
-    explore.add_argument("--slots", type=int, default=None, help="last top-k slots the sample fills (0: all)")
+    explore.add_argument("--slots", type=_count, default=None, help="last top-k slots the sample fills (0: all)")
     explore.add_argument("--scale", type=float, default=None, help="posterior sd multiplier, in (0, 10]")
-    explore.add_argument("--samples", type=int, default=None, help="Monte Carlo draws for the propensity")
+    explore.add_argument("--samples", type=_count, default=None, help="Monte Carlo draws for the propensity")
     _connection_flags(explore)
     explore.set_defaults(func=cmd_explore)
 
