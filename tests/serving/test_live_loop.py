@@ -5,6 +5,7 @@ layer trained for another base."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
