@@ -169,6 +169,42 @@ def scoring_only(workspace: Path, info: dict[str, Any], n: int, calls: int) -> d
     }
 
 
+def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, share: float) -> dict[str, Any]:
+    """``HybridRanker.rank`` with an online layer installed (zero weights, prior-only
+    posterior: every coordinate at its widest), exploration off vs on at ``share`` of
+    requests (``serving.exploration``, default samples), interleaved call by call (ms)."""
+    import numpy as np
+
+    from online_layer.ftrl import FTRLProximal
+    from protos.freshrank.v1 import ranking_pb2
+    from serving.exploration import ExplorationPolicy
+    from serving.ranking import OnlineSlot
+    from serving.requests import Limits, parse_rank_request
+
+    settings, ranker = _ranker(workspace)
+    cfg = settings.serving
+    model = FTRLProximal(ranker.featurizer.n_dense, settings.online_layer.hash_bits, ranker.base_version)
+    ranker.install_online(OnlineSlot(model, "bench", ranker.base_version, time.time()))
+    limits = Limits.of(cfg)
+    queries = [parse_rank_request(ranking_pb2.RankRequest.FromString(request_bytes(info, n, i)),
+                                  cfg.max_candidates, limits=limits) for i in range(64)]
+    policies = {"off": ExplorationPolicy(), "on": ExplorationPolicy(enabled=True, share=share)}
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    explored = 0
+    for i in range(calls + 64):
+        for name, policy in policies.items():
+            ranker.exploration = policy
+            t0 = time.perf_counter()
+            outcome = ranker.rank(queries[i % len(queries)])
+            if i >= 64:  # the first 64 calls of each are the warm-up
+                times[name].append((time.perf_counter() - t0) * 1e3)
+                explored += name == "on" and outcome.propensity is not None
+    assert ranker.current_fallback() is None, ranker.current_fallback()
+    return {"candidates": n, "share": share, "explored_calls": explored, **{
+        f"rank_ms_explore_{name}": {"p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99))}
+        for name, t in times.items()}}
+
+
 # ---------------------------------------------------------------------- floor servers
 
 def serve_floor(kind: str, workspace: Path, port: int) -> None:
@@ -354,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", default="100,1000")
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--scoring-calls", type=int, default=2000)
+    parser.add_argument("--explore-share", type=float, default=None,
+                        help="also time HybridRanker.rank with an online layer, exploration off vs on")
     # internal entry points (the child processes)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--info", type=Path, help=argparse.SUPPRESS)
@@ -390,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         "scoring": [scoring_only(args.workspace, info, n, args.scoring_calls) for n in args.candidates],
         "rows": {},
     }
+    if args.explore_share is not None:
+        result["scoring_explore"] = [scoring_explore(args.workspace, info, n, args.scoring_calls, args.explore_share)
+                                     for n in args.candidates]
     for kind in ("transport", "same-code"):
         if kind not in rows:
             continue
@@ -439,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in result["scoring"]:
         print(f"in-process n={s['candidates']}: rank p50/p99 {s['rank_ms']['p50']:.2f}/{s['rank_ms']['p99']:.2f} ms, "
               f"parse+rank+reply {s['parse_rank_reply_ms']['p50']:.2f}/{s['parse_rank_reply_ms']['p99']:.2f} ms")
+    for s in result.get("scoring_explore", []):
+        print(f"in-process n={s['candidates']}, online layer: rank p50/p99 exploration off "
+              f"{s['rank_ms_explore_off']['p50']:.2f}/{s['rank_ms_explore_off']['p99']:.2f} ms, on (share "
+              f"{s['share']:g}) {s['rank_ms_explore_on']['p50']:.2f}/{s['rank_ms_explore_on']['p99']:.2f} ms")
     print(json.dumps(result))
     return 0
 

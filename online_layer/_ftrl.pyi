@@ -8,7 +8,7 @@ KERNEL_VERSION: int
 def kernel_version() -> int: ...
 
 class FTRLKernel:
-    """Pointers into one model's state (z, n, w) plus scratch space; see the .pyx."""
+    """Pointers into one model's state (z, n, w, prec) plus scratch space; see the .pyx."""
 
     n_dense: int
     table_size: int
@@ -22,6 +22,7 @@ class FTRLKernel:
         z: npt.NDArray[np.float64],
         n: npt.NDArray[np.float64],
         w: npt.NDArray[np.float64],
+        prec: npt.NDArray[np.float64],
         n_dense: int,
         alpha: float,
         beta: float,

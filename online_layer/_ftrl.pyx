@@ -12,6 +12,13 @@ Coordinates: ``[0, n_dense)`` are the dense columns, ``n_dense + h`` is hashed i
 exactly the weights that learning its rows one by one gives. It validates every row first
 and returns an error code before changing anything, so the Python wrapper can raise with
 the state intact.
+
+Beside the FTRL state the kernel keeps ``prec``, the data part of a diagonal Gaussian
+(Laplace) posterior's precision over the weights (Chapelle & Li 2011, "An Empirical
+Evaluation of Thompson Sampling", Algorithm 3): each example adds ``p (1 - p) x_i^2`` to
+every coordinate it touches, ``p`` the click probability it was scored with before its
+step. The posterior's mean is the FTRL weight and its precision ``prior + prec`` (the prior
+is the Python wrapper's); the FTRL arithmetic is unchanged by it.
 """
 
 import numpy as np
@@ -107,9 +114,9 @@ cdef class FTRLKernel:
 
     Parameters
     ----------
-    z, n, w : float64 arrays of shape (n_dense + 2**hash_bits,)
-        FTRL accumulators and the cached weights; updated in place. The kernel keeps them
-        alive and must be rebuilt if they are replaced.
+    z, n, w, prec : float64 arrays of shape (n_dense + 2**hash_bits,)
+        FTRL accumulators, the cached weights and the posterior's data precision; updated in
+        place. The kernel keeps them alive and must be rebuilt if they are replaced.
     n_dense : int
         Number of dense coordinates at the front of the state.
     alpha, beta, l1, l2 : float
@@ -121,7 +128,9 @@ cdef class FTRLKernel:
     cdef double* n
     cdef double* w
     cdef double* q
+    cdef double* prec
     cdef double[::1] sqrt_n
+    cdef double[::1] count
     cdef double[::1] grad
     cdef uint8_t[::1] seen
     cdef int64_t[::1] touched
@@ -129,14 +138,15 @@ cdef class FTRLKernel:
     cdef readonly int64_t table_size
     cdef readonly double alpha, beta, l1, l2
 
-    def __init__(self, double[::1] z, double[::1] n, double[::1] w, Py_ssize_t n_dense,
-                 double alpha, double beta, double l1, double l2):
+    def __init__(self, double[::1] z, double[::1] n, double[::1] w, double[::1] prec,
+                 Py_ssize_t n_dense, double alpha, double beta, double l1, double l2):
         cdef Py_ssize_t size = z.shape[0]
-        if n.shape[0] != size or w.shape[0] != size:
-            raise ValueError("z, n and w must have the same length")
+        if n.shape[0] != size or w.shape[0] != size or prec.shape[0] != size:
+            raise ValueError("z, n, w and prec must have the same length")
         if n_dense < 0 or n_dense >= size:
             raise ValueError(f"n_dense={n_dense} does not fit a state of {size} coordinates")
-        self._arrays = (z, n, w)
+        self._arrays = (z, n, w, prec)
+        self.prec = &prec[0]
         self.z = &z[0]
         self.n = &n[0]
         self.w = &w[0]
@@ -149,6 +159,7 @@ cdef class FTRLKernel:
         self.sqrt_n = np.sqrt(n)
         self.q = &self.sqrt_n[0]
         self.grad = np.zeros(size, dtype=np.float64)
+        self.count = np.zeros(size, dtype=np.float64)
         self.seen = np.zeros(size, dtype=np.uint8)
         self.touched = np.zeros(64, dtype=np.int64)
 
@@ -210,7 +221,7 @@ cdef class FTRLKernel:
         cdef Py_ssize_t n_dense = self.n_dense
         cdef Py_ssize_t i, j, k, t, n_touched
         cdef int64_t c
-        cdef double r, y
+        cdef double r, y, p, h
         cdef int code = OK
         cdef double inv_alpha = 1.0 / self.alpha
         cdef double beta = self.beta, l1 = self.l1, l2 = self.l2
@@ -218,6 +229,7 @@ cdef class FTRLKernel:
         cdef double* q = self.q
         cdef double* nn = self.n
         cdef double* w = self.w
+        cdef double* prec = self.prec
         cdef const double* row
         cdef const int64_t* idx
         if dense.shape[0] != n_rows or sparse.shape[0] != n_rows or labels.shape[0] != n_rows:
@@ -229,6 +241,7 @@ cdef class FTRLKernel:
         if self.touched.shape[0] < n_sparse:
             self.touched = np.zeros(n_sparse, dtype=np.int64)
         cdef double* grad = &self.grad[0]
+        cdef double* count = &self.count[0]
         cdef uint8_t* seen = &self.seen[0]
         cdef int64_t* touched = &self.touched[0]
         with nogil:
@@ -243,10 +256,11 @@ cdef class FTRLKernel:
                 for i in range(n_rows):
                     row = &dense[i, 0]
                     idx = &sparse[i, 0]
-                    r = _sigmoid(_logit(w, base[i], row, n_dense, idx, n_sparse)) - labels[i]
-                    if r == 0.0:
-                        continue
+                    p = _sigmoid(_logit(w, base[i], row, n_dense, idx, n_sparse))
+                    r = p - labels[i]
+                    h = p * (1.0 - p)
                     for j in range(n_dense):
+                        prec[j] += h * row[j] * row[j]
                         _step(z, nn, q, w, j, r * row[j], inv_alpha, beta, l1, l2)
                     # A hashed coordinate repeated in the row gets one step with its count.
                     n_touched = 0
@@ -257,10 +271,13 @@ cdef class FTRLKernel:
                             touched[n_touched] = c
                             n_touched += 1
                         grad[c] += r
+                        count[c] += 1.0
                     for t in range(n_touched):
                         c = touched[t]
+                        prec[c] += h * count[c] * count[c]
                         _step(z, nn, q, w, c, grad[c], inv_alpha, beta, l1, l2)
                         grad[c] = 0.0
+                        count[c] = 0.0
                         seen[c] = 0
         if code == BAD_INDEX:
             raise ValueError(f"a hashed index is outside [0, {self.table_size})")

@@ -38,7 +38,9 @@ class FTRLProximal(OnlineModel):
 
     def _state_changed(self) -> None:
         self._w = np.zeros(self.n_coords, dtype=np.float64)
-        self._kernel = FTRLKernel(self._z, self._n, self._w, self.n_dense, **asdict(self.params))
+        self._kernel = FTRLKernel(
+            self._z, self._n, self._w, self._prec, self.n_dense, **asdict(self.params)
+        )
         if self.n_updates or np.any(self._n):
             self._kernel.recompute_weights()
 

@@ -22,6 +22,10 @@ index repeated within a row is one coordinate whose value is its count. The verb
 share validation, counters and the snapshot format, so a snapshot of one restores into the
 other.
 
+Beside ``z`` and ``n`` every model keeps ``prec``, the data precision of a diagonal Gaussian
+posterior over the weights (``online_layer.posterior``; each example adds ``p (1 - p) x_i^2``),
+with a prior precision ``prior_precision``; ``sample_logits`` draws Thompson samples from it.
+
 This module is the contract only: it imports no implementation. Picking one by name
 (``"cython"``, ``"numpy"``) and ``load_snapshot`` live in ``online_layer.factory``.
 """
@@ -36,6 +40,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from online_layer import posterior
 from online_layer import snapshot as snapshot_format
 from online_layer.errors import InputError, SnapshotError
 from online_layer.features import OnlineInputs
@@ -76,6 +81,9 @@ class OnlineModel(ABC):
         another base is refused.
     alpha, beta, l1, l2 : float
         FTRL-Proximal hyper-parameters.
+    prior_precision : float
+        Precision of the Gaussian prior on every weight (the variance of an untouched one
+        is ``1 / prior_precision``).
     """
 
     implementation: ClassVar[str] = "abstract"
@@ -90,7 +98,12 @@ class OnlineModel(ABC):
         beta: float = 1.0,
         l1: float = 0.5,
         l2: float = 1.0,
+        prior_precision: float = 1.0,
     ) -> None:
+        if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)) or not (
+            math.isfinite(prior_precision) and prior_precision > 0
+        ):
+            raise InputError(f"prior_precision must be finite and > 0, got {prior_precision!r}")
         if isinstance(n_dense, bool) or not isinstance(n_dense, int) or n_dense < 0:
             raise InputError(f"n_dense must be an integer >= 0, got {n_dense!r}")
         if isinstance(hash_bits, bool) or not isinstance(hash_bits, int) or not 4 <= hash_bits <= 30:
@@ -106,6 +119,8 @@ class OnlineModel(ABC):
         self.n_examples = 0
         self._z = np.zeros(self.n_coords, dtype=np.float64)
         self._n = np.zeros(self.n_coords, dtype=np.float64)
+        self._prec = np.zeros(self.n_coords, dtype=np.float64)
+        self.prior_precision = float(prior_precision)
         self._state_changed()
 
     # -- what an implementation provides -------------------------------------------------
@@ -187,6 +202,41 @@ class OnlineModel(ABC):
         """Copies of the FTRL accumulators ``(z, n)``."""
         return self._z.copy(), self._n.copy()
 
+    def posterior_precision(self) -> np.ndarray:
+        """The posterior precision of every weight, ``prior_precision + prec`` (a copy)."""
+        return self.prior_precision + self._prec
+
+    def sample_logits(
+        self,
+        inputs: OnlineInputs,
+        rng: np.random.Generator,
+        n_samples: int = 1,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """Thompson samples of the rows' logits, shape ``(n_samples, N)``; changes nothing.
+
+        Each sample draws the weights the rows touch from the posterior once (shared by
+        the rows); ``scale`` multiplies its standard deviation (``online_layer.posterior``).
+        """
+        mean = self.predict_many(inputs)
+        return posterior.sample_logits(mean, inputs, self._prec, self.prior_precision, rng, n_samples, scale)
+
+    def sample_noise(
+        self,
+        inputs: OnlineInputs,
+        rng: np.random.Generator,
+        n_samples: int = 1,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """The zero-mean part of ``sample_logits`` (for a caller that has the mean already)."""
+        self._check(inputs)
+        return posterior.sample_noise(inputs, self._prec, self.prior_precision, rng, n_samples, scale)
+
+    def logit_variance(self, inputs: OnlineInputs) -> np.ndarray:
+        """The posterior variance of every row's logit, shape ``(N,)``."""
+        self._check(inputs)
+        return posterior.logit_variance(inputs, self.prior_precision + self._prec)
+
     def nnz(self) -> int:
         """Number of non-zero weights (L1 drives this down)."""
         return int(np.count_nonzero(self.weights()))
@@ -205,6 +255,8 @@ class OnlineModel(ABC):
             n_examples=self.n_examples,
             z=self._z,
             n=self._n,
+            prec=self._prec,
+            prior_precision=self.prior_precision,
             metadata=metadata,
         )
 
@@ -223,7 +275,7 @@ class OnlineModel(ABC):
         SnapshotError
             Corrupt blob, other table dimensions, or (when given) another feature layout.
         """
-        header, coords, z, n = snapshot_format.decode(blob, expected_base_version)
+        header, coords, z, n, prec = snapshot_format.decode(blob, expected_base_version)
         if (header.n_dense, header.hash_bits) != (self.n_dense, self.hash_bits):
             raise SnapshotError(
                 f"snapshot has n_dense={header.n_dense}, hash_bits={header.hash_bits}; "
@@ -240,6 +292,9 @@ class OnlineModel(ABC):
         self._n[:] = 0.0
         self._z[coords] = z
         self._n[coords] = n
+        self._prec[:] = 0.0
+        self._prec[coords] = prec
+        self.prior_precision = header.prior_precision
         self.params = params
         self.base_version = header.base_version
         self.n_updates = header.n_updates
@@ -255,13 +310,25 @@ class OnlineModel(ABC):
     ) -> ModelT:
         """A new model holding a snapshot (see ``restore`` for what is refused)."""
         header = snapshot_format.read_header(blob)
-        model = cls(header.n_dense, header.hash_bits, expected_base_version, **header.params)
+        model = cls(
+            header.n_dense,
+            header.hash_bits,
+            expected_base_version,
+            prior_precision=header.prior_precision,
+            **header.params,
+        )
         model.restore(blob, expected_base_version, expected_layout)
         return model
 
     def clone(self: ModelT) -> ModelT:
         """A fresh model (zero weights) with the same shape, base version and parameters."""
-        return type(self)(self.n_dense, self.hash_bits, self.base_version, **asdict(self.params))
+        return type(self)(
+            self.n_dense,
+            self.hash_bits,
+            self.base_version,
+            prior_precision=self.prior_precision,
+            **asdict(self.params),
+        )
 
     def __repr__(self) -> str:
         p = self.params

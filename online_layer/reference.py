@@ -63,7 +63,9 @@ class FTRLReference(OnlineModel):
             z, n = self._z[coords], self._n[coords]
             w = self._weight(z, n)
             logit = inputs.base_logit[i] + w @ x
-            g = (0.5 * (1.0 + np.tanh(0.5 * logit)) - labels[i]) * x
+            p = 0.5 * (1.0 + np.tanh(0.5 * logit))
+            self._prec[coords] += p * (1.0 - p) * x * x
+            g = (p - labels[i]) * x
             n_new = n + g * g
             sigma = (np.sqrt(n_new) - np.sqrt(n)) / self.params.alpha
             self._z[coords] = z + g - sigma * w

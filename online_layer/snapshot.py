@@ -3,14 +3,20 @@
 Layout (all little-endian)::
 
     b"FRFTRL\\x00\\x00"                 8-byte magic
-    uint32 format_version            currently 1
+    uint32 format_version            currently 2 (1 is still read)
     uint32 header_length
     header                           UTF-8 JSON: base_version, n_dense, hash_bits,
                                      params {alpha, beta, l1, l2}, counters, nnz,
+                                     prior_precision (format 2),
                                      payload_sha256, metadata {layout, version, ...}
-    payload                          int64[nnz] coordinate, float64[nnz] z, float64[nnz] n
+    payload                          int64[nnz] coordinate, float64[nnz] z, float64[nnz] n,
+                                     float64[nnz] prec (format 2: the posterior's data
+                                     precision, ``online_layer.posterior``)
 
-Only coordinates that ever received a gradient (``n > 0``) are stored, so a layer that has
+A format-1 snapshot (before the posterior existed) still restores: its weights as they
+were, every precision at the prior (``prior_precision`` 1.0, no data precision).
+
+Only coordinates that ever received a gradient or precision (``n > 0`` or ``prec > 0``) are stored, so a layer that has
 seen a few thousand items is kilobytes, not the 2**hash_bits table. The weights themselves
 are not stored: they are a closed-form function of ``z`` and ``n``. The checksum makes a
 truncated or corrupted blob fail loudly instead of restoring half a model.
@@ -30,7 +36,9 @@ import numpy as np
 from online_layer.errors import BaseVersionMismatch, SnapshotError
 
 MAGIC = b"FRFTRL\x00\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DEFAULT_PRIOR_PRECISION = 1.0
 _PREFIX = struct.Struct("<8sII")
 
 
@@ -48,6 +56,12 @@ class SnapshotHeader:
     nnz: int
     payload_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    prior_precision: float = DEFAULT_PRIOR_PRECISION
+
+    @property
+    def payload_columns(self) -> int:
+        """8-byte columns per stored coordinate: coordinate, z, n (and prec from format 2)."""
+        return 3 if self.format_version == 1 else 4
 
 
 def encode(
@@ -60,11 +74,16 @@ def encode(
     n_examples: int,
     z: np.ndarray,
     n: np.ndarray,
+    prec: np.ndarray | None = None,
+    prior_precision: float = DEFAULT_PRIOR_PRECISION,
     metadata: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Serialise a model's state (see the module docstring for the layout)."""
-    coords = np.flatnonzero(n).astype("<i8")
-    payload = coords.tobytes() + z[coords].astype("<f8").tobytes() + n[coords].astype("<f8").tobytes()
+    prec = np.zeros_like(n) if prec is None else prec
+    coords = np.flatnonzero((n != 0) | (prec != 0)).astype("<i8")
+    payload = b"".join(
+        [coords.tobytes()] + [a[coords].astype("<f8").tobytes() for a in (z, n, prec)]
+    )
     header = {
         "format_version": FORMAT_VERSION,
         "base_version": base_version,
@@ -74,6 +93,7 @@ def encode(
         "n_updates": int(n_updates),
         "n_examples": int(n_examples),
         "nnz": int(coords.size),
+        "prior_precision": float(prior_precision),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "metadata": dict(metadata or {}),
     }
@@ -97,9 +117,9 @@ def read_header(blob: bytes) -> SnapshotHeader:
     magic, version, header_len = _PREFIX.unpack_from(blob)
     if magic != MAGIC:
         raise SnapshotError("not an online-layer snapshot (bad magic bytes)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise SnapshotError(
-            f"snapshot format {version} is not supported (this code reads {FORMAT_VERSION})"
+            f"snapshot format {version} is not supported (this code reads {READABLE_VERSIONS})"
         )
     end = _PREFIX.size + header_len
     if len(blob) < end:
@@ -117,6 +137,7 @@ def read_header(blob: bytes) -> SnapshotHeader:
             nnz=int(header["nnz"]),
             payload_sha256=str(header["payload_sha256"]),
             metadata=dict(header.get("metadata", {})),
+            prior_precision=float(header.get("prior_precision", DEFAULT_PRIOR_PRECISION)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SnapshotError(f"snapshot header is malformed: {exc}") from exc
@@ -124,8 +145,10 @@ def read_header(blob: bytes) -> SnapshotHeader:
 
 def decode(
     blob: bytes, expected_base_version: str
-) -> tuple[SnapshotHeader, np.ndarray, np.ndarray, np.ndarray]:
-    """Check and parse a snapshot: ``(header, coords, z_values, n_values)``.
+) -> tuple[SnapshotHeader, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check and parse a snapshot: ``(header, coords, z_values, n_values, prec_values)``.
+
+    A format-1 snapshot has no precisions: ``prec_values`` are zeros (the prior alone).
 
     Raises
     ------
@@ -144,9 +167,10 @@ def decode(
     blob = bytes(blob)
     start = _PREFIX.size + _PREFIX.unpack_from(blob)[2]
     payload = blob[start:]
-    if len(payload) != 24 * header.nnz:
+    width = 8 * header.payload_columns
+    if len(payload) != width * header.nnz:
         raise SnapshotError(
-            f"snapshot payload is {len(payload)} bytes; its header promises {24 * header.nnz}"
+            f"snapshot payload is {len(payload)} bytes; its header promises {width * header.nnz}"
         )
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise SnapshotError("snapshot payload does not match its checksum (corrupted)")
@@ -154,9 +178,17 @@ def decode(
     coords = np.frombuffer(payload, dtype="<i8", count=k, offset=0).astype(np.int64)
     z = np.frombuffer(payload, dtype="<f8", count=k, offset=8 * k).astype(np.float64)
     n = np.frombuffer(payload, dtype="<f8", count=k, offset=16 * k).astype(np.float64)
+    if header.payload_columns == 4:
+        prec = np.frombuffer(payload, dtype="<f8", count=k, offset=24 * k).astype(np.float64)
+    else:
+        prec = np.zeros(k, dtype=np.float64)
     size = header.n_dense + (1 << header.hash_bits)
     if k and (coords.min() < 0 or coords.max() >= size):
         raise SnapshotError("snapshot has a coordinate outside its own table")
     if not (np.isfinite(z).all() and np.isfinite(n).all() and (n >= 0).all()):
         raise SnapshotError("snapshot holds non-finite or negative accumulators")
-    return header, coords, z, n
+    if not (np.isfinite(prec).all() and (prec >= 0).all()):
+        raise SnapshotError("snapshot holds non-finite or negative posterior precisions")
+    if not (np.isfinite(header.prior_precision) and header.prior_precision > 0):
+        raise SnapshotError(f"snapshot prior_precision {header.prior_precision!r} is not > 0")
+    return header, coords, z, n, prec

@@ -17,7 +17,9 @@ Every action is appended to ``<workspace>/audit/operator.jsonl`` (one JSON objec
 ``at``, ``actor``, ``action``, ``reason``, ``previous``, ``current``, ``serial``), each line
 fsynced before the action returns. The registry has no place for enable/disable; a
 rollback to a named version is also a promotion in the registry's champion history. On a
-learner restart the last ``set_online_enabled`` record restores the switch.
+learner restart the last ``set_online_enabled`` record restores the switch, and the last
+``set_exploration`` record (its ``policy``) the exploration policy (``serving.exploration``;
+the ``SetExploration`` rpc, ``freshrank explore on|off``).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Controls:
     clock: Callable[[], float] = time.time
     pinned: Any = None  # online_layer.publishing.PublishedSnapshot
     detail: str = ""
+    exploration: dict[str, Any] | None = None  # serving.exploration policy; None: the config's
     _epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     _count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -113,11 +116,17 @@ class Controls:
     def __post_init__(self) -> None:
         if self.audit is None:
             return
-        for record in reversed(read_audit(self.audit)):
+        records = read_audit(self.audit)
+        for record in reversed(records):
             if record.get("action") == "set_online_enabled":
                 self.enabled = record.get("current") == "enabled"
                 self.detail = _describe(record)
                 logger.info("operator switch restored from the audit log: %s", self.detail)
+                break
+        for record in reversed(records):
+            if record.get("action") == "set_exploration" and isinstance(record.get("policy"), dict):
+                self.exploration = dict(record["policy"])
+                logger.info("exploration restored from the audit log: %s", record.get("current"))
                 break
 
     @property
@@ -134,6 +143,7 @@ class Controls:
                 "online_enabled": self.enabled,
                 "snapshot": self.pinned,
                 "detail": self.detail,
+                "exploration": self.exploration,
             }
 
     def set_enabled(self, enabled: bool, reason: str, actor: str) -> dict[str, Any]:
@@ -141,6 +151,15 @@ class Controls:
             previous = self.enabled
             self.enabled = bool(enabled)
             return self._record("set_online_enabled", _state(previous), _state(enabled), reason, actor)
+
+    def set_exploration(
+        self, policy: dict[str, Any], previous: str, current: str, reason: str, actor: str
+    ) -> dict[str, Any]:
+        """Record a new exploration policy (a ``serving.exploration.ExplorationPolicy`` as a
+        dict, already validated); replicas apply it at their next poll."""
+        with self._lock:
+            self.exploration = dict(policy)
+            return self._record("set_exploration", previous, current, reason, actor, policy=dict(policy))
 
     def rolled_back(
         self, previous: str, current: str, snapshot: Any, reason: str, actor: str, **extra: Any

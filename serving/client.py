@@ -81,6 +81,27 @@ class RankerClient:
             timeout=self._timeout,
         )
 
+    def set_exploration(
+        self,
+        enabled: bool,
+        reason: str,
+        actor: str,
+        share: float | None = None,
+        slots: int | None = None,
+        scale: float | None = None,
+        samples: int | None = None,
+    ) -> ranking_pb2.AdminReply:
+        """Exploration on or off in place (``serving.exploration``; needs the token); a
+        setting left None keeps its current value."""
+        return self._stub.SetExploration(
+            ranking_pb2.SetExplorationRequest(
+                enabled=enabled, reason=reason, actor=actor,
+                share=share, slots=slots, scale=scale, samples=samples,
+            ),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
     def rollback_online(
         self, reason: str, actor: str, to_version: str = ""
     ) -> ranking_pb2.AdminReply:

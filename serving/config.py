@@ -66,6 +66,12 @@ class ServingConfig:
             each shown item is in the served log). Each is ranked by both bases. 0: never.
         base_cache: Base versions each Ranker replica keeps loaded (champion, candidate, and
             the previous champion, so a rollback is a switch, not a load).
+        explore_enabled, explore_share, explore_slots, explore_scale, explore_samples: The
+            exploration policy a replica starts with (``serving.exploration``: off by
+            default; the ``SetExploration`` rpc / ``freshrank explore on|off`` change it in
+            place): the share of requests that rank by a Thompson sample of the online
+            posterior, how many of the last top-k slots it fills (0: all), the posterior
+            standard deviation's multiplier, and the Monte Carlo draws for the propensity.
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
             files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
@@ -96,6 +102,11 @@ class ServingConfig:
     shadow_share: float = 1.0
     base_cache: int = 3
     interleave_share: float = 0.0
+    explore_enabled: bool = False
+    explore_share: float = 0.05
+    explore_slots: int = 0
+    explore_scale: float = 1.0
+    explore_samples: int = 64
 
     def __post_init__(self) -> None:
         check_bounds(
@@ -112,6 +123,12 @@ class ServingConfig:
             raise ValueError(f"serving.shadow_share must be in [0, 1], got {self.shadow_share}")
         if not 0.0 <= self.interleave_share <= 1.0:
             raise ValueError(f"serving.interleave_share must be in [0, 1], got {self.interleave_share}")
+        from serving.exploration import ExplorationPolicy
+
+        try:
+            ExplorationPolicy.of(self)
+        except ValueError as error:
+            raise ValueError(str(error).replace("exploration.", "serving.explore_")) from None
         if self.base_cache < 2:
             raise ValueError("serving.base_cache must be >= 2 (champion and candidate)")
         if not isinstance(self.open_rpcs, tuple) or not all(

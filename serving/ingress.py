@@ -46,9 +46,10 @@ RPCS: dict[str, tuple[type[Message], type[Message]]] = {
     "RollbackBase": (ranking_pb2.RollbackBaseRequest, ranking_pb2.AdminReply),
     "AbortCandidate": (ranking_pb2.AbortCandidateRequest, ranking_pb2.AdminReply),
     "CandidateReport": (ranking_pb2.CandidateReportRequest, ranking_pb2.CandidateReportReply),
+    "SetExploration": (ranking_pb2.SetExplorationRequest, ranking_pb2.AdminReply),
 }
 ADMIN_RPCS = frozenset({"SetOnlineEnabled", "RollbackOnline", "StageCandidate", "PromoteBase",
-                        "RollbackBase", "AbortCandidate", "CandidateReport"})
+                        "RollbackBase", "AbortCandidate", "CandidateReport", "SetExploration"})
 MAX_DETAILS = 1_000  # characters of an error message sent back to the client
 _ID_IN_LOG = 64  # characters of a caller's request id quoted in logs and messages
 

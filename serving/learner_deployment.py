@@ -183,6 +183,16 @@ class Learner:
     def admin_set_online_enabled(self, enabled: bool, reason: str, actor: str) -> dict[str, Any]:
         return self._controls.set_enabled(enabled, reason, actor)
 
+    def admin_set_exploration(self, changes: dict[str, Any], reason: str, actor: str) -> dict[str, Any]:
+        """Change the exploration policy (``serving.exploration``): ``changes`` over the current."""
+        from serving.exploration import ExplorationPolicy
+
+        current = self._controls.exploration
+        old = (ExplorationPolicy.from_dict(current) if current is not None
+               else ExplorationPolicy.of(self._settings.serving))
+        new = old.with_changes(**changes)
+        return self._controls.set_exploration(new.to_dict(), old.describe(), new.describe(), reason, actor)
+
     def admin_rollback(self, to_version: str, reason: str, actor: str) -> dict[str, Any]:
         """Restore the last ready snapshot (``to_version`` empty) or a registry online
         version of this base, publish it, and pin it for every Ranker replica."""

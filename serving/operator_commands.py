@@ -1,5 +1,6 @@
 """On-call commands against a running app: ``freshrank online enable|disable``,
-``freshrank rollback online|base [--to VERSION]`` and ``freshrank canary abort``.
+``freshrank rollback online|base [--to VERSION]``, ``freshrank canary abort`` and
+``freshrank explore on|off [--share F] [--slots N] [--scale F] [--samples N]``.
 
 Why over gRPC and not Ray: on-call reaches the serving port, with the ingress token
 (``$FRESHRANK_INGRESS_TOKEN`` or ``--token-file``), from wherever they are; the ingress
@@ -10,7 +11,9 @@ and a non-zero status.
 
 ``rollback base`` restores the previous champion base (or ``--to`` a registered base) and
 re-binds the online layer trained for it; ``canary abort`` stops a staged shadow or canary
-(the champion serves every user again). A controller (``freshrank run``) that had staged the
+(the champion serves every user again). ``explore on`` ranks a share of requests by a
+Thompson sample of the online layer's posterior (``serving.exploration``), ``explore off``
+stops it; an option left out keeps its current value. A controller (``freshrank run``) that had staged the
 candidate sees it gone at its next look and ends its cycle ``aborted``.
 """
 
@@ -43,6 +46,17 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (``--slots``, ``--samples``: uint32 on the wire)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     online = subparsers.add_parser("online", help="switch the online correction off or on, in place")
     online.add_argument("state", choices=("enable", "disable"))
@@ -64,6 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _connection_flags(canary)
     canary.set_defaults(func=cmd_canary)
 
+    explore = subparsers.add_parser(
+        "explore", help="Thompson-sampling exploration of new items on or off, in place"
+    )
+    explore.add_argument("state", choices=("on", "off"))
+    explore.add_argument("--share", type=float, default=None, help="share of requests that explore, in [0, 1]")
+    explore.add_argument("--slots", type=_count, default=None, help="last top-k slots the sample fills (0: all)")
+    explore.add_argument("--scale", type=float, default=None, help="posterior sd multiplier, in (0, 10]")
+    explore.add_argument("--samples", type=_count, default=None, help="Monte Carlo draws for the propensity")
+    _connection_flags(explore)
+    explore.set_defaults(func=cmd_explore)
+
 
 def _call(args: argparse.Namespace, action: str) -> ranking_pb2.AdminReply:
     import grpc
@@ -81,6 +106,11 @@ def _call(args: argparse.Namespace, action: str) -> ranking_pb2.AdminReply:
                 return client.rollback_base(args.reason, actor, args.to_version)
             if action == "canary_abort":
                 return client.abort_candidate(args.reason, actor)
+            if action == "explore":
+                return client.set_exploration(
+                    args.state == "on", args.reason, actor,
+                    share=args.share, slots=args.slots, scale=args.scale, samples=args.samples,
+                )
             return client.rollback_online(args.reason, actor, args.to_version)
     except grpc.RpcError as error:
         code = error.code() if hasattr(error, "code") else None
@@ -110,3 +140,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_canary(args: argparse.Namespace) -> int:
     return _print(_call(args, "canary_abort"))
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    return _print(_call(args, "explore"))

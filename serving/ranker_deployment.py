@@ -40,6 +40,7 @@ from serving.requests import (
     parse_rank_request,
 )
 from serving.errors import InvalidRequest
+from serving.exploration import ExplorationPolicy, fill_exploration_status
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class Ranker:
         self._fallbacks = 0
         self._invalid_feedback = 0  # Feedback calls this replica refused as INVALID_ARGUMENT
         self._health = HealthState(lambda: bool(self._ranker.base_version))
+        self._explored = 0  # Rank calls ranked by a Thompson sample (serving.exploration)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live operator switches (Serve's ``user_config``), applied without a restart:
@@ -185,6 +187,10 @@ class Ranker:
         self._bases.set_enabled(enabled)
         self._control_serial = str(view["serial"])
         self._control_detail = str(view.get("detail", ""))
+        if view.get("exploration") is not None:  # serving.exploration, on every loaded base
+            policy = ExplorationPolicy.from_dict(view["exploration"])
+            if self._bases.set_exploration(policy):
+                logger.info("exploration %s by operator", policy.describe())
 
     def _authorize(self, rpc_name: str, grpc_context: Any) -> None:
         """The door's first step: callers from other hosts (while serving.host is loopback)
@@ -291,6 +297,7 @@ class Ranker:
         self._metrics.observe_rank(outcome)
         self._requests += 1
         self._fallbacks += outcome.fallback is not None
+        self._explored += outcome.propensity is not None
         self._remember(outcome, team)
         return outcome.to_response()
 
@@ -339,6 +346,7 @@ class Ranker:
         reply.control_serial = self._control_serial or ""
         reply.control_detail = self._control_detail[:500]
         fill_plan_status(reply, self._bases.plan, report)
+        fill_exploration_status(reply, self._bases.exploration, self._explored)
         return reply
 
     # ------------------------------------------------------------ admin rpcs (token only)
@@ -361,6 +369,12 @@ class Ranker:
         record = await self._learner.admin_rollback.remote(
             action.to_version, action.reason, action.actor
         )
+        return await self._after_admin(record)
+
+    @rpc(parse=_admin_action)
+    async def SetExploration(self, action: AdminAction, grpc_context: RayServegRPCContext) -> pb.AdminReply:
+        self._ensure_background()
+        record = await self._learner.admin_set_exploration.remote(action.exploration, action.reason, action.actor)
         return await self._after_admin(record)
 
     # -- the live loop (serving.base_switch; token only) -----------------------------------

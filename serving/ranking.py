@@ -19,6 +19,7 @@ import numpy as np
 
 from protos.freshrank.v1 import ranking_pb2
 from protos.metrics import sigmoid
+from serving.exploration import ExplorationPolicy, explore
 from serving.requests import RankQuery
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ class HybridRanker:
         self._online: OnlineSlot | None = None
         self._enabled = bool(config.online_enabled)
         self._breaker: str | None = None
+        self.exploration = ExplorationPolicy.of(config)  # serving.exploration; the operator's
         self.absent_detail = "no online weights loaded"  # why, when no layer is installed
 
     @property
@@ -284,6 +286,13 @@ class HybridRanker:
                 fallback = Fallback(Reason.FALLBACK_REASON_ONLINE_ERROR, str(error))
                 final = base_logits
         order = np.argsort(-final, kind="stable")[: query.top_k]
+        propensity = None
+        policy = self.exploration  # read once, like the slot
+        if fallback is None and slot is not None and policy.applies(query.request_id):
+            try:  # a Thompson draw of the online posterior ranks this request
+                order, propensity = explore(slot, inputs, final, query.top_k, policy, query.request_id)
+            except Exception:  # the greedy order still answers
+                logger.exception("exploration failed; serving the greedy order")
         return RankOutcome(
             query=query,
             order=order,
@@ -296,6 +305,7 @@ class HybridRanker:
             inputs=inputs,
             user_features=found.user,
             item_features=found.items,
+            propensity=propensity,
         )
 
 

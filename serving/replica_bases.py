@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.exploration import ExplorationPolicy
 from serving.interleaving import team_draft
 from serving.plan import CANARY, ServingPlan, in_canary
 from serving.shadow import ShadowStats
@@ -59,6 +60,7 @@ class ReplicaBases:
         self.shadow_skipped = 0
         self._random = random.Random(0)
         self._enabled = bool(settings.serving.online_enabled)
+        self.exploration = champion.exploration  # serving.exploration: the operator's policy
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -113,7 +115,15 @@ class ReplicaBases:
         )
         ranker = HybridRanker(self._features, base, featurizer, self._settings.serving)
         ranker.set_enabled(self._enabled)
+        ranker.exploration = self.exploration
         return ranker
+
+    def set_exploration(self, policy: ExplorationPolicy) -> bool:
+        """The operator's exploration policy, for every loaded base; whether it changed."""
+        changed, self.exploration = policy != self.exploration, policy
+        for ranker in self._loaded.values():
+            ranker.exploration = policy
+        return changed
 
     def set_enabled(self, enabled: bool) -> None:
         """The operator's switch, for every loaded base."""

@@ -17,12 +17,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from protos.errors import InvalidInput
 from protos.events import EVENTS_SCHEMA, conform
 from protos.freshrank.v1 import ranking_pb2
 from serving.errors import InvalidRequest
@@ -280,14 +282,33 @@ class AdminAction:
     base_version: str = ""  # StageCandidate / PromoteBase
     phase: str = ""  # StageCandidate: "shadow" or "canary"
     share: float = 0.0  # StageCandidate, canary: the share of users
+    exploration: dict[str, Any] | None = None  # SetExploration: the settings to change
 
 
 AdminRequest = (
     ranking_pb2.SetOnlineEnabledRequest | ranking_pb2.RollbackOnlineRequest
     | ranking_pb2.StageCandidateRequest | ranking_pb2.PromoteBaseRequest
     | ranking_pb2.RollbackBaseRequest | ranking_pb2.AbortCandidateRequest
+    | ranking_pb2.SetExplorationRequest
 )
 _PHASES = {ranking_pb2.CANDIDATE_PHASE_SHADOW: "shadow", ranking_pb2.CANDIDATE_PHASE_CANARY: "canary"}
+
+
+def _exploration_changes(request: ranking_pb2.SetExplorationRequest) -> dict[str, Any]:
+    """The fields a SetExploration call sets (unset optionals keep the current value), each
+    checked alone against ``serving.exploration.ExplorationPolicy``'s bounds."""
+    from serving.exploration import ExplorationPolicy
+
+    changes: dict[str, Any] = {"enabled": bool(request.enabled)}
+    for name in ("share", "slots", "scale", "samples"):
+        if request.HasField(name):
+            value = getattr(request, name)
+            try:
+                ExplorationPolicy(**{name: value})
+            except InvalidInput as error:
+                raise InvalidRequest(f"{name} is {value!r}: {error}") from None
+            changes[name] = value
+    return changes
 
 
 def parse_admin_request(request: AdminRequest, limits: Limits = DEFAULT_LIMITS) -> AdminAction:
@@ -308,6 +329,9 @@ def parse_admin_request(request: AdminRequest, limits: Limits = DEFAULT_LIMITS) 
         return AdminAction(bool(request.enabled), "", request.reason, request.actor)
     if isinstance(request, ranking_pb2.AbortCandidateRequest):
         return AdminAction(None, "", request.reason, request.actor)
+    if isinstance(request, ranking_pb2.SetExplorationRequest):
+        return AdminAction(bool(request.enabled), "", request.reason, request.actor,
+                           exploration=_exploration_changes(request))
     if isinstance(request, ranking_pb2.StageCandidateRequest):
         check_text(request.base_version, "base_version", limits.max_id_bytes)
         phase = _PHASES.get(request.phase)

@@ -26,4 +26,5 @@ def test_service_exposes_rank_feedback_and_status() -> None:
     assert {m.name for m in service.methods} == {
         "Rank", "Feedback", "Status", "SetOnlineEnabled", "RollbackOnline",
         "StageCandidate", "PromoteBase", "RollbackBase", "AbortCandidate", "CandidateReport",
+        "SetExploration",
     }

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from protos.freshrank.v1 import ranking_pb2 as pb
@@ -248,3 +249,53 @@ def test_a_rollback_to_an_unknown_version_and_an_unexplained_switch_are_refused(
         system.client.set_online_enabled(False, reason="", actor="t")
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "reason is empty" in error.value.details()
+
+
+def _served_propensities(system, prefix: str) -> dict[str, object]:
+    """request id -> the logged propensity (None: the deterministic policy), every replica."""
+    from protos.wal import WalTailer
+    from serving.served_log import decode_served, served_root
+
+    found: dict[str, object] = {}
+    for directory in served_root(system.settings.workspace).iterdir():
+        if directory.is_dir():
+            for _, payload in WalTailer(directory).poll():
+                entry = decode_served(payload)
+                if entry.record.request_id.startswith(prefix):
+                    found[entry.record.request_id] = entry.propensity
+    return found
+
+
+@pytest.mark.slow
+def test_exploration_switches_in_place_and_logs_the_propensity_of_what_it_showed(system) -> None:
+    from tests.serve_system import requests_of
+
+    requests = requests_of(system.events, 160)
+    if not system.client.status().online_version:
+        learn_until_served(system, requests[:80])
+
+    def rank_all(prefix: str) -> None:
+        for n, request in enumerate(requests[80:120]):
+            system.client.rank(f"{prefix}{n}", request.column("user_id")[0].as_py(),
+                               request.column("item_id").to_pylist(), top_k=5,
+                               request_time=request.column("ts")[0].as_py())
+
+    with pytest.raises(grpc.RpcError) as error:  # the door names the bad field
+        system.client.set_exploration(True, "test", "test_switches", share=1.5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("share is 1.5")
+    reply = system.client.set_exploration(True, "test: explore", "test_switches", share=1.0, samples=32)
+    assert reply.action == "set_exploration" and reply.previous == "off" and reply.current.startswith("on")
+    time.sleep(1.5)  # weight_poll_seconds 0.2: the other replica follows within it
+    rank_all("explore-on-")
+    shown = _served_propensities(system, "explore-on-")
+    assert len(shown) == 40 and all(p is not None for p in shown.values())
+    values = np.concatenate([np.asarray(p) for p in shown.values()])
+    assert ((values > 0) & (values <= 1)).all() and (values < 1).any()
+    status = system.client.status()
+    assert status.exploration_enabled and status.exploration_share == 1.0 and status.requests_explored > 0
+    system.client.set_exploration(False, "test: done", "test_switches")
+    time.sleep(1.5)
+    rank_all("explore-off-")
+    assert all(p is None for p in _served_propensities(system, "explore-off-").values())
+    assert read_audit(audit_path(system.settings.workspace))[-1]["action"] == "set_exploration"

@@ -91,6 +91,12 @@ BAD_ARGUMENTS = [
     (["rollback", "base", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
     (["rollback", "base", "--to", "base-0001", "--reason", "x", "--token-file", "{tmp}/no-token"],
      "cannot be read"),
+    # exploration (serving.exploration)
+    (["explore", "maybe", "--reason", "x"], "invalid choice"),
+    (["explore", "on"], "--reason"),
+    (["explore", "on", "--share", "lots", "--reason", "x"], "--share"),
+    (["explore", "on", "--slots", "-1", "--reason", "x"], "--slots"),
+    (["explore", "on", "--share", "0.1", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
 ]
 
 

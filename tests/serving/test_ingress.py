@@ -235,6 +235,10 @@ def test_the_registered_servicer_hands_raw_bytes_to_the_door() -> None:
         async def CandidateReport(self, request: object, grpc_context: Context) -> pb.CandidateReportReply:
             return pb.CandidateReportReply()
 
+        @rpc()
+        async def SetExploration(self, request: object, grpc_context: Context) -> pb.AdminReply:
+            return pb.AdminReply()
+
     async def scenario() -> list[tuple[grpc.StatusCode, str]]:
         server = grpc.aio.server()
         add_ranker_to_server(Servicer(), server)

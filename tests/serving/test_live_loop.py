@@ -206,6 +206,10 @@ def test_every_runbook_command_runs_in_order_against_the_app_and_does_what_it_sa
                 assert _first_json(output)["action"] == "rollback_online"
             elif words[1:3] == ["canary", "abort"]:
                 assert now.candidate_base_version == "" and now.candidate_phase == pb.CANDIDATE_PHASE_UNSPECIFIED
+            elif words[1:3] == ["explore", "on"]:
+                assert now.exploration_enabled is True and now.exploration_share == 0.05
+            elif words[1:3] == ["explore", "off"]:
+                assert now.exploration_enabled is False
             elif words[1:3] == ["rollback", "base"]:
                 _wait(lambda: client.status().base_version == champion, what="the rollback")
                 assert ModelRegistry(system.settings.registry_dir).get("base", candidate).status == "rejected"

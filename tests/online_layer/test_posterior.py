@@ -1,0 +1,126 @@
+"""The online layer's diagonal Gaussian posterior (Chapelle & Li 2011) and its Thompson samples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from online_layer import load_snapshot
+from online_layer.errors import InputError
+from online_layer.features import OnlineInputs
+from online_layer.ftrl import FTRLProximal
+from online_layer.model import OnlineModel
+from online_layer.reference import FTRLReference
+from online_layer.snapshot import MAGIC
+from online_layer.synthetic import benchmark_batch
+
+
+def _trained(cls: type[OnlineModel], prior: float = 2.0) -> OnlineModel:
+    m = cls(64, 12, "base-1", prior_precision=prior)
+    for seed in range(3):
+        m.learn_many(*benchmark_batch(200, hash_bits=12, seed=seed))
+    return m
+
+
+@pytest.mark.parametrize("cls", [FTRLProximal, FTRLReference], ids=["cython", "numpy"])
+def test_precision_grows_for_seen_coordinates_and_stays_at_the_prior_elsewhere(cls: type) -> None:
+    m = cls(64, 12, "base-1", prior_precision=2.0)
+    assert np.array_equal(m.posterior_precision(), np.full(m.n_coords, 2.0))
+    inputs, labels = benchmark_batch(200, hash_bits=12, seed=0)
+    m.learn_many(inputs, labels)
+    first = m.posterior_precision()
+    seen = np.zeros(m.n_coords, dtype=bool)
+    seen[:64] = True
+    seen[64 + np.unique(inputs.sparse)] = True
+    assert (first[seen] > 2.0).all()
+    assert np.array_equal(first[~seen], np.full(int((~seen).sum()), 2.0))
+    m.learn_many(inputs, labels)  # the same rows again: every seen precision grows further
+    assert (m.posterior_precision()[seen] > first[seen]).all()
+
+
+def test_one_example_adds_p_times_one_minus_p_times_x_squared() -> None:
+    m = FTRLProximal(2, 4, "b", prior_precision=1.0)
+    x = OnlineInputs(np.array([0.0]), np.array([[2.0, -1.0]]), np.array([[3, 3, 5]]))
+    m.learn_many(x, np.array([1.0]))  # zero weights: p = sigmoid(0) = 0.5, h = 0.25
+    prec = m.posterior_precision()
+    assert prec[0] == pytest.approx(1.0 + 0.25 * 4.0)
+    assert prec[1] == pytest.approx(1.0 + 0.25 * 1.0)
+    assert prec[2 + 3] == pytest.approx(1.0 + 0.25 * 4.0)  # index 3 twice: one coordinate, x = 2
+    assert prec[2 + 5] == pytest.approx(1.0 + 0.25)
+    assert prec[2 + 4] == 1.0
+
+
+def test_the_kernel_and_the_reference_keep_the_same_precision() -> None:
+    fast, slow = _trained(FTRLProximal), _trained(FTRLReference)
+    np.testing.assert_allclose(fast.posterior_precision(), slow.posterior_precision(), rtol=1e-9)
+    np.testing.assert_allclose(fast.weights(), slow.weights(), rtol=0, atol=1e-9)
+
+
+def test_samples_mean_and_variance_match_the_posterior() -> None:
+    m = _trained(FTRLProximal)
+    probe, _ = benchmark_batch(20, hash_bits=12, seed=42)
+    samples = m.sample_logits(probe, np.random.default_rng(0), n_samples=20_000)
+    assert samples.shape == (20_000, 20)
+    mean, var = m.predict_many(probe), m.logit_variance(probe)
+    se = np.sqrt(var / 20_000)
+    assert (np.abs(samples.mean(axis=0) - mean) < 4.5 * se).all()
+    np.testing.assert_allclose(samples.var(axis=0), var, rtol=0.06)
+    # A row of new items (never learned) varies more than the same row learned on.
+    fresh = FTRLProximal(64, 12, "base-1", prior_precision=2.0)
+    assert (fresh.logit_variance(probe) > var).all()
+
+
+def test_rows_that_share_coordinates_share_the_draw_and_scale_zero_is_the_mean() -> None:
+    m = _trained(FTRLProximal)
+    probe, _ = benchmark_batch(3, hash_bits=12, seed=5)
+    twice = OnlineInputs(
+        np.repeat(probe.base_logit, 2), np.repeat(probe.dense, 2, axis=0), np.repeat(probe.sparse, 2, axis=0)
+    )
+    s = m.sample_logits(twice, np.random.default_rng(1), n_samples=4)
+    assert np.array_equal(s[:, 0::2], s[:, 1::2])
+    assert not np.array_equal(s[0], s[1])
+    mean = m.sample_logits(probe, np.random.default_rng(1), n_samples=2, scale=0.0)
+    assert np.array_equal(mean, np.vstack([m.predict_many(probe)] * 2))
+    with pytest.raises(InputError, match="n_samples"):
+        m.sample_logits(probe, np.random.default_rng(1), n_samples=0)
+    with pytest.raises(InputError, match="scale"):
+        m.sample_logits(probe, np.random.default_rng(1), scale=-1.0)
+
+
+def test_snapshot_round_trip_keeps_the_posterior() -> None:
+    m = _trained(FTRLProximal, prior=3.0)
+    back = load_snapshot(m.snapshot(), "base-1", implementation="numpy")
+    assert back.prior_precision == 3.0
+    assert np.array_equal(back.posterior_precision(), m.posterior_precision())
+    assert np.array_equal(FTRLProximal.from_snapshot(back.snapshot(), "base-1").posterior_precision(),
+                          m.posterior_precision())
+    assert back.clone().prior_precision == 3.0
+
+
+def _format_one(m: OnlineModel) -> bytes:
+    """The snapshot as the format-1 encoder wrote it (before the posterior existed)."""
+    z, n = m.state()
+    coords = np.flatnonzero(n).astype("<i8")
+    payload = coords.tobytes() + z[coords].astype("<f8").tobytes() + n[coords].astype("<f8").tobytes()
+    header = {
+        "format_version": 1, "base_version": m.base_version, "n_dense": m.n_dense,
+        "hash_bits": m.hash_bits, "params": {"alpha": 0.05, "beta": 1.0, "l1": 0.5, "l2": 1.0},
+        "n_updates": m.n_updates, "n_examples": m.n_examples, "nnz": int(coords.size),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(), "metadata": {},
+    }
+    raw = json.dumps(header, sort_keys=True).encode("utf-8")
+    return struct.pack("<8sII", MAGIC, 1, len(raw)) + raw + payload
+
+
+def test_a_format_one_snapshot_loads_with_its_weights_and_the_prior() -> None:
+    m = _trained(FTRLProximal, prior=2.0)
+    old = load_snapshot(_format_one(m), "base-1")
+    assert np.array_equal(old.weights(), m.weights()) and old.nnz() > 0
+    assert old.prior_precision == 1.0
+    assert np.array_equal(old.posterior_precision(), np.ones(m.n_coords))
+    old.learn_many(*benchmark_batch(10, hash_bits=12, seed=8))  # and it learns on from there
+    assert old.posterior_precision().max() > 1.0

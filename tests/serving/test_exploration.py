@@ -1,0 +1,116 @@
+"""Thompson-sampling exploration in Rank (``serving.exploration``): who explores, what the
+sample shows, the propensity it logs, and the operator's switch (without Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from online_layer.features import OnlineInputs
+from online_layer.ftrl import FTRLProximal
+from protos.errors import InvalidInput
+from protos.freshrank.v1 import ranking_pb2 as pb
+from serving.admin import Controls, audit_path, read_audit
+from serving.config import ServingConfig
+from serving.errors import InvalidRequest
+from serving.exploration import ExplorationPolicy, explore, explores
+from serving.ranking import OnlineSlot
+from serving.requests import parse_admin_request
+
+
+def _world(n_items: int = 6, learned: int = 3) -> tuple[OnlineSlot, OnlineInputs]:
+    """Items 0..learned-1 learned on (many impressions), the rest never seen; one hashed
+    coordinate per item, no dense columns, equal base logits."""
+    model = FTRLProximal(0, 8, "b", alpha=0.1, l1=0.0, prior_precision=1.0)
+    seen = OnlineInputs(np.zeros(learned), np.zeros((learned, 0)), np.arange(learned)[:, None])
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        model.learn_many(seen, (rng.random(learned) < 0.3).astype(np.float64))
+    rows = OnlineInputs(np.zeros(n_items), np.zeros((n_items, 0)), np.arange(n_items)[:, None])
+    return OnlineSlot(model, "ol-1", "b", 0.0), rows
+
+
+def test_off_by_default_and_the_share_is_a_stable_hash_of_the_request_id() -> None:
+    policy = ExplorationPolicy.of(ServingConfig())
+    assert policy.enabled is False and not policy.applies("r-1")
+    ids = [f"req-{i}" for i in range(20_000)]
+    chosen = [explores(i, 0.1) for i in ids]
+    assert 0.09 < np.mean(chosen) < 0.11
+    assert chosen == [explores(i, 0.1) for i in ids]  # deterministic
+    assert all(explores(i, 0.2) for i, c in zip(ids, chosen, strict=True) if c)  # nested shares
+    assert ExplorationPolicy(enabled=True, share=1.0).applies("any")
+
+
+def test_bad_settings_are_refused_naming_the_setting() -> None:
+    for changes, name in (({"share": 1.5}, "share"), ({"slots": -1}, "slots"),
+                          ({"scale": 0.0}, "scale"), ({"samples": 0}, "samples")):
+        with pytest.raises(InvalidInput, match=f"exploration.{name}"):
+            ExplorationPolicy(**changes)
+    with pytest.raises(ValueError, match="explore_share"):
+        ServingConfig(explore_share=2.0)
+
+
+def test_the_sample_ranks_and_the_propensity_matches_the_randomised_policy() -> None:
+    slot, rows = _world()
+    policy = ExplorationPolicy(enabled=True, share=1.0, samples=1024)
+    mean = slot.score(rows)
+    order, propensity = explore(slot, rows, mean, 3, policy, "request-7")
+    again = explore(slot, rows, mean, 3, policy, "request-7")
+    assert np.array_equal(order, again[0]) and np.array_equal(propensity, again[1])  # seeded by the id
+    # The truth: the probability each shown item lands at its position, over fresh draws.
+    draws = slot.model.sample_logits(rows, np.random.default_rng(123), n_samples=40_000)
+    top = np.argsort(-draws, axis=1, kind="stable")[:, :3]
+    truth = (top == order[None, :]).mean(axis=0)
+    np.testing.assert_allclose(propensity[order], truth, atol=0.05)
+    assert (propensity[order] > 0).all() and (propensity[order] < 1).all()
+
+
+def test_new_items_reach_the_top_under_exploration_and_never_without_it() -> None:
+    slot, rows = _world()
+    # The learned items lead the mean by a margin; the new items trail at the base logit.
+    lead = OnlineInputs(np.array([1.5, 1.5, 1.5, 0.0, 0.0, 0.0]), rows.dense, rows.sparse)
+    mean = slot.score(lead)
+    greedy_top = set(np.argsort(-mean, kind="stable")[:2].tolist())
+    policy = ExplorationPolicy(enabled=True, share=1.0, samples=8)
+    shown_new = sum(
+        bool(set(explore(slot, lead, mean, 2, policy, f"r{i}")[0].tolist()) - {0, 1, 2})
+        for i in range(300)
+    )
+    assert not greedy_top - {0, 1, 2}
+    assert shown_new > 100  # new items' posterior is the prior: wide, so they get shown
+
+
+def test_only_the_last_slots_explore_and_the_head_keeps_propensity_one() -> None:
+    slot, rows = _world()
+    policy = ExplorationPolicy(enabled=True, share=1.0, slots=2, samples=64)
+    mean = slot.score(rows) + np.array([3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
+    order, propensity = explore(slot, rows, mean, 4, policy, "r")
+    assert order[:2].tolist() == [0, 1] and (propensity[order[:2]] == 1.0).all()
+    assert len(set(order.tolist())) == 4 and (propensity[order[2:]] < 1.0).all()
+
+
+def test_set_exploration_requests_are_checked_at_the_door_naming_the_field() -> None:
+    ok = parse_admin_request(pb.SetExplorationRequest(enabled=True, share=0.2, reason="r", actor="a"))
+    assert ok.exploration == {"enabled": True, "share": 0.2}  # unset fields keep their value
+    for bad, name in ((pb.SetExplorationRequest(enabled=True, share=1.5), "share"),
+                      (pb.SetExplorationRequest(enabled=True, scale=0.0), "scale"),
+                      (pb.SetExplorationRequest(enabled=True, samples=5000), "samples")):
+        bad.reason, bad.actor = "r", "a"
+        with pytest.raises(InvalidRequest, match=f"^{name} is"):
+            parse_admin_request(bad)
+    with pytest.raises(InvalidRequest, match="reason"):
+        parse_admin_request(pb.SetExplorationRequest(enabled=True, actor="a"))
+
+
+def test_the_policy_is_audited_and_a_restarted_learner_keeps_it(tmp_path: Path) -> None:
+    audit = audit_path(tmp_path)
+    controls = Controls(audit, enabled=True)
+    assert controls.view(None)["exploration"] is None  # the config's until an operator acts
+    policy = ExplorationPolicy(enabled=True, share=0.1, slots=2)
+    record = controls.set_exploration(policy.to_dict(), "off", policy.describe(), "new items", "alice")
+    assert record["action"] == "set_exploration" and record["policy"]["share"] == 0.1
+    assert ExplorationPolicy.from_dict(controls.view(None)["exploration"]) == policy
+    assert read_audit(audit)[-1]["current"].startswith("on: 0.1 of requests")
+    assert ExplorationPolicy.from_dict(Controls(audit, enabled=True).exploration) == policy
