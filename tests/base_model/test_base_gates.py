@@ -2,7 +2,7 @@
 
 These tests train with ``backend="local"`` (the same loop as the Ray workers, in-process):
 the gates sit around the fit and do not depend on where it ran. The Ray path is tested in
-``test_base_training.py`` and, as a submitted job on two nodes, ``tests/infra/test_ray_multinode.py``.
+``test_base_training.py`` and ``test_base_ray_job.py``.
 """
 
 from __future__ import annotations
