@@ -44,3 +44,9 @@ class FTRLKernel:
         sparse: npt.NDArray[np.int64],
         labels: npt.NDArray[np.float64],
     ) -> None: ...
+
+def add_gathered(
+    out: npt.NDArray[np.float64],
+    eps: npt.NDArray[np.float32],
+    inv: npt.NDArray[np.int64],
+) -> None: ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from online_layer._ftrl import add_gathered
 from online_layer.errors import InputError
 from online_layer.features import OnlineInputs
 
@@ -97,5 +98,5 @@ def sample_logits(
         sd = scale / np.sqrt(prior_precision + data_precision[n_dense + uniq])
         # float32 draws: half the cost of the dominant step, far below the noise's own scale
         eps = rng.standard_normal((n_samples, uniq.size), dtype=np.float32) * sd.astype(np.float32)
-        out += eps[:, inv.reshape(inputs.sparse.shape)].sum(axis=2)
+        add_gathered(out, eps, inv.reshape(inputs.sparse.shape))  # in the kernel, no (S, N, slots) temporary
     return out

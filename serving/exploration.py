@@ -119,13 +119,33 @@ def explores(request_id: str, share: float) -> bool:
 
 
 def _top(samples: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` largest columns, best first: ``(S, k)`` (argpartition, then sort)."""
-    if k < samples.shape[1]:
-        part = np.argpartition(-samples, k - 1, axis=1)[:, :k]
+    """Each row's ``k`` largest columns, best first, ties to the lower column: ``(S, k)``."""
+    return np.argsort(-samples, axis=1, kind="stable")[:, :k]
+
+
+def _hits(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """How many draws (rows of ``samples``) put ``served[j]`` at position ``j``, per ``j``.
+
+    The item at position ``j`` of a draw is ``served[j]`` exactly when the draw's ``j``-th
+    largest value is ``served[j]``'s value and no other item of the first ``k + 1`` shares
+    a value with it; so one sort of the values per draw (partial when ``k`` is below the
+    pool) and one comparison decide, with no argsort of every draw. A draw with a tie among
+    its first ``k + 1`` values is counted by its stable argsort instead (the same rule as
+    the served order: ties go to the lower index).
+    """
+    n_draws, pool = samples.shape
+    k = served.shape[0]
+    m = min(k + 1, pool)
+    if m < pool:
+        desc = -np.partition(-samples, m - 1, axis=1)[:, :m]
+        desc = -np.sort(-desc, axis=1)
     else:
-        part = np.broadcast_to(np.arange(samples.shape[1]), samples.shape).copy()
-    picked = np.take_along_axis(samples, part, axis=1)
-    return np.take_along_axis(part, np.argsort(-picked, axis=1, kind="stable"), axis=1)
+        desc = np.sort(samples, axis=1)[:, ::-1]
+    equal = desc[:, :k] == samples[:, served]
+    tied = (desc[:, 1:] == desc[:, :-1]).any(axis=1)
+    if tied.any():
+        equal[tied] = _top(samples[tied], k) == served[None, :]
+    return equal.sum(axis=0)
 
 
 def explore(
@@ -155,10 +175,9 @@ def explore(
     if math.isfinite(slot.max_correction):
         base = sub.base_logit[None, :]
         samples = base + np.clip(samples - base, -slot.max_correction, slot.max_correction)
-    ranks = _top(samples, k - head)  # (1 + samples, k - head), indices into pool
-    served = ranks[0]
-    hits = (ranks == served[None, :]).sum(axis=0)  # the served draw counts once
-    propensity[pool[served]] = hits / ranks.shape[0]
+    served = _top(samples[:1], k - head)[0]  # indices into pool
+    hits = 1 + _hits(samples[1:], served)  # the served draw counts once
+    propensity[pool[served]] = hits / samples.shape[0]
     return np.concatenate([greedy[:head], pool[served]]), propensity
 
 

@@ -124,3 +124,22 @@ def test_a_format_one_snapshot_loads_with_its_weights_and_the_prior() -> None:
     assert np.array_equal(old.posterior_precision(), np.ones(m.n_coords))
     old.learn_many(*benchmark_batch(10, hash_bits=12, seed=8))  # and it learns on from there
     assert old.posterior_precision().max() > 1.0
+
+
+def test_the_kernel_gather_adds_each_rows_draws_bit_for_bit_as_numpy_does() -> None:
+    from online_layer._ftrl import add_gathered
+
+    rng = np.random.default_rng(5)
+    for n_slots in (1, 3, 6):  # production has 6 hashed slots
+        eps = rng.standard_normal((9, 40), dtype=np.float32) * np.float32(2.5)
+        inv = rng.integers(0, 40, (300, n_slots))
+        start = rng.standard_normal((9, 300))
+        expected = start + eps[:, inv].sum(axis=2)
+        add_gathered(start, eps, inv)
+        assert np.array_equal(start, expected)
+    out = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="outside"):
+        add_gathered(out, np.zeros((2, 4), dtype=np.float32), np.array([[0], [4], [1]]))
+    with pytest.raises(ValueError, match="shapes disagree"):
+        add_gathered(out, np.zeros((3, 4), dtype=np.float32), np.zeros((3, 1), dtype=np.int64))
+    assert not out.any()  # a refused call changes nothing

@@ -15,7 +15,7 @@ from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.admin import Controls, audit_path, read_audit
 from serving.config import ServingConfig
 from serving.errors import InvalidRequest
-from serving.exploration import ExplorationPolicy, explore, explores
+from serving.exploration import ExplorationPolicy, _hits, explore, explores
 from serving.ranking import OnlineSlot
 from serving.requests import parse_admin_request
 
@@ -114,3 +114,34 @@ def test_the_policy_is_audited_and_a_restarted_learner_keeps_it(tmp_path: Path) 
     assert ExplorationPolicy.from_dict(controls.view(None)["exploration"]) == policy
     assert read_audit(audit)[-1]["current"].startswith("on: 0.1 of requests")
     assert ExplorationPolicy.from_dict(Controls(audit, enabled=True).exploration) == policy
+
+
+def _hits_by_argsort(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """The definition: per position, the draws whose stable descending order puts the
+    served item there."""
+    order = np.argsort(-samples, axis=1, kind="stable")[:, : served.size]
+    return (order == served[None, :]).sum(axis=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 8])
+def test_the_hit_count_by_sorted_values_equals_the_argsort_definition_ties_included(k: int) -> None:
+    rng = np.random.default_rng(k)
+    pool = 8
+    for values in (rng.standard_normal((500, pool)),  # no ties
+                   rng.integers(0, 4, (500, pool)).astype(np.float64)):  # ties in most draws
+        served = np.argsort(-values[0], kind="stable")[:k]
+        expected = _hits_by_argsort(values, served)
+        assert np.array_equal(_hits(values, served), expected)
+    assert expected.sum() > 0  # the comparison is not vacuous
+
+
+def test_exploring_keeps_the_served_draw_and_counts_it_once_when_clipped() -> None:
+    slot, rows = _world(n_items=40)
+    clipped = OnlineSlot(slot.model, slot.version, slot.base_version, 0.0, max_correction=0.3)
+    mean = clipped.score(rows)
+    for top_k, slots in ((40, 0), (5, 0), (5, 2)):
+        policy = ExplorationPolicy(enabled=True, share=1.0, slots=slots, samples=200)
+        order, propensity = explore(clipped, rows, mean, top_k, policy, "request-9")
+        assert len(set(order.tolist())) == len(order) == top_k
+        shown = propensity[order]
+        assert (shown >= 1 / 201).all() and (shown <= 1).all()
