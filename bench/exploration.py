@@ -1,7 +1,7 @@
 """Issue 20: does Thompson-sampling exploration pay on the simulator? Prints one JSON object.
 
     PYTHONPATH=$PWD .venv/bin/python bench/exploration.py [--out bench/backtest/explore]
-        [--seed N] [--share F] [--slots N] [--scale F] [--logging-policy hidden|blind] [--name report.json]
+        [--seed N] [--share F] [--slots N] [--scale F] [--focus all|item] [--logging-policy hidden|blind] [--name report.json]
 
 A simulated log (``feature_store.simulate``, the sizes below), point-in-time features
 through the backtest's own pipeline (``serving.backtest.data.prepare``), one base fitted on
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slots", type=int, default=None, help="override the pre-registered slots")
     parser.add_argument("--scale", type=float, default=None, help="override the pre-registered scale")
+    parser.add_argument("--focus", default=None, choices=("all", "item"), help="override the pre-registered focus")
     parser.add_argument("--logging-policy", default="hidden", choices=("hidden", "blind"),
                         help="the simulator's logging policy (blind: traffic does not leak bursts)")
     parser.add_argument("--name", default="report.json", help="report file name under --out")
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, slots=args.slots)
     if args.scale is not None:
         settings = replace(settings, scale=args.scale)
+    if args.focus is not None:
+        settings = replace(settings, focus=args.focus)
     arms = {}
     seconds = {}
     for name, policy in (("greedy", None), ("explore", settings.policy())):

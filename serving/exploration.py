@@ -14,7 +14,11 @@ The policy (``ExplorationPolicy``; off by default):
   filled by the sample (the first ``top_k - slots`` stay the mean's greedy order, with
   propensity 1.0); 0 means every position;
 - ``scale``: multiplies the posterior's standard deviation (Chapelle & Li's variance scaling);
-- ``samples``: Monte Carlo draws for the propensity.
+- ``samples``: Monte Carlo draws for the propensity;
+- ``focus``: which weights the sample draws: ``"all"`` (the whole posterior) or ``"item"``
+  (only the item-id weight, the rest at its mean: the uncertainty aimed at new items, whose
+  id weight no example touched, rather than spread over the user, category and dense
+  weights every candidate of a request shares in part).
 
 The propensity logged for a shown item (the served log's ``propensity``) is the probability
 that the randomised policy shows it at its position, estimated from ``samples`` further
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from online_layer.features import SLOTS
 from protos.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -50,6 +55,7 @@ __all__ = ["ExplorationPolicy", "explore", "explores", "fill_exploration_status"
 
 MAX_SAMPLES = 1024
 MAX_SCALE = 10.0
+FOCUS: dict[str, tuple[int, ...] | None] = {"all": None, "item": (SLOTS.index("item"),)}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class ExplorationPolicy:
     slots: int = 0
     scale: float = 1.0
     samples: int = 64
+    focus: str = "all"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -73,6 +80,8 @@ class ExplorationPolicy:
             raise InvalidInput(f"exploration.scale must be in (0, {MAX_SCALE:g}], got {self.scale!r}")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not 1 <= self.samples <= MAX_SAMPLES:
             raise InvalidInput(f"exploration.samples must be an integer in [1, {MAX_SAMPLES}], got {self.samples!r}")
+        if self.focus not in FOCUS:
+            raise InvalidInput(f"exploration.focus must be one of {', '.join(FOCUS)}, got {self.focus!r}")
         object.__setattr__(self, "share", float(self.share))
         object.__setattr__(self, "scale", float(self.scale))
 
@@ -80,7 +89,7 @@ class ExplorationPolicy:
     def of(cls, config: ServingConfig) -> ExplorationPolicy:
         """The policy a replica starts with: ``[serving] explore_*``."""
         return cls(config.explore_enabled, config.explore_share, config.explore_slots,
-                   config.explore_scale, config.explore_samples)
+                   config.explore_scale, config.explore_samples, config.explore_focus)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExplorationPolicy:
@@ -99,7 +108,8 @@ class ExplorationPolicy:
         if not self.enabled:
             return "off"
         where = "all slots" if self.slots == 0 else f"last {self.slots} slots"
-        return f"on: {self.share:g} of requests, {where}, scale {self.scale:g}, {self.samples} samples"
+        aim = "" if self.focus == "all" else f", {self.focus} weights only"
+        return f"on: {self.share:g} of requests, {where}, scale {self.scale:g}, {self.samples} samples{aim}"
 
     def applies(self, request_id: str) -> bool:
         """Whether this request explores (on, and its id falls in ``share``)."""
@@ -170,7 +180,8 @@ def explore(
     rng = np.random.default_rng(_digest(request_id, b"fr-draws"))
     sub = inputs.take(pool)
     # Draws around the served (clipped) mean, clipped again as serving clips the correction.
-    noise = slot.model.sample_noise(sub, rng, n_samples=1 + policy.samples, scale=policy.scale)
+    noise = slot.model.sample_noise(sub, rng, n_samples=1 + policy.samples, scale=policy.scale,
+                                    columns=FOCUS[policy.focus])
     samples = mean_logits[pool][None, :] + noise
     if math.isfinite(slot.max_correction):
         base = sub.base_logit[None, :]

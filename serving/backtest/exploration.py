@@ -64,6 +64,7 @@ class ExploreSettings:
     slots: int = 0
     scale: float = 1.0
     samples: int = 32
+    focus: str = "all"
     budget: float = 0.03
     young_hours: float = 24.0
     position_decay: float = 0.7
@@ -72,7 +73,7 @@ class ExploreSettings:
     resamples: int = 1_000
 
     def policy(self) -> ExplorationPolicy:
-        return ExplorationPolicy(True, self.share, self.slots, self.scale, self.samples)
+        return ExplorationPolicy(True, self.share, self.slots, self.scale, self.samples, self.focus)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -143,3 +143,17 @@ def test_the_kernel_gather_adds_each_rows_draws_bit_for_bit_as_numpy_does() -> N
     with pytest.raises(ValueError, match="shapes disagree"):
         add_gathered(out, np.zeros((3, 4), dtype=np.float32), np.zeros((3, 1), dtype=np.int64))
     assert not out.any()  # a refused call changes nothing
+
+
+def test_columns_draw_only_those_slots_weights_and_hold_the_rest_at_the_mean() -> None:
+    model = FTRLProximal(2, 8, "b", prior_precision=1.0)
+    # rows 0 and 1 share slot 0's index but differ in slot 1 and in the dense columns
+    rows = OnlineInputs(np.zeros(3), np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]]),
+                        np.array([[5, 7], [5, 9], [6, 7]]))
+    noise = model.sample_noise(rows, np.random.default_rng(0), n_samples=4000, columns=(0,))
+    assert np.array_equal(noise[:, 0], noise[:, 1])  # only the slot-0 weight moves them
+    np.testing.assert_allclose(noise.var(axis=0), 1.0, rtol=0.1)  # one prior-variance weight each
+    everything = model.sample_noise(rows, np.random.default_rng(0), n_samples=4000)
+    assert everything[:, 1].var() > 5  # 9 (dense) + 1 + 1: the full posterior is wider
+    with pytest.raises(InputError, match="columns"):
+        model.sample_noise(rows, np.random.default_rng(0), columns=(2,))

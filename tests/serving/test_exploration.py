@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from online_layer.features import OnlineInputs
+from online_layer.features import SLOTS, OnlineInputs
 from online_layer.ftrl import FTRLProximal
 from protos.errors import InvalidInput
 from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.admin import Controls, audit_path, read_audit
 from serving.config import ServingConfig
 from serving.errors import InvalidRequest
-from serving.exploration import ExplorationPolicy, _hits, explore, explores
+from serving.exploration import FOCUS, ExplorationPolicy, _hits, explore, explores
 from serving.ranking import OnlineSlot
 from serving.requests import parse_admin_request
 
@@ -145,3 +145,23 @@ def test_exploring_keeps_the_served_draw_and_counts_it_once_when_clipped() -> No
         assert len(set(order.tolist())) == len(order) == top_k
         shown = propensity[order]
         assert (shown >= 1 / 201).all() and (shown <= 1).all()
+
+
+def test_an_item_focus_explores_only_new_items_and_is_a_named_setting() -> None:
+    slot, rows = _world(n_items=6, learned=3)
+    assert FOCUS["item"] == (SLOTS.index("item"),) == (1,)
+    # slot 0 (the bias) shared by every row and never learned: wide, but it moves them all
+    rows = OnlineInputs(rows.base_logit, rows.dense, np.concatenate([np.full((6, 1), 200), rows.sparse], axis=1))
+    noise = slot.model.sample_noise(rows, np.random.default_rng(1), n_samples=3000, columns=FOCUS["item"])
+    spread = noise.std(axis=0)
+    assert (spread[3:] > 0.9).all() and (spread[:3] < 0.5).all()  # learned items barely move
+    everything = slot.model.sample_noise(rows, np.random.default_rng(1), n_samples=3000)
+    assert (everything.std(axis=0)[:3] > 0.9).all()  # without the focus the shared weight moves them too
+    policy = ExplorationPolicy(enabled=True, share=1.0, focus="item", samples=64)
+    order, propensity = explore(slot, rows, slot.score(rows), 6, policy, "request-3")
+    assert sorted(order.tolist()) == list(range(6)) and (propensity[order] >= 1 / 65).all()
+    assert "item weights only" in policy.describe()
+    with pytest.raises(InvalidInput, match="exploration.focus"):
+        ExplorationPolicy(focus="user")
+    with pytest.raises(ValueError, match="serving.explore_focus"):
+        ServingConfig(explore_focus="everything")
