@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.backtest import data as replay_data
     from serving.backtest.config import BacktestConfig
     from serving.backtest.exploration import ExploreSettings, compare, run_arm
+    from serving.backtest.exploration_ope import ope_of_greedy
     from serving.backtest.tiers import TierContext
 
     t0 = time.monotonic()
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         arms[name] = run_arm(data, eval_lo, hi, scores, session, settings, policy)
         seconds[name] = round(time.monotonic() - t1, 2)
     report = compare(arms["greedy"], arms["explore"], settings)
+    report["ope"] = ope_of_greedy(arms["explore"], arms["greedy"], settings.resamples)
     report["run"] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "load_average": os.getloadavg(),

@@ -170,11 +170,11 @@ def scoring_only(workspace: Path, info: dict[str, Any], n: int, calls: int) -> d
 
 
 def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, share: float,
-                    samples: tuple[int, ...] = ()) -> dict[str, Any]:
+                    samples: tuple[int, ...] = (), focus: tuple[str, ...] = ()) -> dict[str, Any]:
     """``HybridRanker.rank`` with an online layer installed (zero weights, prior-only
     posterior: every coordinate at its widest), exploration off vs on at ``share`` of
     requests (``serving.exploration``, default samples: ``on``; each of ``samples`` as
-    ``on_s<k>``), interleaved call by call (ms); each on arm's p99 increment over off with
+    ``on_s<k>``; each of ``focus`` as ``on_<focus>``), interleaved call by call (ms); each on arm's p99 increment over off with
     a bootstrap interval (calls resampled, 1,000 times, seed 0, percentile 95%)."""
     import numpy as np
 
@@ -193,6 +193,7 @@ def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, s
                                   cfg.max_candidates, limits=limits) for i in range(64)]
     policies = {"off": ExplorationPolicy(), "on": ExplorationPolicy(enabled=True, share=share)}
     policies.update({f"on_s{k}": ExplorationPolicy(enabled=True, share=share, samples=k) for k in samples})
+    policies.update({f"on_{f}": ExplorationPolicy(enabled=True, share=share, focus=f) for f in focus})
     times: dict[str, list[float]] = {name: [] for name in policies}
     explored = 0
     for i in range(calls + 64):
@@ -408,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time HybridRanker.rank with an online layer, exploration off vs on")
     parser.add_argument("--explore-samples", default="",
                         help="with --explore-share: also time these Monte Carlo sample counts (comma list)")
+    parser.add_argument("--explore-focus", default="",
+                        help="with --explore-share: also time these exploration focuses (comma list: item)")
     # internal entry points (the child processes)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--info", type=Path, help=argparse.SUPPRESS)
@@ -446,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.explore_share is not None:
         result["scoring_explore"] = [scoring_explore(args.workspace, info, n, args.scoring_calls, args.explore_share,
-                                                     tuple(int(k) for k in args.explore_samples.split(",") if k))
+                                                     tuple(int(k) for k in args.explore_samples.split(",") if k),
+                                                     tuple(f for f in args.explore_focus.split(",") if f))
                                      for n in args.candidates]
     for kind in ("transport", "same-code"):
         if kind not in rows:
