@@ -50,3 +50,7 @@ def add_gathered(
     eps: npt.NDArray[np.float32],
     inv: npt.NDArray[np.int64],
 ) -> None: ...
+
+def distinct_sorted(
+    ordered: npt.NDArray[np.int64], cells: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...

@@ -316,3 +316,32 @@ def add_gathered(double[:, ::1] out, const float[:, ::1] eps, const int64_t[:, :
                     out[s, i] += <double>acc
     if bad:
         raise ValueError(f"an index of inv is outside [0, {n_coords})")
+
+
+def distinct_sorted(const int64_t[::1] ordered, const int64_t[::1] cells):
+    """``np.unique(cells, return_inverse=True)`` given ``ordered = np.sort(cells)``: the
+    distinct values (ascending) and each cell's position among them, by one pass and a
+    binary search per cell (NumPy's ``unique`` pays Python-level steps and an argsort)."""
+    cdef Py_ssize_t n = ordered.shape[0], i, lo, hi, mid, m = 0
+    if cells.shape[0] != n:
+        raise ValueError(f"ordered has {n} values, cells {cells.shape[0]}")
+    uniq_arr = np.empty(n, dtype=np.int64)
+    inv_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] uniq = uniq_arr
+    cdef int64_t[::1] inv = inv_arr
+    cdef int64_t v
+    with nogil:
+        for i in range(n):
+            if m == 0 or ordered[i] != uniq[m - 1]:
+                uniq[m] = ordered[i]
+                m += 1
+        for i in range(n):  # branch-free binary search (every cell's value is in uniq)
+            v = cells[i]
+            lo = 0
+            hi = m  # the length of the range still searched
+            while hi > 1:
+                mid = hi >> 1
+                lo = lo + mid if uniq[lo + mid] <= v else lo
+                hi -= mid
+            inv[i] = lo
+    return uniq_arr[:m], inv_arr

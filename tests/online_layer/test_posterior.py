@@ -157,3 +157,16 @@ def test_columns_draw_only_those_slots_weights_and_hold_the_rest_at_the_mean() -
     assert everything[:, 1].var() > 5  # 9 (dense) + 1 + 1: the full posterior is wider
     with pytest.raises(InputError, match="columns"):
         model.sample_noise(rows, np.random.default_rng(0), columns=(2,))
+
+
+def test_the_kernel_dedupe_returns_what_numpy_unique_returns() -> None:
+    from online_layer._ftrl import distinct_sorted
+
+    rng = np.random.default_rng(8)
+    for shape in ((500, 6), (1, 6), (0, 6), (9, 1)):
+        cells = np.ascontiguousarray(rng.integers(0, 50, shape)).ravel()
+        uniq, inv = distinct_sorted(np.sort(cells), cells)
+        expected_uniq, expected_inv = np.unique(cells, return_inverse=True)
+        assert np.array_equal(uniq, expected_uniq) and np.array_equal(inv, expected_inv)
+    with pytest.raises(ValueError, match="cells"):
+        distinct_sorted(np.arange(3), np.arange(4))
