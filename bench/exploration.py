@@ -1,7 +1,7 @@
 """Issue 20: does Thompson-sampling exploration pay on the simulator? Prints one JSON object.
 
     PYTHONPATH=$PWD .venv/bin/python bench/exploration.py [--out bench/backtest/explore]
-        [--seed N] [--share F] [--slots N] [--scale F] [--logging-policy hidden|blind] [--name report.json]
+        [--seed N] [--share F] [--slots N] [--scale F] [--focus all|item] [--logging-policy hidden|blind] [--name report.json]
 
 A simulated log (``feature_store.simulate``, the sizes below), point-in-time features
 through the backtest's own pipeline (``serving.backtest.data.prepare``), one base fitted on
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slots", type=int, default=None, help="override the pre-registered slots")
     parser.add_argument("--scale", type=float, default=None, help="override the pre-registered scale")
+    parser.add_argument("--focus", default=None, choices=("all", "item"), help="override the pre-registered focus")
     parser.add_argument("--logging-policy", default="hidden", choices=("hidden", "blind"),
                         help="the simulator's logging policy (blind: traffic does not leak bursts)")
     parser.add_argument("--name", default="report.json", help="report file name under --out")
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.backtest import data as replay_data
     from serving.backtest.config import BacktestConfig
     from serving.backtest.exploration import ExploreSettings, compare, run_arm
+    from serving.backtest.exploration_ope import ope_of_greedy
     from serving.backtest.tiers import TierContext
 
     t0 = time.monotonic()
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, slots=args.slots)
     if args.scale is not None:
         settings = replace(settings, scale=args.scale)
+    if args.focus is not None:
+        settings = replace(settings, focus=args.focus)
     arms = {}
     seconds = {}
     for name, policy in (("greedy", None), ("explore", settings.policy())):
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         arms[name] = run_arm(data, eval_lo, hi, scores, session, settings, policy)
         seconds[name] = round(time.monotonic() - t1, 2)
     report = compare(arms["greedy"], arms["explore"], settings)
+    report["ope"] = ope_of_greedy(arms["explore"], arms["greedy"], settings.resamples)
     report["run"] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "load_average": os.getloadavg(),

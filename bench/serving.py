@@ -169,10 +169,13 @@ def scoring_only(workspace: Path, info: dict[str, Any], n: int, calls: int) -> d
     }
 
 
-def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, share: float) -> dict[str, Any]:
+def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, share: float,
+                    samples: tuple[int, ...] = (), focus: tuple[str, ...] = ()) -> dict[str, Any]:
     """``HybridRanker.rank`` with an online layer installed (zero weights, prior-only
     posterior: every coordinate at its widest), exploration off vs on at ``share`` of
-    requests (``serving.exploration``, default samples), interleaved call by call (ms)."""
+    requests (``serving.exploration``, default samples: ``on``; each of ``samples`` as
+    ``on_s<k>``; each of ``focus`` as ``on_<focus>``), interleaved call by call (ms); each on arm's p99 increment over off with
+    a bootstrap interval (calls resampled, 1,000 times, seed 0, percentile 95%)."""
     import numpy as np
 
     from online_layer.ftrl import FTRLProximal
@@ -189,7 +192,9 @@ def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, s
     queries = [parse_rank_request(ranking_pb2.RankRequest.FromString(request_bytes(info, n, i)),
                                   cfg.max_candidates, limits=limits) for i in range(64)]
     policies = {"off": ExplorationPolicy(), "on": ExplorationPolicy(enabled=True, share=share)}
-    times: dict[str, list[float]] = {"off": [], "on": []}
+    policies.update({f"on_s{k}": ExplorationPolicy(enabled=True, share=share, samples=k) for k in samples})
+    policies.update({f"on_{f}": ExplorationPolicy(enabled=True, share=share, focus=f) for f in focus})
+    times: dict[str, list[float]] = {name: [] for name in policies}
     explored = 0
     for i in range(calls + 64):
         for name, policy in policies.items():
@@ -200,7 +205,17 @@ def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, s
                 times[name].append((time.perf_counter() - t0) * 1e3)
                 explored += name == "on" and outcome.propensity is not None
     assert ranker.current_fallback() is None, ranker.current_fallback()
-    return {"candidates": n, "share": share, "explored_calls": explored, **{
+    boot = np.random.default_rng(0).integers(0, calls, (1000, calls))
+    off = np.asarray(times["off"])
+    increments = {}
+    for name in policies:
+        if name != "off":
+            on = np.asarray(times[name])
+            diffs = np.percentile(on[boot], 99, axis=1) - np.percentile(off[boot], 99, axis=1)
+            increments[name] = {"p99": float(np.percentile(on, 99) - np.percentile(off, 99)),
+                                "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
+    return {"candidates": n, "share": share, "explored_calls": explored, "load_after": os.getloadavg(),
+            "p99_increment_ms": increments, **{
         f"rank_ms_explore_{name}": {"p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99))}
         for name, t in times.items()}}
 
@@ -392,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scoring-calls", type=int, default=2000)
     parser.add_argument("--explore-share", type=float, default=None,
                         help="also time HybridRanker.rank with an online layer, exploration off vs on")
+    parser.add_argument("--explore-samples", default="",
+                        help="with --explore-share: also time these Monte Carlo sample counts (comma list)")
+    parser.add_argument("--explore-focus", default="",
+                        help="with --explore-share: also time these exploration focuses (comma list: item)")
     # internal entry points (the child processes)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--info", type=Path, help=argparse.SUPPRESS)
@@ -429,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": {},
     }
     if args.explore_share is not None:
-        result["scoring_explore"] = [scoring_explore(args.workspace, info, n, args.scoring_calls, args.explore_share)
+        result["scoring_explore"] = [scoring_explore(args.workspace, info, n, args.scoring_calls, args.explore_share,
+                                                     tuple(int(k) for k in args.explore_samples.split(",") if k),
+                                                     tuple(f for f in args.explore_focus.split(",") if f))
                                      for n in args.candidates]
     for kind in ("transport", "same-code"):
         if kind not in rows:
@@ -484,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process n={s['candidates']}, online layer: rank p50/p99 exploration off "
               f"{s['rank_ms_explore_off']['p50']:.2f}/{s['rank_ms_explore_off']['p99']:.2f} ms, on (share "
               f"{s['share']:g}) {s['rank_ms_explore_on']['p50']:.2f}/{s['rank_ms_explore_on']['p99']:.2f} ms")
+        for name, inc in s["p99_increment_ms"].items():
+            print(f"    {name}: p99 {s[f'rank_ms_explore_{name}']['p99']:.2f} ms, increment {inc['p99']:+.2f} ms "
+                  f"[{inc['ci95'][0]:+.2f}, {inc['ci95'][1]:+.2f}]")
     print(json.dumps(result))
     return 0
 

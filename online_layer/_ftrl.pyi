@@ -44,3 +44,13 @@ class FTRLKernel:
         sparse: npt.NDArray[np.int64],
         labels: npt.NDArray[np.float64],
     ) -> None: ...
+
+def add_gathered(
+    out: npt.NDArray[np.float64],
+    eps: npt.NDArray[np.float32],
+    inv: npt.NDArray[np.int64],
+) -> None: ...
+
+def distinct_sorted(
+    ordered: npt.NDArray[np.int64], cells: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...

@@ -285,3 +285,63 @@ cdef class FTRLKernel:
             raise ValueError("a label is NaN or outside [0, 1]")
         if code == BAD_VALUE:
             raise ValueError("an input is not finite (NaN or inf in base_logit or dense)")
+
+
+def add_gathered(double[:, ::1] out, const float[:, ::1] eps, const int64_t[:, ::1] inv):
+    """``out[s, i] += sum_c eps[s, inv[i, c]]`` in place: the hashed part of a posterior draw.
+
+    ``eps`` holds one float32 draw per distinct coordinate (columns) and sample (rows);
+    ``inv`` maps every row's hashed slots to those columns. The per-row sum runs in float32,
+    left to right as NumPy's ``eps[:, inv].sum(axis=2)`` adds fewer than 8 terms, so the two
+    give the same bits there.
+    """
+    cdef Py_ssize_t n_samples = out.shape[0], n_rows = out.shape[1], n_slots = inv.shape[1]
+    cdef Py_ssize_t n_coords = eps.shape[1], s, i, c
+    cdef float acc
+    if eps.shape[0] != n_samples or inv.shape[0] != n_rows:
+        raise ValueError(f"shapes disagree: out {out.shape[0]}x{n_rows}, eps {eps.shape[0]}x{n_coords}, "
+                         f"inv {inv.shape[0]}x{n_slots}")
+    cdef int bad = 0
+    with nogil:
+        for i in range(n_rows):
+            for c in range(n_slots):
+                if inv[i, c] < 0 or inv[i, c] >= n_coords:
+                    bad = 1
+        if not bad and n_slots > 0:
+            for s in range(n_samples):
+                for i in range(n_rows):
+                    acc = eps[s, inv[i, 0]]
+                    for c in range(1, n_slots):
+                        acc = acc + eps[s, inv[i, c]]
+                    out[s, i] += <double>acc
+    if bad:
+        raise ValueError(f"an index of inv is outside [0, {n_coords})")
+
+
+def distinct_sorted(const int64_t[::1] ordered, const int64_t[::1] cells):
+    """``np.unique(cells, return_inverse=True)`` given ``ordered = np.sort(cells)``: the
+    distinct values (ascending) and each cell's position among them, by one pass and a
+    binary search per cell (NumPy's ``unique`` pays Python-level steps and an argsort)."""
+    cdef Py_ssize_t n = ordered.shape[0], i, lo, hi, mid, m = 0
+    if cells.shape[0] != n:
+        raise ValueError(f"ordered has {n} values, cells {cells.shape[0]}")
+    uniq_arr = np.empty(n, dtype=np.int64)
+    inv_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] uniq = uniq_arr
+    cdef int64_t[::1] inv = inv_arr
+    cdef int64_t v
+    with nogil:
+        for i in range(n):
+            if m == 0 or ordered[i] != uniq[m - 1]:
+                uniq[m] = ordered[i]
+                m += 1
+        for i in range(n):  # branch-free binary search (every cell's value is in uniq)
+            v = cells[i]
+            lo = 0
+            hi = m  # the length of the range still searched
+            while hi > 1:
+                mid = hi >> 1
+                lo = lo + mid if uniq[lo + mid] <= v else lo
+                hi -= mid
+            inv[i] = lo
+    return uniq_arr[:m], inv_arr

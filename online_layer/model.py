@@ -227,10 +227,12 @@ class OnlineModel(ABC):
         rng: np.random.Generator,
         n_samples: int = 1,
         scale: float = 1.0,
+        columns: tuple[int, ...] | None = None,
     ) -> np.ndarray:
-        """The zero-mean part of ``sample_logits`` (for a caller that has the mean already)."""
+        """The zero-mean part of ``sample_logits`` (for a caller that has the mean already);
+        ``columns``: only these hashed slots' weights drawn (``posterior.sample_logits``)."""
         self._check(inputs)
-        return posterior.sample_noise(inputs, self._prec, self.prior_precision, rng, n_samples, scale)
+        return posterior.sample_noise(inputs, self._prec, self.prior_precision, rng, n_samples, scale, columns)
 
     def logit_variance(self, inputs: OnlineInputs) -> np.ndarray:
         """The posterior variance of every row's logit, shape ``(N,)``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from online_layer._ftrl import add_gathered, distinct_sorted
 from online_layer.errors import InputError
 from online_layer.features import OnlineInputs
 
@@ -50,10 +51,11 @@ def sample_noise(
     rng: np.random.Generator,
     n_samples: int = 1,
     scale: float = 1.0,
+    columns: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """The zero-mean part of ``sample_logits``: ``(n_samples, N)`` draws of ``(w - mean) . x``."""
     return sample_logits(np.zeros(len(inputs)), inputs, data_precision, prior_precision, rng,
-                         n_samples, scale)
+                         n_samples, scale, columns)
 
 
 def sample_logits(
@@ -64,6 +66,7 @@ def sample_logits(
     rng: np.random.Generator,
     n_samples: int = 1,
     scale: float = 1.0,
+    columns: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """``n_samples`` Thompson samples of every row's logit, shape ``(n_samples, N)``.
 
@@ -72,6 +75,11 @@ def sample_logits(
     Dense columns: one draw each, projected by a small matrix product; hashed coordinates:
     one draw per distinct index of the batch, gathered per row (a repeated index counts
     once per occurrence, as its value is its count).
+
+    ``columns``: None draws every weight; a tuple of hashed slot columns (``SLOTS``
+    positions) draws only the weights those slots touch and holds the dense and other
+    hashed weights at their mean (the sample's uncertainty aimed at, say, the item's own
+    weight: the conditional posterior given the rest at its mean).
 
     Raises
     ------
@@ -85,17 +93,21 @@ def sample_logits(
     mean = np.asarray(mean_logits, dtype=np.float64)
     if mean.shape != (len(inputs),):
         raise InputError(f"mean_logits must have shape ({len(inputs)},), got {mean.shape}")
+    if columns is not None and not all(0 <= c < inputs.sparse.shape[1] for c in columns):
+        raise InputError(f"columns must be hashed slot positions below {inputs.sparse.shape[1]}, got {columns!r}")
     if len(inputs) == 0:
         return np.zeros((n_samples, 0), dtype=np.float64)
     n_dense = inputs.dense.shape[1]
+    sparse = inputs.sparse if columns is None else np.ascontiguousarray(inputs.sparse[:, list(columns)])
     out = np.repeat(mean[None, :], n_samples, axis=0)
-    if n_dense:
+    if n_dense and columns is None:
         sd = scale / np.sqrt(prior_precision + data_precision[:n_dense])
         out += (rng.standard_normal((n_samples, n_dense)) * sd) @ inputs.dense.T
-    if inputs.sparse.shape[1]:
-        uniq, inv = np.unique(inputs.sparse, return_inverse=True)
+    if sparse.shape[1]:
+        cells = sparse.ravel()
+        uniq, inv = distinct_sorted(np.sort(cells), cells)  # = np.unique(..., return_inverse=True)
         sd = scale / np.sqrt(prior_precision + data_precision[n_dense + uniq])
         # float32 draws: half the cost of the dominant step, far below the noise's own scale
         eps = rng.standard_normal((n_samples, uniq.size), dtype=np.float32) * sd.astype(np.float32)
-        out += eps[:, inv.reshape(inputs.sparse.shape)].sum(axis=2)
+        add_gathered(out, eps, inv.reshape(sparse.shape))  # in the kernel, no (S, N, slots) temporary
     return out

@@ -66,12 +66,13 @@ class ServingConfig:
             each shown item is in the served log). Each is ranked by both bases. 0: never.
         base_cache: Base versions each Ranker replica keeps loaded (champion, candidate, and
             the previous champion, so a rollback is a switch, not a load).
-        explore_enabled, explore_share, explore_slots, explore_scale, explore_samples: The
-            exploration policy a replica starts with (``serving.exploration``: off by
+        explore_enabled, explore_share, explore_slots, explore_scale, explore_samples,
+            explore_focus: The exploration policy a replica starts with (``serving.exploration``: off by
             default; the ``SetExploration`` rpc / ``freshrank explore on|off`` change it in
             place): the share of requests that rank by a Thompson sample of the online
             posterior, how many of the last top-k slots it fills (0: all), the posterior
-            standard deviation's multiplier, and the Monte Carlo draws for the propensity.
+            standard deviation's multiplier, the Monte Carlo draws for the propensity, and
+            which weights a sample draws ("all", or "item": the item-id weight only).
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
             files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
@@ -107,6 +108,7 @@ class ServingConfig:
     explore_slots: int = 0
     explore_scale: float = 1.0
     explore_samples: int = 64
+    explore_focus: str = "all"
 
     def __post_init__(self) -> None:
         check_bounds(

@@ -14,7 +14,11 @@ The policy (``ExplorationPolicy``; off by default):
   filled by the sample (the first ``top_k - slots`` stay the mean's greedy order, with
   propensity 1.0); 0 means every position;
 - ``scale``: multiplies the posterior's standard deviation (Chapelle & Li's variance scaling);
-- ``samples``: Monte Carlo draws for the propensity.
+- ``samples``: Monte Carlo draws for the propensity;
+- ``focus``: which weights the sample draws: ``"all"`` (the whole posterior) or ``"item"``
+  (only the item-id weight, the rest at its mean: the uncertainty aimed at new items, whose
+  id weight no example touched, rather than spread over the user, category and dense
+  weights every candidate of a request shares in part).
 
 The propensity logged for a shown item (the served log's ``propensity``) is the probability
 that the randomised policy shows it at its position, estimated from ``samples`` further
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from online_layer.features import SLOTS
 from protos.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -50,6 +55,7 @@ __all__ = ["ExplorationPolicy", "explore", "explores", "fill_exploration_status"
 
 MAX_SAMPLES = 1024
 MAX_SCALE = 10.0
+FOCUS: dict[str, tuple[int, ...] | None] = {"all": None, "item": (SLOTS.index("item"),)}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class ExplorationPolicy:
     slots: int = 0
     scale: float = 1.0
     samples: int = 64
+    focus: str = "all"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -73,6 +80,8 @@ class ExplorationPolicy:
             raise InvalidInput(f"exploration.scale must be in (0, {MAX_SCALE:g}], got {self.scale!r}")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not 1 <= self.samples <= MAX_SAMPLES:
             raise InvalidInput(f"exploration.samples must be an integer in [1, {MAX_SAMPLES}], got {self.samples!r}")
+        if self.focus not in FOCUS:
+            raise InvalidInput(f"exploration.focus must be one of {', '.join(FOCUS)}, got {self.focus!r}")
         object.__setattr__(self, "share", float(self.share))
         object.__setattr__(self, "scale", float(self.scale))
 
@@ -80,7 +89,7 @@ class ExplorationPolicy:
     def of(cls, config: ServingConfig) -> ExplorationPolicy:
         """The policy a replica starts with: ``[serving] explore_*``."""
         return cls(config.explore_enabled, config.explore_share, config.explore_slots,
-                   config.explore_scale, config.explore_samples)
+                   config.explore_scale, config.explore_samples, config.explore_focus)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExplorationPolicy:
@@ -99,7 +108,8 @@ class ExplorationPolicy:
         if not self.enabled:
             return "off"
         where = "all slots" if self.slots == 0 else f"last {self.slots} slots"
-        return f"on: {self.share:g} of requests, {where}, scale {self.scale:g}, {self.samples} samples"
+        aim = "" if self.focus == "all" else f", {self.focus} weights only"
+        return f"on: {self.share:g} of requests, {where}, scale {self.scale:g}, {self.samples} samples{aim}"
 
     def applies(self, request_id: str) -> bool:
         """Whether this request explores (on, and its id falls in ``share``)."""
@@ -119,13 +129,33 @@ def explores(request_id: str, share: float) -> bool:
 
 
 def _top(samples: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` largest columns, best first: ``(S, k)`` (argpartition, then sort)."""
-    if k < samples.shape[1]:
-        part = np.argpartition(-samples, k - 1, axis=1)[:, :k]
+    """Each row's ``k`` largest columns, best first, ties to the lower column: ``(S, k)``."""
+    return np.argsort(-samples, axis=1, kind="stable")[:, :k]
+
+
+def _hits(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """How many draws (rows of ``samples``) put ``served[j]`` at position ``j``, per ``j``.
+
+    The item at position ``j`` of a draw is ``served[j]`` exactly when the draw's ``j``-th
+    largest value is ``served[j]``'s value and no other item of the first ``k + 1`` shares
+    a value with it; so one sort of the values per draw (partial when ``k`` is below the
+    pool) and one comparison decide, with no argsort of every draw. A draw with a tie among
+    its first ``k + 1`` values is counted by its stable argsort instead (the same rule as
+    the served order: ties go to the lower index).
+    """
+    n_draws, pool = samples.shape
+    k = served.shape[0]
+    m = min(k + 1, pool)
+    if m < pool:
+        desc = -np.partition(-samples, m - 1, axis=1)[:, :m]
+        desc = -np.sort(-desc, axis=1)
     else:
-        part = np.broadcast_to(np.arange(samples.shape[1]), samples.shape).copy()
-    picked = np.take_along_axis(samples, part, axis=1)
-    return np.take_along_axis(part, np.argsort(-picked, axis=1, kind="stable"), axis=1)
+        desc = np.sort(samples, axis=1)[:, ::-1]
+    equal = desc[:, :k] == samples[:, served]
+    tied = (desc[:, 1:] == desc[:, :-1]).any(axis=1)
+    if tied.any():
+        equal[tied] = _top(samples[tied], k) == served[None, :]
+    return equal.sum(axis=0)
 
 
 def explore(
@@ -150,15 +180,15 @@ def explore(
     rng = np.random.default_rng(_digest(request_id, b"fr-draws"))
     sub = inputs.take(pool)
     # Draws around the served (clipped) mean, clipped again as serving clips the correction.
-    noise = slot.model.sample_noise(sub, rng, n_samples=1 + policy.samples, scale=policy.scale)
+    noise = slot.model.sample_noise(sub, rng, n_samples=1 + policy.samples, scale=policy.scale,
+                                    columns=FOCUS[policy.focus])
     samples = mean_logits[pool][None, :] + noise
     if math.isfinite(slot.max_correction):
         base = sub.base_logit[None, :]
         samples = base + np.clip(samples - base, -slot.max_correction, slot.max_correction)
-    ranks = _top(samples, k - head)  # (1 + samples, k - head), indices into pool
-    served = ranks[0]
-    hits = (ranks == served[None, :]).sum(axis=0)  # the served draw counts once
-    propensity[pool[served]] = hits / ranks.shape[0]
+    served = _top(samples[:1], k - head)[0]  # indices into pool
+    hits = 1 + _hits(samples[1:], served)  # the served draw counts once
+    propensity[pool[served]] = hits / samples.shape[0]
     return np.concatenate([greedy[:head], pool[served]]), propensity
 
 

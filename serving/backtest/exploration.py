@@ -64,6 +64,7 @@ class ExploreSettings:
     slots: int = 0
     scale: float = 1.0
     samples: int = 32
+    focus: str = "all"
     budget: float = 0.03
     young_hours: float = 24.0
     position_decay: float = 0.7
@@ -72,7 +73,7 @@ class ExploreSettings:
     resamples: int = 1_000
 
     def policy(self) -> ExplorationPolicy:
-        return ExplorationPolicy(True, self.share, self.slots, self.scale, self.samples)
+        return ExplorationPolicy(True, self.share, self.slots, self.scale, self.samples, self.focus)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,7 @@ class ArmLog:
     click: np.ndarray
     propensity: np.ndarray
     explored_requests: int
+    greedy_hit: np.ndarray | None = None  # 1.0 where the arm's own greedy order shows it there
 
 
 def request_starts(data: ReplayData, lo: int, hi: int) -> np.ndarray:
@@ -135,7 +137,7 @@ def run_arm(
     starts = request_starts(data, lo, hi) - lo
     ends = np.append(starts[1:], hi - lo)
     slot = OnlineSlot(session.model, "backtest", session.base_version, 0.0, session.max_correction)
-    out: dict[str, list[Any]] = {k: [] for k in ("request", "row", "pos", "prop")}
+    out: dict[str, list[Any]] = {k: [] for k in ("request", "row", "pos", "prop", "hit")}
     explored = 0
     for b in range(0, len(starts), settings.learn_every):
         block = range(b, min(b + settings.learn_every, len(starts)))
@@ -146,13 +148,14 @@ def run_arm(
             s, e = int(starts[r]), int(ends[r])
             m = mean[s - rows_lo:e - rows_lo]
             key = f"bt-{settings.seed}-{lo + s}"
+            greedy = np.argsort(-m, kind="stable")[: settings.top_k]
             if policy is not None and policy.applies(key):
                 order, prop = explore(slot, inputs.take(slice(s, e)), m, settings.top_k, policy, key)
                 explored += 1
                 props = prop[order]
             else:
-                order = np.argsort(-m, kind="stable")[: settings.top_k]
-                props = np.ones(len(order))
+                order, props = greedy, np.ones(len(greedy))
+            out["hit"].append((order == greedy) * 1.0)
             shown_rows.append(s + order)
             shown_pos.append(np.arange(len(order)))
             out["request"].append(np.full(len(order), r))
@@ -172,6 +175,7 @@ def run_arm(
         click=(uniform[rows] < prob).astype(np.float64),
         propensity=np.concatenate(out["prop"]),
         explored_requests=explored,
+        greedy_hit=np.concatenate(out["hit"]),
     )
 
 

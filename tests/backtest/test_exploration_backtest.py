@@ -98,3 +98,26 @@ def test_a_log_without_the_truth_is_refused() -> None:
 
     with pytest.raises(ValueError, match="true_ctr"):
         run_arm(replace(data, true_ctr=None), 0, 24, scores, _session(), ExploreSettings(), None)
+
+
+def test_the_ope_of_the_greedy_order_recovers_its_click_rate_from_the_exploring_log() -> None:
+    from serving.backtest.exploration_ope import ope_of_greedy
+
+    # One slot per request: exploration shows the greedy item A with probability 0.4 (else B);
+    # A clicks with 0.3, B with 0.1, so greedy's click rate is 0.3 and the log's 0.18.
+    rng = np.random.default_rng(3)
+    n = 20_000
+    shows_a = rng.random(n) < 0.4
+    prob = np.where(shows_a, 0.3, 0.1)
+    click = (rng.random(n) < prob) * 1.0
+    explored = ArmLog(np.arange(n), np.zeros(n, np.int64), np.zeros(n, bool), prob, click,
+                      np.where(shows_a, 0.4, 0.6), n, greedy_hit=shows_a * 1.0)
+    greedy = ArmLog(np.arange(n), np.zeros(n, np.int64), np.zeros(n, bool), np.full(n, 0.3),
+                    (rng.random(n) < 0.3) * 1.0, np.ones(n), 0, greedy_hit=np.ones(n))
+    report = ope_of_greedy(explored, greedy, resamples=200)
+    assert report["ips_covers_replayed_expected"] and report["snips_covers_replayed_expected"]
+    assert report["ips"]["high"] - report["ips"]["low"] < 0.03
+    logged = report["logged_ctr_drawn"]
+    assert logged["high"] < 0.25 and not logged["low"] <= 0.3 <= logged["high"]  # the log alone is biased
+    with pytest.raises(ValueError, match="greedy_hit"):
+        ope_of_greedy(ArmLog(np.arange(2), np.zeros(2), np.zeros(2), np.ones(2), np.ones(2), np.ones(2), 0), greedy)

@@ -124,3 +124,49 @@ def test_a_format_one_snapshot_loads_with_its_weights_and_the_prior() -> None:
     assert np.array_equal(old.posterior_precision(), np.ones(m.n_coords))
     old.learn_many(*benchmark_batch(10, hash_bits=12, seed=8))  # and it learns on from there
     assert old.posterior_precision().max() > 1.0
+
+
+def test_the_kernel_gather_adds_each_rows_draws_bit_for_bit_as_numpy_does() -> None:
+    from online_layer._ftrl import add_gathered
+
+    rng = np.random.default_rng(5)
+    for n_slots in (1, 3, 6):  # production has 6 hashed slots
+        eps = rng.standard_normal((9, 40), dtype=np.float32) * np.float32(2.5)
+        inv = rng.integers(0, 40, (300, n_slots))
+        start = rng.standard_normal((9, 300))
+        expected = start + eps[:, inv].sum(axis=2)
+        add_gathered(start, eps, inv)
+        assert np.array_equal(start, expected)
+    out = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="outside"):
+        add_gathered(out, np.zeros((2, 4), dtype=np.float32), np.array([[0], [4], [1]]))
+    with pytest.raises(ValueError, match="shapes disagree"):
+        add_gathered(out, np.zeros((3, 4), dtype=np.float32), np.zeros((3, 1), dtype=np.int64))
+    assert not out.any()  # a refused call changes nothing
+
+
+def test_columns_draw_only_those_slots_weights_and_hold_the_rest_at_the_mean() -> None:
+    model = FTRLProximal(2, 8, "b", prior_precision=1.0)
+    # rows 0 and 1 share slot 0's index but differ in slot 1 and in the dense columns
+    rows = OnlineInputs(np.zeros(3), np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]]),
+                        np.array([[5, 7], [5, 9], [6, 7]]))
+    noise = model.sample_noise(rows, np.random.default_rng(0), n_samples=4000, columns=(0,))
+    assert np.array_equal(noise[:, 0], noise[:, 1])  # only the slot-0 weight moves them
+    np.testing.assert_allclose(noise.var(axis=0), 1.0, rtol=0.1)  # one prior-variance weight each
+    everything = model.sample_noise(rows, np.random.default_rng(0), n_samples=4000)
+    assert everything[:, 1].var() > 5  # 9 (dense) + 1 + 1: the full posterior is wider
+    with pytest.raises(InputError, match="columns"):
+        model.sample_noise(rows, np.random.default_rng(0), columns=(2,))
+
+
+def test_the_kernel_dedupe_returns_what_numpy_unique_returns() -> None:
+    from online_layer._ftrl import distinct_sorted
+
+    rng = np.random.default_rng(8)
+    for shape in ((500, 6), (1, 6), (0, 6), (9, 1)):
+        cells = np.ascontiguousarray(rng.integers(0, 50, shape)).ravel()
+        uniq, inv = distinct_sorted(np.sort(cells), cells)
+        expected_uniq, expected_inv = np.unique(cells, return_inverse=True)
+        assert np.array_equal(uniq, expected_uniq) and np.array_equal(inv, expected_inv)
+    with pytest.raises(ValueError, match="cells"):
+        distinct_sorted(np.arange(3), np.arange(4))

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from online_layer.features import OnlineInputs
+from online_layer.features import SLOTS, OnlineInputs
 from online_layer.ftrl import FTRLProximal
 from protos.errors import InvalidInput
 from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.admin import Controls, audit_path, read_audit
 from serving.config import ServingConfig
 from serving.errors import InvalidRequest
-from serving.exploration import ExplorationPolicy, explore, explores
+from serving.exploration import FOCUS, ExplorationPolicy, _hits, explore, explores
 from serving.ranking import OnlineSlot
 from serving.requests import parse_admin_request
 
@@ -114,3 +114,54 @@ def test_the_policy_is_audited_and_a_restarted_learner_keeps_it(tmp_path: Path) 
     assert ExplorationPolicy.from_dict(controls.view(None)["exploration"]) == policy
     assert read_audit(audit)[-1]["current"].startswith("on: 0.1 of requests")
     assert ExplorationPolicy.from_dict(Controls(audit, enabled=True).exploration) == policy
+
+
+def _hits_by_argsort(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """The definition: per position, the draws whose stable descending order puts the
+    served item there."""
+    order = np.argsort(-samples, axis=1, kind="stable")[:, : served.size]
+    return (order == served[None, :]).sum(axis=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 8])
+def test_the_hit_count_by_sorted_values_equals_the_argsort_definition_ties_included(k: int) -> None:
+    rng = np.random.default_rng(k)
+    pool = 8
+    for values in (rng.standard_normal((500, pool)),  # no ties
+                   rng.integers(0, 4, (500, pool)).astype(np.float64)):  # ties in most draws
+        served = np.argsort(-values[0], kind="stable")[:k]
+        expected = _hits_by_argsort(values, served)
+        assert np.array_equal(_hits(values, served), expected)
+    assert expected.sum() > 0  # the comparison is not vacuous
+
+
+def test_exploring_keeps_the_served_draw_and_counts_it_once_when_clipped() -> None:
+    slot, rows = _world(n_items=40)
+    clipped = OnlineSlot(slot.model, slot.version, slot.base_version, 0.0, max_correction=0.3)
+    mean = clipped.score(rows)
+    for top_k, slots in ((40, 0), (5, 0), (5, 2)):
+        policy = ExplorationPolicy(enabled=True, share=1.0, slots=slots, samples=200)
+        order, propensity = explore(clipped, rows, mean, top_k, policy, "request-9")
+        assert len(set(order.tolist())) == len(order) == top_k
+        shown = propensity[order]
+        assert (shown >= 1 / 201).all() and (shown <= 1).all()
+
+
+def test_an_item_focus_explores_only_new_items_and_is_a_named_setting() -> None:
+    slot, rows = _world(n_items=6, learned=3)
+    assert FOCUS["item"] == (SLOTS.index("item"),) == (1,)
+    # slot 0 (the bias) shared by every row and never learned: wide, but it moves them all
+    rows = OnlineInputs(rows.base_logit, rows.dense, np.concatenate([np.full((6, 1), 200), rows.sparse], axis=1))
+    noise = slot.model.sample_noise(rows, np.random.default_rng(1), n_samples=3000, columns=FOCUS["item"])
+    spread = noise.std(axis=0)
+    assert (spread[3:] > 0.9).all() and (spread[:3] < 0.5).all()  # learned items barely move
+    everything = slot.model.sample_noise(rows, np.random.default_rng(1), n_samples=3000)
+    assert (everything.std(axis=0)[:3] > 0.9).all()  # without the focus the shared weight moves them too
+    policy = ExplorationPolicy(enabled=True, share=1.0, focus="item", samples=64)
+    order, propensity = explore(slot, rows, slot.score(rows), 6, policy, "request-3")
+    assert sorted(order.tolist()) == list(range(6)) and (propensity[order] >= 1 / 65).all()
+    assert "item weights only" in policy.describe()
+    with pytest.raises(InvalidInput, match="exploration.focus"):
+        ExplorationPolicy(focus="user")
+    with pytest.raises(ValueError, match="serving.explore_focus"):
+        ServingConfig(explore_focus="everything")
