@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.infra.ray_cluster_kit import (
-    FAST_NODE_DEATH, RAY, REPO_ROOT, Cluster, dashboard_status, node_states, running_rankers, serve_applications,
+    FAST_NODE_DEATH, RAY, Cluster, dashboard_status, node_states, running_rankers, serve_applications,
     serve_cli, serve_config, two_node_cluster, wait_for,
 )
 from tests.infra.redis_kit import free_port
