@@ -236,7 +236,8 @@ def test_a_losing_layer_trips_the_breaker_and_recovers(live: Live) -> None:
     assert recovered_at is not None, (status.breaker_state, status.breaker_reason,
                                       dict(status.breaker_transitions))
     time_to_recover = recovered_at - tripped_at
-    assert status.breaker_state == "closed"
+    # The half-open test closed it (the layer served again). What the breaker says after
+    # that depends on how the relearning goes on: judging again may open it again.
     assert status.breaker_transitions["half_open->closed"] >= 1
     print(f"\nbreaker through gRPC: time to trip {time_to_trip:.2f} s after the onset, "
           f"to serve the layer again {time_to_recover:.2f} s after the trip "
