@@ -180,8 +180,10 @@ def _learner_pid(system: System) -> int:
 
 
 def _live_ranker_dirs(system: System) -> list[Path]:
+    """Replica logs held by a live writer that has said who it is (a replica takes the lock,
+    then writes ``writer.json``: a starting one may hold the first without the second)."""
     root = served_root(system.settings.workspace)
-    return [d for d in root.iterdir() if d.is_dir() and is_locked(d)]
+    return [d for d in root.iterdir() if d.is_dir() and is_locked(d) and (d / "writer.json").exists()]
 
 
 def _all_learned(system: System, expected: int) -> dict[str, int]:
