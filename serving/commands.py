@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo_cmd.add_argument("--events", type=Path, help="events file (Parquet/CSV) instead of the simulator")
     demo_cmd.add_argument("--replay-days", type=float, default=2.0, help="days replayed through gRPC")
-    demo_cmd.add_argument("--simulate-days", type=float, default=16.0, help="days simulated")
+    demo_cmd.add_argument("--simulate-days", type=float, default=12.0, help="days simulated")
     demo_cmd.add_argument("--seed", type=int, default=7)
     demo_cmd.add_argument("--max-requests", type=int, help="stop the replay after N requests")
     demo_cmd.add_argument(

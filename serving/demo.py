@@ -58,7 +58,7 @@ class DemoOptions:
     workspace: Path
     events: Path | None = None
     replay_days: float = 2.0
-    simulate_days: float = 16.0
+    simulate_days: float = 12.0
     seed: int = 7
     max_requests: int | None = None
     worker_logs: bool = False  # echo Ray workers' output (training, replicas) to the console
