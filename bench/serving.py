@@ -259,53 +259,13 @@ def serve_floor(kind: str, workspace: Path, port: int) -> None:
 
 def load(address: str, info_path: Path, n: int, concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
     """C calls in flight on one asyncio channel for ``seconds`` after ``warmup``."""
-    import grpc
-    import numpy as np
+    from bench.grpc_load import rank_load
 
     info = json.loads(info_path.read_text())
     bodies = [request_bytes(info, n, i) for i in range(256)]
     metadata = (("application", APP), ("authorization", f"Bearer {TOKEN}"))
 
-    async def run() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(address) as channel:
-            await asyncio.wait_for(channel.channel_ready(), 30)
-            call = channel.unary_unary("/freshrank.v1.Ranker/Rank")
-            latencies: list[float] = []
-            errors: dict[str, int] = {}
-            state = {"measuring": False, "stop": False}
-
-            async def worker(k: int) -> None:
-                i = k
-                while not state["stop"]:
-                    t0 = time.perf_counter()
-                    try:
-                        await call(bodies[i % len(bodies)], metadata=metadata, timeout=10)
-                        ok = True
-                    except grpc.aio.AioRpcError as error:
-                        ok = False
-                        if state["measuring"]:
-                            errors[error.code().name] = errors.get(error.code().name, 0) + 1
-                    if state["measuring"] and ok:
-                        latencies.append(time.perf_counter() - t0)
-                    i += concurrency
-
-            tasks = [asyncio.create_task(worker(k)) for k in range(concurrency)]
-            await asyncio.sleep(warmup)
-            state["measuring"] = True
-            t0 = time.perf_counter()
-            await asyncio.sleep(seconds)
-            state["measuring"] = False
-            elapsed = time.perf_counter() - t0
-            state["stop"] = True
-            await asyncio.gather(*tasks)
-        lat = np.array(latencies) * 1e3
-        return {
-            "calls": int(lat.size), "qps": lat.size / elapsed, "errors": errors,
-            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
-        }
-
-    return asyncio.run(run())
+    return asyncio.run(rank_load(address, bodies, metadata, concurrency, seconds, warmup))
 
 
 def run_load(address: str, info_path: Path, n: int, c: int, seconds: float, warmup: float) -> dict[str, Any]:

@@ -93,43 +93,9 @@ def placements(cluster: Any) -> dict[str, list[str]]:
 async def load(address: str, app: str, bodies: list[bytes], concurrency: int, seconds: float,
                warmup: float) -> dict[str, Any]:
     """C calls in flight on one asyncio channel for ``seconds`` after ``warmup``."""
-    import grpc
-    import numpy as np
+    from bench.grpc_load import rank_load
 
-    metadata = (("application", app),)
-    async with grpc.aio.insecure_channel(address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-        call = channel.unary_unary("/freshrank.v1.Ranker/Rank")
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        state = {"measuring": False, "stop": False}
-
-        async def worker(k: int) -> None:
-            i = k
-            while not state["stop"]:
-                t0 = time.perf_counter()
-                try:
-                    await call(bodies[i % len(bodies)], metadata=metadata, timeout=10)
-                    if state["measuring"]:
-                        latencies.append(time.perf_counter() - t0)
-                except grpc.aio.AioRpcError as error:
-                    if state["measuring"]:
-                        errors[error.code().name] = errors.get(error.code().name, 0) + 1
-                i += concurrency
-
-        tasks = [asyncio.create_task(worker(k)) for k in range(concurrency)]
-        await asyncio.sleep(warmup)
-        state["measuring"] = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(seconds)
-        state["measuring"] = False
-        elapsed = time.perf_counter() - t0
-        state["stop"] = True
-        await asyncio.gather(*tasks)
-    lat = np.array(latencies) * 1e3
-    return {"calls": int(lat.size), "qps": lat.size / elapsed, "errors": errors,
-            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
+    return await rank_load(address, bodies, (("application", app),), concurrency, seconds, warmup)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
