@@ -35,7 +35,6 @@ The switch lives with the other operator controls (``serving.admin.Controls``): 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ import numpy as np
 
 from online_layer.features import SLOTS
 from protos.errors import InvalidInput
+from serving.plan import in_share, stable_digest
 
 if TYPE_CHECKING:
     from online_layer.features import OnlineInputs
@@ -116,16 +116,10 @@ class ExplorationPolicy:
         return self.enabled and explores(request_id, self.share)
 
 
-def _digest(request_id: str, salt: bytes) -> int:
-    return int.from_bytes(
-        hashlib.blake2b(request_id.encode("utf-8"), digest_size=8, person=salt).digest(), "big"
-    )
-
-
 def explores(request_id: str, share: float) -> bool:
     """Whether ``request_id`` falls in an exploration ``share``: a stable hash of the id,
     salted apart from the canary's user hash (so the two splits are independent)."""
-    return _digest(request_id, b"fr-explore") / 2.0**64 < share
+    return in_share(request_id, share, b"fr-explore")
 
 
 def _top(samples: np.ndarray, k: int) -> np.ndarray:
@@ -177,7 +171,7 @@ def explore(
     if k - head <= 0:
         return greedy[:k], propensity
     pool = greedy[head:]
-    rng = np.random.default_rng(_digest(request_id, b"fr-draws"))
+    rng = np.random.default_rng(stable_digest(request_id, b"fr-draws"))
     sub = inputs.take(pool)
     # Draws around the served (clipped) mean, clipped again as serving clips the correction.
     noise = slot.model.sample_noise(sub, rng, n_samples=1 + policy.samples, scale=policy.scale,

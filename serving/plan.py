@@ -103,12 +103,24 @@ def _serial() -> str:
     return f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:6]}"
 
 
+def stable_digest(key: str, person: bytes = b"") -> int:
+    """A 64-bit hash of ``key``, the same in every replica, process and restart (Python's
+    ``hash`` is salted per process); ``person`` (blake2b's personalisation) makes splits
+    by the same key independent of each other."""
+    return int.from_bytes(
+        hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=person).digest(), "big"
+    )
+
+
+def in_share(key: str, share: float, person: bytes = b"") -> bool:
+    """Whether ``key`` falls in a stable ``share`` of all keys (``stable_digest``)."""
+    return stable_digest(key, person) / 2.0**64 < share
+
+
 def in_canary(user_id: str, share: float) -> bool:
-    """Whether ``user_id`` falls in a canary of ``share``: a stable hash of the id, the same
-    in every replica, process and restart (Python's ``hash`` is salted per process), so a
+    """Whether ``user_id`` falls in a canary of ``share``: a stable hash of the id, so a
     user sees one base for the whole canary and grows in with the share."""
-    digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64 < share
+    return in_share(user_id, share)
 
 
 def plan_path(workspace: str | os.PathLike[str]) -> Path:
