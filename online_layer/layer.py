@@ -23,7 +23,7 @@ from online_layer.factory import new_model
 from online_layer.features import OnlineFeaturizer, OnlineInputs
 from online_layer.metrics import ProgressiveMetrics, RollingWindow
 from online_layer.model import OnlineModel
-from online_layer.publishing import PublishState
+from online_layer.publishing import PublishState, Sequencer
 from online_layer.replay import ReplayBuffer
 from protos.metrics import log_losses_from_logits
 
@@ -65,6 +65,7 @@ class Layer:
         fresh_features: Sequence[str],
         generation: int,
         now: float,
+        sequencer: Sequencer | None = None,
     ) -> Layer:
         """A fresh layer with zero weights: it scores exactly the base."""
         featurizer = OnlineFeaturizer(
@@ -86,7 +87,7 @@ class Layer:
             replay=replay,
             metrics=ProgressiveMetrics(),
             rolling=RollingWindow(cfg.readiness_window),
-            publishing=PublishState(keep_snapshots=cfg.keep_snapshots, last_publish_at=now),
+            publishing=PublishState(cfg.keep_snapshots, now, sequencer),
             max_correction=cfg.guard.max_correction,
         )
 

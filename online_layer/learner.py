@@ -28,8 +28,8 @@
    half-open test on fresh events decides whether it closes (then a snapshot is
    published at once).
 5. Every ``publish_every_batches`` batches or ``publish_every_s`` seconds it publishes a
-   snapshot (``online_layer.publishing``, ``online_layer.lineage``): kept for
-   ``latest_snapshot`` and handed to the injected ``snapshot_sink`` (the model registry).
+   snapshot (``online_layer.publishing``, ``online_layer.lineage``), numbered by
+   ``sequencer``, for ``latest_snapshot`` and the injected ``snapshot_sink`` (the registry).
 
 Time: the join, the watermark and the guard run on event time; no request or feedback
 time may move the watermark more than ``max_served_ahead_s`` past the wall clock (it is
@@ -44,6 +44,7 @@ base, optionally warm-started from replayed events (``online_layer.warm_start``)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -63,7 +64,7 @@ from online_layer.intake import FeedbackIntake
 from online_layer.layer import Layer
 from online_layer.lineage import snapshot_of
 from online_layer.model import OnlineModel
-from online_layer.publishing import PublishedSnapshot, ServingView, SnapshotSink, deliver
+from online_layer.publishing import PublishedSnapshot, Sequencer, ServingView, SnapshotSink, deliver
 from online_layer.readiness import Readiness, assess
 from online_layer.reports import FeedbackResult, LearnerReport, build_report
 from online_layer.safety import Safety
@@ -108,10 +109,11 @@ class OnlineLearner:
     clock : callable
         Wall clock in unix seconds (injectable for tests).
     established_users : callable, optional
-        ``established_users(user_id) -> bool``: users the system knew before this learner
-        started (serving passes the base model's training vocabulary). The guard never
-        counts them as new. Without it every user starts new and earns tenure from its
-        served requests (``[online_layer.guard]`` ``new_user_seconds``/``new_user_requests``).
+        ``established_users(user_id) -> bool``: users known before this learner started
+        (serving passes the base's training vocabulary), never counted as new by the guard.
+        Without it every user earns tenure (``[online_layer.guard]`` ``new_user_*``).
+    sequencer : callable, optional
+        ``next() -> int`` numbering every layer's publishes (default: from 1, in-process).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class OnlineLearner:
         snapshot_sink: SnapshotSink | None = None,
         clock: Callable[[], float] = time.time,
         established_users: Callable[[str], bool] | None = None,
+        sequencer: Sequencer | None = None,
     ) -> None:
         if isinstance(config, OnlineLayerConfig):
             cfg = config
@@ -131,6 +134,7 @@ class OnlineLearner:
         self.config = cfg
         self._clock = clock
         self._sink = snapshot_sink
+        self.sequencer = sequencer or itertools.count(1).__next__
         self._fresh_features = tuple(fresh_features)
         self._lock = threading.RLock()
         self._ticker: Ticker | None = None
@@ -151,7 +155,7 @@ class OnlineLearner:
     def _new_layer(self, base_version: str, embedding_dim: int, generation: int) -> Layer:
         return Layer.start(
             self.config, base_version, embedding_dim, self._fresh_features, generation,
-            self._clock(),
+            self._clock(), self.sequencer,
         )
 
     @property

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 # ``sink(version, blob, lineage)``: called on every publish (the model registry).
 SnapshotSink = Callable[[str, bytes, dict[str, Any]], None]
+# ``next()`` -> the next publish number. A version names one set of weights (replicas skip a
+# snapshot whose version they hold), so serving passes one that outlives the process.
+Sequencer = Callable[[], int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +68,7 @@ class PublishState:
 
     keep_snapshots: int
     last_publish_at: float
+    sequencer: Sequencer | None = None  # None: count from 1 in this process
     sequence: int = 0
     published: int = 0
     rollbacks: int = 0
@@ -92,7 +96,7 @@ class PublishState:
         return force or self.batches_since >= every_batches or now - self.last_publish_at >= every_s
 
     def next_sequence(self) -> int:
-        self.sequence += 1
+        self.sequence = self.sequencer() if self.sequencer is not None else self.sequence + 1
         return self.sequence
 
     def arrival_span(self) -> tuple[float | None, float | None]:

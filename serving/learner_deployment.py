@@ -60,8 +60,13 @@ class Learner:
         registry = ModelRegistry(settings.registry_dir)
         champion = champion_base(settings)
         base = BaseScorer.load(champion.path)
+        from serving.known_users import KnownUsers
+
+        known_users = KnownUsers(base.users)  # each promoted base's users join (BaseSwitch)
         # Durability (serving.served_log): the sink's lineage records which logged feedback
         # a snapshot covers; on start the learner replays what its snapshot lacks.
+        from serving.version_sequence import VersionSequence, sequence_path
+
         clock = StrictClock()
         sink = DurableSink(RegistrySnapshotSink(registry, code_version()), registry)
         self._learner = OnlineLearner(
@@ -70,9 +75,10 @@ class Learner:
             embedding_dim=base.embedding_dim,
             snapshot_sink=sink,
             clock=clock,
-            # Users the base was trained on are established: the manipulation guard never
+            # Users the bases were trained on are established: the manipulation guard never
             # counts them as new, so a restart does not make every real user a stranger.
-            established_users=base.users.__contains__,
+            established_users=known_users,
+            sequencer=VersionSequence(sequence_path(settings.workspace)),  # never repeats
         )
         resumed = champion_snapshot(registry, base.version)
         covered = None
@@ -87,7 +93,7 @@ class Learner:
 
         # Before the replay: a canary in the saved plan gets its layer back from the logs.
         self._switch = BaseSwitch(settings, registry, self._learner, self._durability,
-                                  _audit_path(settings.workspace))
+                                  _audit_path(settings.workspace), known_users)
         self._durability.start(covered)
         sink.durability = self._durability
         self._counters = _CounterPushLoop(
