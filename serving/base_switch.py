@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from serving.durability import LearnerDurability
     from serving.settings import Settings
 
+from serving.known_users import KnownUsers
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BaseSwitch", "snapshot_for_base"]
@@ -67,8 +69,10 @@ class BaseSwitch:
         learner: OnlineLearner,
         durability: LearnerDurability,
         audit: Path,
+        known_users: KnownUsers | None = None,
     ) -> None:
         self._settings = settings
+        self._known_users = known_users or KnownUsers()  # the guard's established users
         self._registry = registry
         self._learner = learner
         self._durability = durability
@@ -158,8 +162,7 @@ class BaseSwitch:
             if target == plan.champion:  # idempotent: a controller may re-issue after a crash
                 return self._commit(plan.next(), "promote_base", plan.champion, target,
                                     reason, actor, note="already the champion")
-            candidate = self._servable(target)
-            embedding_dim = _embedding_dim(candidate)
+            embedding_dim = self._known_base(self._servable(target))
             with self._durability.lock:
                 self._stop_canary()
                 replay = warm_start_batches(
@@ -186,7 +189,7 @@ class BaseSwitch:
             online = snapshot_for_base(self._registry, target)
             with self._durability.lock:
                 self._stop_canary()
-                self._learner.rebase(target, _embedding_dim(candidate))
+                self._learner.rebase(target, self._known_base(candidate))
                 pinned = None
                 if online is not None:
                     blob = (Path(online.path) / SNAPSHOT_FILE).read_bytes()
@@ -222,6 +225,15 @@ class BaseSwitch:
             )
         return found
 
+    def _known_base(self, version: ModelVersion) -> int:
+        """Load a base about to serve: its users become established for the guard; returns
+        its embedding size (the new layer's width)."""
+        from base_model.artifact import BaseScorer
+
+        base = BaseScorer.load(version.path)
+        self._known_users.add(base.users)
+        return int(base.embedding_dim)
+
     def _previous_champion(self, current: str) -> str:
         for entry in reversed(self._registry.champion_history("base")):
             if entry.get("version") == current and entry.get("previous"):
@@ -237,7 +249,8 @@ class BaseSwitch:
             self._settings.online_layer,
             base_version=base.version,
             embedding_dim=base.embedding_dim,
-            established_users=base.users.__contains__,
+            established_users=KnownUsers(*self._known_users.vocabularies, base.users),
+            sequencer=self._learner.sequencer,  # the champion's numbers: no name repeats
         )
         canary.start_ticker()
         self._durability.canary = canary
@@ -273,9 +286,3 @@ def _describe(plan: ServingPlan) -> str:
         return plan.champion
     share = f" {plan.share:g}" if plan.phase == CANARY else ""
     return f"{plan.champion} + {plan.phase}{share} {plan.candidate}"
-
-
-def _embedding_dim(version: ModelVersion) -> int:
-    from base_model.artifact import BaseScorer
-
-    return int(BaseScorer.load(version.path).embedding_dim)
