@@ -69,6 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-live-loop", action="store_true",
         help="replay only: no controller cycle (shadow, canary, promotion) during the replay",
     )
+    demo_cmd.add_argument(
+        "--full-replay", action="store_true",
+        help="replay every day, not only up to the first midnight after the live loop settled",
+    )
     add_ray_address(demo_cmd)
     demo_cmd.set_defaults(func=cmd_demo)
 
@@ -137,6 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         worker_logs=args.worker_logs,
         live_loop=not args.no_live_loop,
+        stop_after_loop=not args.full_replay,
     )
 
     def progress(message: str) -> None:

@@ -63,6 +63,9 @@ class DemoOptions:
     max_requests: int | None = None
     worker_logs: bool = False  # echo Ray workers' output (training, replicas) to the console
     live_loop: bool = True  # run the live loop (freshrank run's cycle) during the replay
+    # End the replay at the first midnight after the loop's cycle settled: the days after it
+    # show nothing new, and on 2 cores they are what keeps `make demo` past its 10 minutes.
+    stop_after_loop: bool = True
 
     def __post_init__(self) -> None:
         if self.replay_days <= 0:
@@ -306,9 +309,17 @@ def _replay(
     day_rows: list[np.ndarray] = []
     pending_feedback: list[pa.Table] = []
     started = time.perf_counter()
+    replayed = len(groups)
     for n, rows in enumerate(groups):
         when = datetime.fromtimestamp(ts_us[rows].min() / 1e6, tz=UTC)
         if when >= day_end:
+            if loop is not None and loop.settled and options.stop_after_loop:
+                replayed = n
+                timeline.note(f"replay stopped at {day_end:%Y-%m-%d %H:%M}: the live loop's cycle "
+                              f"had settled ({n:,} of {len(groups):,} requests replayed)")
+                progress(f"the live loop settled: replay stopped at {day_end:%Y-%m-%d} "
+                         f"({n:,} of {len(groups):,} requests)")
+                break
             _send_feedback(client, pending_feedback)
             refreshes.append(_nightly(settings, replay, day_rows, day_end, progress))
             day_rows = []
@@ -363,14 +374,14 @@ def _replay(
     learner = serve.get_deployment_handle("Learner", settings.serving.app_name)
     learner.flush.remote().result()
     report = learner.report.remote().result()
-    end = datetime.fromtimestamp(ts_us[groups[-1]].max() / 1e6, tz=UTC) if groups else last
+    end = datetime.fromtimestamp(ts_us[groups[replayed - 1]].max() / 1e6, tz=UTC) if replayed else last
     return DemoReport(
         events_total=0,
         replay_start=replay_start,
         replay_end=end,
         base=None,  # type: ignore[arg-type]  # filled by run_demo
-        requests=len(groups),
-        latencies_ms=latencies,
+        requests=replayed,
+        latencies_ms=latencies[:replayed],
         fallbacks=fallbacks,
         learner=report,
         served_online=served_online,

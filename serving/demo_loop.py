@@ -114,6 +114,11 @@ class LiveLoop:
         self.started = True
         self._thread.start()
 
+    @property
+    def settled(self) -> bool:
+        """The cycle ran to its end (a verdict, or a failure the timeline notes)."""
+        return self.started and not self._thread.is_alive()
+
     def finish(self, timeout_s: float = 120.0) -> None:
         """Wait for the cycle to end (the replay is over); then stop it where it is."""
         if self.started:
