@@ -108,6 +108,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-promote", action="store_true", help="register and gate, but do not promote"
     )
     model.add_argument(
+        "--trigger", type=_json_object, default=None, metavar="JSON",
+        help="the decision that asked for this training, recorded in its lineage (a JSON "
+        "object, as `freshrank run` passes it; default: manual)",
+    )
+    model.add_argument(
         "--ray-address",
         help="Ray cluster to join (default: [freshrank] ray_address, else $RAY_ADDRESS, else "
         "a local loopback cluster)",
@@ -135,6 +140,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument(
         "--max-checks", type=int, default=0, help="stop the loop after N checks (0: never)"
     )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -165,7 +180,7 @@ def _train_once(
 
     table, as_of = _data(args, settings, cfg)
     try:
-        result = _train(args, settings, cfg, registry, table, as_of, trigger=None)
+        result = _train(args, settings, cfg, registry, table, as_of, trigger=args.trigger)
     except DataGateError as exc:
         print(
             json.dumps({"status": "blocked", "reason": str(exc), "gates": exc.report}, default=str),
@@ -222,7 +237,7 @@ def _train(
     registry: ModelRegistry,
     table: pa.Table,
     as_of: datetime,
-    trigger: TriggerDecision | None,
+    trigger: TriggerDecision | dict[str, Any] | None,
 ) -> TrainResult:
     from base_model.training import train_base_model
 

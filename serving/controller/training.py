@@ -93,6 +93,8 @@ def train_arguments(settings: Settings, job: TrainingJob, backend: str) -> list[
             "--workspace", str(settings.workspace), "--registry", str(settings.registry_dir)]
     if settings.source is not None:
         args += ["--config", str(Path(settings.source).absolute())]
+    if job.decision:  # why it trains, in the new version's lineage (as the local backend does)
+        args += ["--trigger", json.dumps(job.decision, default=str)]
     default = BaseModelConfig()
     for f in dataclasses.fields(settings.base_model):
         value = getattr(settings.base_model, f.name)

@@ -57,6 +57,8 @@ BAD_ARGUMENTS = [
     (["train", "--as-of", "yesterday"], "bad time 'yesterday'"),
     (["train", "--every", "week"], "bad duration 'week'"),
     (["train", "--set", "epochs"], "KEY=VALUE"),
+    (["train", "--trigger", "[1]"], "must be a JSON object"),
+    (["train", "--trigger", "oops"], "not JSON"),
     (["serve", "--grpc-port", "http"], "--grpc-port"),
     (["status", "--timeout", "soon"], "--timeout"),
     (["demo", "--config", "{tmp}/bad.toml"], "grpc_prot"),

@@ -35,6 +35,13 @@ def test_the_command_line_is_freshrank_trains_with_no_promote(tmp_path: Path) ->
     assert parsed.as_of == AS_OF.isoformat()
     assert parsed.registry == tmp_path / "registry" and parsed.workspace == tmp_path
     assert sorted(parsed.overrides) == ["epochs=2", "hidden_layers=[8]"]  # what differs from defaults
+    assert parsed.trigger is None  # no decision: the lineage says manual
+
+
+def test_the_decision_that_asked_for_a_training_reaches_the_subprocess(tmp_path: Path) -> None:
+    decision = {"train": True, "reasons": ["schedule"], "summary": "schedule: 8 days old"}
+    args = train_arguments(load_settings(workspace=tmp_path), TrainingJob("c1", AS_OF, decision), "ray")
+    assert build_parser().parse_args(["train", *args]).trigger == decision
 
 
 @pytest.mark.parametrize(
