@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo_cmd.add_argument("--replay-days", type=float, default=2.0, help="days replayed through gRPC")
     demo_cmd.add_argument("--simulate-days", type=float, default=12.0, help="days simulated")
     demo_cmd.add_argument("--seed", type=int, default=7)
+    demo_cmd.add_argument("--base-age-days", type=float, default=3.0,
+                          help="the first base's data ends this many days before the replay")
     demo_cmd.add_argument("--max-requests", type=int, help="stop the replay after N requests")
     demo_cmd.add_argument(
         "--worker-logs", action="store_true", help="echo Ray workers' logs (training, replicas) to the console"
@@ -71,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo_cmd.add_argument(
         "--full-replay", action="store_true",
-        help="replay every day, not only up to the first midnight after the live loop settled",
+        help="replay every day, not only until shortly after the live loop's cycle ended",
     )
     add_ray_address(demo_cmd)
     demo_cmd.set_defaults(func=cmd_demo)
@@ -142,6 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         worker_logs=args.worker_logs,
         live_loop=not args.no_live_loop,
         stop_after_loop=not args.full_replay,
+        base_age_days=args.base_age_days,
     )
 
     def progress(message: str) -> None:

@@ -48,6 +48,9 @@ MARKER = ".freshrank-demo"
 # Feedback of this many requests goes in one call, as a service batching its click stream
 # would send it (each call fsyncs the served and feedback logs once).
 FEEDBACK_BATCH_REQUESTS = 8
+# Requests replayed after the live loop's cycle ended (or up to midnight, if sooner): the
+# timeline shows serving after the verdict; the days after show nothing new.
+AFTER_LOOP_REQUESTS = 300
 DEMO_COMPACT_SECONDS = 5.0
 
 
@@ -59,12 +62,16 @@ class DemoOptions:
     events: Path | None = None
     replay_days: float = 2.0
     simulate_days: float = 12.0
+    # The first base's data ends this many days before the replay: a weekly base is 3.5 days
+    # old on average, and a base trained up to the replay leaves a retrained one nothing to
+    # gain within the demo's two days (its canaries were never shown non-inferior).
+    base_age_days: float = 3.0
     seed: int = 7
     max_requests: int | None = None
     worker_logs: bool = False  # echo Ray workers' output (training, replicas) to the console
     live_loop: bool = True  # run the live loop (freshrank run's cycle) during the replay
-    # End the replay at the first midnight after the loop's cycle settled: the days after it
-    # show nothing new, and on 2 cores they are what keeps `make demo` past its 10 minutes.
+    # End the replay soon after the loop's cycle ended (``AFTER_LOOP_REQUESTS``): the days
+    # after it show nothing new, and on 2 cores they kept `make demo` past its 10 minutes.
     stop_after_loop: bool = True
 
     def __post_init__(self) -> None:
@@ -72,6 +79,8 @@ class DemoOptions:
             raise ValueError("replay_days must be > 0")
         if self.simulate_days <= self.replay_days:
             raise ValueError("simulate_days must exceed replay_days")
+        if not 0 <= self.base_age_days < self.simulate_days - self.replay_days:
+            raise ValueError("base_age_days must be >= 0 and leave days to train on")
 
 
 @dataclass
@@ -241,7 +250,8 @@ def run_demo(
         raise ValueError("the events span is shorter than the replay: nothing to train on")
     progress(
         f"{events.num_rows:,} events from {first:%Y-%m-%d} to {last:%Y-%m-%d}; "
-        f"training before {replay_start:%Y-%m-%d}, replaying after"
+        f"base trained before {replay_start - timedelta(days=options.base_age_days):%Y-%m-%d}, "
+        f"replaying from {replay_start:%Y-%m-%d}"
     )
     started_ray = not ray.is_initialized()
     try:
@@ -253,7 +263,8 @@ def run_demo(
             init_local_ray(address=settings.ray_address, log_to_driver=options.worker_logs)
             if not options.worker_logs:
                 progress("Ray workers' logs: /tmp/ray/session_latest/logs (--worker-logs echoes them here)")
-        base = prepare_base(settings, events, replay_start, progress=progress)
+        base = prepare_base(settings, events, replay_start, progress=progress,
+                            trained_until=replay_start - timedelta(days=options.base_age_days))
         progress(f"base {base.version} promoted; starting Serve (gRPC on localhost)")
         # Feedback needs the ingress token: a random one for this run unless one is set.
         with session_token(), RankerClient(
@@ -310,16 +321,19 @@ def _replay(
     pending_feedback: list[pa.Table] = []
     started = time.perf_counter()
     replayed = len(groups)
+    settled_at: int | None = None  # the request at which the live loop's cycle had ended
     for n, rows in enumerate(groups):
         when = datetime.fromtimestamp(ts_us[rows].min() / 1e6, tz=UTC)
-        if when >= day_end:
-            if loop is not None and loop.settled and options.stop_after_loop:
+        if options.stop_after_loop and loop is not None and loop.settled:
+            settled_at = n if settled_at is None else settled_at
+            if when >= day_end or n - settled_at >= AFTER_LOOP_REQUESTS:
                 replayed = n
-                timeline.note(f"replay stopped at {day_end:%Y-%m-%d %H:%M}: the live loop's cycle "
-                              f"had settled ({n:,} of {len(groups):,} requests replayed)")
-                progress(f"the live loop settled: replay stopped at {day_end:%Y-%m-%d} "
+                timeline.note(f"replay stopped at {when:%Y-%m-%d %H:%M}, {n - settled_at:,} requests "
+                              f"after the live loop's cycle ended ({n:,} of {len(groups):,} replayed)")
+                progress(f"the live loop's cycle ended: replay stopped at {when:%Y-%m-%d %H:%M} "
                          f"({n:,} of {len(groups):,} requests)")
                 break
+        if when >= day_end:
             _send_feedback(client, pending_feedback)
             refreshes.append(_nightly(settings, replay, day_rows, day_end, progress))
             day_rows = []

@@ -89,6 +89,7 @@ def prepare_base(
     *,
     progress: Progress = _quiet,
     backend: str = "ray",
+    trained_until: datetime | None = None,
 ) -> PreparedBase:
     """Build the workspace from ``events`` before ``as_of`` and train the first base.
 
@@ -96,6 +97,8 @@ def prepare_base(
     ``as_of``, builds the point-in-time training set for the base's window, and trains,
     gates, registers and promotes a base version with Ray Train (``backend="local"``
     trains in this process instead, for tests that exercise serving, not training).
+    ``trained_until`` (default ``as_of``) ends the base's window earlier: a base that is
+    days old when serving starts, as a weekly base is on most days.
     """
     from base_model.training import train_base_model
     from feature_store.repo import apply
@@ -111,8 +114,9 @@ def prepare_base(
     progress(f"event log + features for {history.num_rows:,} events")
     feature_seconds = refresh_features(settings, history, as_of)
 
-    window_start = as_of - timedelta(days=settings.base_model.train_days + 1)
-    rows = slice_events(history, window_start, as_of)
+    until = as_of if trained_until is None else min(trained_until, as_of)
+    window_start = until - timedelta(days=settings.base_model.train_days + 1)
+    rows = slice_events(history, window_start, until)
     progress(f"point-in-time training set for {rows.num_rows:,} events")
     training_set = build_training_set(cfg, rows)
     feature_seconds = time.perf_counter() - started
@@ -123,7 +127,7 @@ def prepare_base(
         training_set,
         settings.registry_dir,
         parent="champion",
-        as_of=as_of,
+        as_of=until,
         trigger={"reason": "demo", "detail": "first base for the replay"},
         address=settings.ray_address,
         backend=backend,  # type: ignore[arg-type]

@@ -36,7 +36,8 @@ def test_the_demo_replays_through_grpc_and_reports_base_and_hybrid_side_by_side(
             },
         },
     )
-    options = DemoOptions(workspace=workspace, simulate_days=5, replay_days=1, seed=7, max_requests=300)
+    options = DemoOptions(workspace=workspace, simulate_days=5, replay_days=1, seed=7, max_requests=300,
+                          base_age_days=0)
     messages: list[str] = []
     report = run_demo(settings, options, progress=messages.append)
 
