@@ -80,7 +80,7 @@ def feedback_bytes(requests: list[tuple[bytes, bytes]], rng: Any) -> bytes:
             event = message.events.add(request_id=request.request_id, user_id=request.user_id,
                                        item_id=item.item_id, label=float(rng.random() < 0.05),
                                        position=position)
-            event.ts.CopyFrom(now)
+            event.event_time.CopyFrom(now)
     return message.SerializeToString()
 
 
