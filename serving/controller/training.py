@@ -86,7 +86,9 @@ def train_arguments(settings: Settings, job: TrainingJob, backend: str) -> list[
     """The flags of ``python -m base_model.train`` for ``job``: ``--no-promote``, the cycle's
     training time, the workspace, its settings file, and every ``[base_model]`` value that
     differs from its default as ``--set`` (so the job trains with the controller's
-    section even when it came from overrides, not the file)."""
+    section even when it came from overrides, not the file), and the decision that asked
+    for it (``--trigger``). Other sections reach the child only through the settings file
+    (``[feature_store]`` follows ``--workspace``)."""
     from base_model.config import BaseModelConfig
 
     args = ["--no-promote", "--as-of", job.as_of.isoformat(), "--backend", backend,
