@@ -46,6 +46,7 @@ class FeedbackIntake:
             cfg.implicit_negatives,
             cfg.max_served_ahead_s,
             max_closed=cfg.max_closed_requests,
+            max_pending_rows=cfg.max_pending_rows,
         )
         self.max_id_chars = cfg.max_id_chars
         self.counts = FeedbackCounts()

@@ -106,6 +106,7 @@ class FeedbackJoiner:
         implicit_negatives: bool = False,
         max_ahead_s: float | None = None,
         max_closed: int = 400_000,
+        max_pending_rows: int | None = None,
     ) -> None:
         self.window_us = int(round(join_window_s * 1e6))
         self.ahead_us = None if max_ahead_s is None else int(round(max_ahead_s * 1e6))
@@ -113,6 +114,10 @@ class FeedbackJoiner:
         self.clamped_future = 0
         self.skew_us = int(round(max_clock_skew_s * 1e6))
         self.max_pending = max_pending
+        # Rows (shown items) bound the memory, not requests: one request may carry a
+        # thousand candidates (~490 bytes each here with a 32-wide base).
+        self.max_pending_rows = max_pending_rows
+        self.pending_rows = 0
         self.emit = emit
         self.implicit_negatives = implicit_negatives
         self.watermark_us: int | None = None
@@ -179,12 +184,15 @@ class FeedbackJoiner:
             return []
         entry = _Entry(record, ts_us, ts_us + self.window_us, problem)
         self._entries[record.request_id] = entry
+        self.pending_rows += len(record.item_ids)
         self._seq += 1
         heapq.heappush(self._heap, (entry.expires_us, self._seq, record.request_id))
         self._closed.pop(_closed_key(record.request_id), None)
         self._advance(ts_us)
         out = self.close_expired()
-        while len(self._entries) > self.max_pending:
+        while len(self._entries) > self.max_pending or (
+            self.max_pending_rows is not None and self.pending_rows > self.max_pending_rows
+        ):
             out.extend(self._close_next(early=True))
         return out
 
@@ -313,6 +321,7 @@ class FeedbackJoiner:
             entry = self._entries.pop(rid, None)
             if entry is None:
                 continue
+            self.pending_rows -= len(entry.record.item_ids)
             if early:
                 self.closed_early += 1
             self._remember_closed(rid, "late")
@@ -344,6 +353,7 @@ class FeedbackJoiner:
             self._remember_closed(rid, "retired")
         self._entries.clear()
         self._heap.clear()
+        self.pending_rows = 0
         return dropped
 
 

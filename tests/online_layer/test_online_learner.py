@@ -380,3 +380,14 @@ def test_beyond_max_pending_requests_the_oldest_windows_close_early(make_learner
     assert report.pending_requests == 5 and report.extra["closed_early"] == 7
     learner.flush(close_pending=True)
     assert learner.report().examples_learned == 12 * 8  # nothing lost, only learned early
+
+
+def test_beyond_max_pending_rows_the_oldest_windows_close_early_however_few_requests(make_learner) -> None:
+    """Memory follows rows (shown items), not requests: 8 rows a request, room for 20."""
+    learner = make_learner(max_pending_rows=20, join_window_s=3600.0)
+    world = world_for(learner)
+    feed(learner, world, 12)
+    report = learner.report()
+    assert report.pending_requests == 2 and report.extra["closed_early"] == 10
+    learner.flush(close_pending=True)
+    assert learner.report().examples_learned == 12 * 8
