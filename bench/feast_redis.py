@@ -210,7 +210,7 @@ def main() -> None:
                 loads.append(round(os.getloadavg()[0], 2))
             for reader in readers.values():
                 reader.close()
-            lookups = {k: percentiles(v) for k, v in samples.items()}
+            lookups: dict[str, object] = {k: percentiles(v) for k, v in samples.items()}
             for name in names:
                 per_repeat = np.median(timed[name], axis=1) * 1000
                 lookups[name] = {**percentiles(list(timed[name].ravel())),

@@ -212,8 +212,8 @@ def test_the_serving_reader_on_redis_equals_feast_on_redis_and_itself_on_sqlite(
         stranger = cached.get("never-seen-user", ["never-seen-1"], now=now)
     assert not stranger.user_found and not stranger.items_found[0]
     prior = stores.redis_cfg.ctr_prior
-    np.testing.assert_array_equal(stranger.user, np.float32([default_value(f, prior) for f in USER_FEATURES]))
-    np.testing.assert_array_equal(stranger.items[0], np.float32([default_value(f, prior) for f in ITEM_FEATURES]))
+    np.testing.assert_array_equal(stranger.user, np.array([default_value(f, prior) for f in USER_FEATURES], np.float32))
+    np.testing.assert_array_equal(stranger.items[0], np.array([default_value(f, prior) for f in ITEM_FEATURES], np.float32))
     assert stranger.item_categories == ("",)
 
 
