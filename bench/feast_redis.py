@@ -61,6 +61,18 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 3), "n": len(ms)}
 
 
+def paired(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> dict[str, object]:
+    """Median of the paired differences ``a - b`` (ms) with its 95% percentile-bootstrap
+    interval over the (repeat, request) pairs, and the verdict the rule in RESULTS.md gives."""
+    d = (a - b).ravel() * 1000
+    rng = np.random.default_rng(1)
+    boot = np.median(d[rng.integers(0, len(d), (resamples, len(d)))], axis=1)
+    lo, hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
+    verdict = "within noise" if lo <= 0 <= hi else ("Redis slower" if lo > 0 else "Redis faster")
+    return {"median_ms": round(float(np.median(d)), 3), "ci95_ms": [round(lo, 3), round(hi, 3)],
+            "pairs": len(d), "verdict": verdict}
+
+
 def materialize_all(store, start: datetime, end: datetime) -> dict[str, float]:
     seconds = {}
     for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
@@ -86,6 +98,7 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--lookups", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5, help="passes of the readers over the lookups")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     binary = find_server()
@@ -157,26 +170,57 @@ def main() -> None:
             requests = [(str(users[i % len(users)]), [str(x) for x in rng.choice(items, 100, replace=False)])
                         for i in range(args.lookups)]
             now = end.timestamp() + 1_800
-            reader = OnlineFeatureReader(cfg)
             redis_cfg = FeatureStoreConfig(workspace=redis_ws)
+            feast_redis = stores["redis"].config
+            readers = {
+                "reader_sqlite_cold": OnlineFeatureReader(cfg, cache_items=0),
+                "reader_redis_cold": OnlineFeatureReader(redis_cfg, feast_config=feast_redis, cache_items=0),
+                "reader_sqlite_warm": OnlineFeatureReader(cfg),
+                "reader_redis_warm": OnlineFeatureReader(redis_cfg, feast_config=feast_redis),
+            }
             for user, cands in requests[:10]:
-                ours = reader.get(user, cands, now=now).items
-                if not (np.array_equal(ours, answer(stores["redis"], redis_cfg, user, cands, now))
+                got = [r.get(user, cands, now=now) for r in readers.values()]
+                ours = got[0].items
+                same = all(np.array_equal(g.items, ours) and np.array_equal(g.user, got[0].user)
+                           and np.array_equal(g.items_found, got[0].items_found)
+                           and g.item_categories == got[0].item_categories for g in got)
+                if not (same and np.array_equal(ours, answer(stores["redis"], redis_cfg, user, cands, now))
                         and np.array_equal(ours, answer(stores["sqlite"], cfg, user, cands, now))):
-                    raise SystemExit("answers differ between Redis, SQLite and the reader")
-            log("answers equal on 10 requests (reader, Feast on SQLite, Feast on Redis)")
-            samples: dict[str, list[float]] = {"reader_sqlite": [], "feast_sqlite": [], "feast_redis": []}
+                    raise SystemExit("answers differ between Redis, SQLite and the readers")
+            log("answers equal on 10 requests (4 readers, Feast on SQLite, Feast on Redis)")
+            for name in ("reader_sqlite_warm", "reader_redis_warm"):
+                for user, cands in requests:  # warm: every entity cached (nothing writes from here on)
+                    readers[name].get(user, cands, now=now)
+            samples: dict[str, list[float]] = {"feast_sqlite": [], "feast_redis": []}
             for user, cands in requests:
-                t = time.perf_counter()
-                reader.get(user, cands, now=now)
-                samples["reader_sqlite"].append(time.perf_counter() - t)
                 for name in ("sqlite", "redis"):
                     t = time.perf_counter()
                     answer(stores[name], cfg, user, cands, now)
                     samples[f"feast_{name}"].append(time.perf_counter() - t)
-            reader.close()
-            result["lookup_1_user_100_items"] = {k: percentiles(v) for k, v in samples.items()}
-            log(json.dumps(result["lookup_1_user_100_items"]))
+            names = list(readers)
+            timed = {n: np.zeros((args.repeats, len(requests))) for n in names}
+            loads = []
+            for r in range(args.repeats):
+                for i, (user, cands) in enumerate(requests):
+                    shift = (i + r) % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        t = time.perf_counter()
+                        readers[name].get(user, cands, now=now)
+                        timed[name][r, i] = time.perf_counter() - t
+                loads.append(round(os.getloadavg()[0], 2))
+            for reader in readers.values():
+                reader.close()
+            lookups: dict[str, object] = {k: percentiles(v) for k, v in samples.items()}
+            for name in names:
+                per_repeat = np.median(timed[name], axis=1) * 1000
+                lookups[name] = {**percentiles(list(timed[name].ravel())),
+                                 "per_repeat_p50_ms": [round(float(x), 3) for x in per_repeat]}
+            lookups["redis_minus_sqlite"] = {
+                mode: paired(timed[f"reader_redis_{mode}"], timed[f"reader_sqlite_{mode}"]) for mode in ("cold", "warm")
+            }
+            lookups["loadavg_1min_per_repeat"] = loads
+            result["lookup_1_user_100_items"] = lookups
+            log(json.dumps(lookups))
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result))
 

@@ -11,6 +11,7 @@ Light on import (no Feast, DuckDB or NumPy here): import the module you need.
 * ``declarations`` / ``definitions.py`` -- the Feast objects; ``repo`` -- apply, materialize
 * ``training_set`` -- point-in-time correct training sets (DuckDB ASOF, equal to Feast's)
 * ``online``       -- ``OnlineFeatureReader``: 1 user + N items -> arrays, in < 1 ms
+* ``online_storage`` -- its rows in Feast's layout: SQLite tables or Redis hashes
 * ``push``         -- ``FreshCounterPusher``: live 1 h item counters through a Feast PushSource
 """
 

@@ -3,9 +3,11 @@
 Feast's ``get_online_features`` for 1 user + 100 items costs 10-20 ms on the SQLite store
 (bench/RESULTS.md): it reads one row per feature per entity, decodes
 each into a protobuf, then builds Python objects. :class:`OnlineFeatureReader` reads the
-*same* SQLite tables that Feast materializes and pushes into, but only the packed feature of
-each view (``<view>_vec``, one row per entity), and decodes the float lists straight into
-NumPy. ``tests/feature_store/test_online.py`` proves its answer equal to Feast's.
+*same* rows that Feast materializes and pushes into, in Feast's own layout (SQLite tables or
+Redis hashes: ``feature_store.online_storage``), but only the packed feature of each view
+(``<view>_vec``, one per entity), and decodes the float lists straight into NumPy.
+``tests/feature_store/test_online_lookup.py`` (SQLite) and ``tests/infra/test_feast_redis.py``
+(a real redis-server) prove its answer equal to Feast's.
 
 Defaults for what the store has never seen (never an error): counts 0, CTRs the smoothed
 prior (``FeatureStoreConfig.ctr_prior``), item age 0 hours, category ``""``; and
@@ -16,37 +18,28 @@ store has any of its features (a profile from the batch job, or pushed fresh cou
 from __future__ import annotations
 
 import logging
-import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from feature_store.catalog import ITEM_FEATURES, USER_FEATURES
 from feature_store.config import FeatureStoreConfig
-from feature_store.errors import WorkspaceError
-from feature_store.views import (
-    AGE_FEATURE,
-    CATEGORY_FEATURE,
-    FIRST_SEEN_FEATURE,
-    ITEM_PROFILE,
-    USER_STATS,
-    WINDOW_VIEWS,
-    default_value,
-)
+from feature_store.online_storage import ITEM_VIEWS, StoreRead, entity_key_bytes, open_rows
+from feature_store.views import AGE_FEATURE, USER_STATS, WINDOW_VIEWS, default_value
+
+if TYPE_CHECKING:
+    from feast.repo_config import RepoConfig
 
 __all__ = ["DEFAULT_CACHE_ITEMS", "OnlineFeatureReader", "RankFeatures", "entity_key_bytes"]
 
 logger = logging.getLogger(__name__)
 
-_STRING = 2  # feast ValueType.STRING
-_MAX_ITEMS_PER_QUERY = 8000  # SQLite's host-parameter limit is 32766; 3 IN-lists per query
-_MMAP_BYTES = 1 << 30  # address space only; the OS pages in what is read
-_CACHE_KIB = 256 * 1024
 DEFAULT_CACHE_ITEMS = 200_000  # ~100 bytes an item
 
 
@@ -73,17 +66,6 @@ class RankFeatures:
     user_found: bool
     items_found: np.ndarray
     item_categories: tuple[str, ...]
-
-
-def entity_key_bytes(join_key: str, value: str) -> bytes:
-    """Feast's serialized entity key (version 3) for a single string join key.
-
-    Equal to ``feast.infra.key_encoding_utils.serialize_entity_key`` (a test checks it),
-    without building protobufs for every candidate.
-    """
-    k = join_key.encode("utf8")
-    v = value.encode("utf8")
-    return struct.pack("<III", 1, _STRING, len(k)) + k + struct.pack("<II", _STRING, len(v)) + v
 
 
 class _FloatListDecoder:
@@ -163,7 +145,7 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
 
 
 class _ItemCache:
-    """Decoded item rows of one store generation (``PRAGMA data_version``), by item id.
+    """Decoded item rows of one store generation (the store's change token), by item id.
 
     Rows live in growing arrays so a lookup is one fancy-index per array; the item age is
     not cached (it depends on the request time): the first-seen time is.
@@ -203,23 +185,34 @@ class _ItemCache:
 
 
 class OnlineFeatureReader:
-    """Reads ranking features straight from the workspace's Feast SQLite online store.
+    """Reads ranking features straight from the workspace's Feast online store.
+
+    The store is the one Feast's config names: by default the workspace's SQLite file
+    (``freshrank features apply``); with ``feast_config`` naming ``online_store: {type:
+    redis, connection_string: ...}`` (``infra/feature_store.yaml``), Feast's Redis hashes,
+    one pipelined round trip per lookup (``feature_store.online_storage``). Same decoding,
+    same defaults, same cache on both.
 
     Thread-safe (one connection, one lock); cheap to keep for the life of a replica.
 
-    Decoded rows are cached for as long as the store is unchanged: before each lookup the
-    reader asks SQLite whether any other connection committed since the last one
-    (``PRAGMA data_version``, a counter per connection, a few microseconds) and, if so, drops
-    the whole cache. So a lookup answers exactly what the store holds at that moment: the
+    Decoded rows are cached for as long as the store is unchanged: every lookup reads the
+    store's change token first (SQLite: ``PRAGMA data_version``, a few microseconds; Redis:
+    the server's write, expiry and eviction counters, in the same round trip as the rows it
+    still needs) and, when it moved, drops the whole cache and reads every entity of the
+    request again. So a lookup answers exactly what the store holds at that moment: the
     fresh counters the learner pushes every ``serving.fresh_push_seconds`` and each
     materialization show at the next lookup, as without a cache (no staleness is added; the
-    push period is the features' only delay). Only items not looked up since the last write
-    cost SQLite reads. Item ages are computed per request from the cached first-seen time.
+    push period is the features' only delay). Only entities not looked up since the last
+    write cost store reads. Item ages are computed per request from the cached first-seen
+    time. A Redis store whose keys expire (Feast's ``key_ttl_seconds``) is never cached.
 
     Parameters
     ----------
     cfg
         The workspace; its store must have been applied (tables exist).
+    feast_config
+        Feast's ``RepoConfig`` naming the online store (e.g. ``FeatureStore(repo_path=
+        ...).config``). Default: the workspace's own (SQLite).
     clock
         Returns "now" as unix seconds, for item ages when ``get`` is not given ``now``.
     cache_items
@@ -231,6 +224,7 @@ class OnlineFeatureReader:
         self,
         cfg: FeatureStoreConfig,
         *,
+        feast_config: RepoConfig | None = None,
         clock: Callable[[], float] = time.time,
         cache_items: int = DEFAULT_CACHE_ITEMS,
     ) -> None:
@@ -239,27 +233,15 @@ class OnlineFeatureReader:
         self._cfg = cfg
         self._clock = clock
         self._lock = threading.Lock()
-        path = cfg.online_store_path
-        if not path.exists():
-            raise WorkspaceError(f"no online store at {path}: run `freshrank features apply` first")
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        # Reads hit the same pages again and again: map the file and keep a big page cache,
-        # so a lookup costs B-tree searches in memory rather than a read() per page.
-        self._conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
-        self._conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        self._tables = {v.name: f"{cfg.project}_{v.name}" for v in WINDOW_VIEWS}
-        self._tables[ITEM_PROFILE] = f"{cfg.project}_{ITEM_PROFILE}"
-        present = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = sorted(set(self._tables.values()) - present)
-        if missing:
-            self._conn.close()
-            raise WorkspaceError(f"online store {path} lacks table(s) {', '.join(missing)}: run apply")
+        self._store = open_rows(cfg.project, cfg.online_store_path, feast_config)
+        if cache_items and not self._store.cacheable:
+            logger.info("the %s online store expires keys: every lookup reads it (no cache)", self._store.kind)
+            cache_items = 0
         self._decoders = {v.name: _FloatListDecoder(len(v.features)) for v in WINDOW_VIEWS}
-        self._item_views = [v for v in WINDOW_VIEWS if v.entity == "item"]
         # Where each item view's columns land in ITEM_FEATURES order.
         self._item_cols = {
             v.name: [(j, ITEM_FEATURES.index(f)) for j, f in enumerate(v.features) if f in ITEM_FEATURES]
-            for v in self._item_views
+            for v in ITEM_VIEWS
         }
         self._user_cols = [(j, USER_FEATURES.index(f)) for j, f in enumerate(USER_STATS.features) if f in USER_FEATURES]
         self._age_col = ITEM_FEATURES.index(AGE_FEATURE) if AGE_FEATURE in ITEM_FEATURES else None
@@ -267,11 +249,16 @@ class OnlineFeatureReader:
         self._item_default = np.array([default_value(f, cfg.ctr_prior) for f in ITEM_FEATURES], np.float32)
         self._cache = _ItemCache(len(ITEM_FEATURES), cache_items)
         self._users: dict[str, tuple[np.ndarray, bool]] = {}
-        self._data_version: int | None = None
+        self._version: Hashable = None
+
+    @property
+    def store_kind(self) -> str:
+        """The online store read: ``"sqlite"`` or ``"redis"``."""
+        return self._store.kind
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._store.close()
 
     def __enter__(self) -> OnlineFeatureReader:
         return self
@@ -300,9 +287,7 @@ class OnlineFeatureReader:
             raise TypeError("item_ids must be strings")
         now_s = self._now_seconds(now)
         with self._lock:
-            self._validate_cache()
-            user, user_found = self._user_locked(user_id)
-            slots = self._slots_locked(ids)
+            (user, user_found), slots = self._lookup_locked(user_id, ids)
             cache = self._cache
             items = cache.rows[slots]  # a copy: the cache's rows are never handed out
             found = cache.found[slots]
@@ -312,115 +297,82 @@ class OnlineFeatureReader:
         if self._age_col is not None and known.any():
             items[known, self._age_col] = ((now_s - seen[known]) / 3600.0).astype(np.float32)
         return RankFeatures(
-            user=user, items=items, user_found=user_found, items_found=found, item_categories=categories
+            user=user.copy(), items=items, user_found=user_found, items_found=found, item_categories=categories
         )
 
     # ------------------------------------------------------------------ the cache (lock held)
 
-    def _validate_cache(self) -> None:
-        """Drop every cached row when any other connection committed to the store since the
-        last lookup (SQLite's ``PRAGMA data_version``: materialization, fresh-counter pushes).
-        With ``cache_items=0`` the cache is emptied on every call: each lookup reads the store."""
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-        cache = self._cache
-        if version != self._data_version or cache.max_items == 0 or len(cache.slots) > cache.max_items:
-            if cache.slots:
-                self._cache = _ItemCache(len(self._item_default), cache.max_items)
-            self._users.clear()
-            self._data_version = version
-
-    def _user_locked(self, user_id: str) -> tuple[np.ndarray, bool]:
-        hit = self._users.get(user_id)
-        if hit is None:
-            blob = self._conn.execute(
-                f'SELECT value FROM "{self._tables[USER_STATS.name]}" WHERE entity_key = ? AND feature_name = ?',
-                (entity_key_bytes("user_id", user_id), USER_STATS.vector),
-            ).fetchone()
-            user = self._user_default.copy()
-            found = False
-            if blob is not None:
-                values, ok = self._decoders[USER_STATS.name].decode([blob[0]])
-                if ok[0]:
-                    found = True
-                    for j, c in self._user_cols:
-                        user[c] = values[0, j]
-            hit = (user, found)
-            if self._cache.max_items and len(self._users) < self._cache.max_items:
-                self._users[user_id] = hit
-        return hit[0].copy(), hit[1]
-
-    def _slots_locked(self, ids: Sequence[str]) -> np.ndarray:
-        """The cache slot of each requested item, reading the store for the ones missing."""
+    def _lookup_locked(self, user_id: str, ids: Sequence[str]) -> tuple[tuple[np.ndarray, bool], np.ndarray]:
+        """The user's row and each item's cache slot, reading the store for what the cache
+        lacks; the cache is dropped first when the store's change token moved."""
+        if self._cache.max_items == 0 or len(self._cache.slots) > self._cache.max_items:
+            self._reset(None)
+        user = self._users.get(user_id)
         slots = self._cache.slots
-        try:
-            return np.fromiter(map(slots.__getitem__, ids), dtype=np.int64, count=len(ids))
-        except KeyError:
-            pass
-        missing = [i for i in dict.fromkeys(ids) if i not in slots]
-        keys = [entity_key_bytes("item_id", i) for i in missing]
-        rows: list[tuple[str, bytes, str, bytes]] = []
-        for lo in range(0, len(keys), _MAX_ITEMS_PER_QUERY):
-            rows += self._read_items(keys[lo : lo + _MAX_ITEMS_PER_QUERY])
-        self._cache.add(missing, *self._decode_items(keys, rows))
-        return np.fromiter(map(slots.__getitem__, ids), dtype=np.int64, count=len(ids))
+        distinct = list(dict.fromkeys(ids))
+        missing = [i for i in distinct if i not in slots]
+        read = self._read(None if user is not None else user_id, missing)
+        if read.version != self._version:
+            served_from_cache = user is not None or len(missing) < len(distinct)
+            self._reset(read.version)
+            user, missing = None, distinct
+            if served_from_cache:  # rows of an older generation: read them all again
+                read = self._read(user_id, missing)
+                self._version = read.version
+        if user is None:
+            user = self._decode_user(read.user)
+            if self._cache.max_items and len(self._users) < self._cache.max_items:
+                self._users[user_id] = user
+        if missing:
+            self._cache.add(missing, *self._decode_items(read))
+        slots = self._cache.slots
+        return user, np.fromiter(map(slots.__getitem__, ids), dtype=np.int64, count=len(ids))
 
-    def _decode_items(
-        self, keys: list[bytes], rows: list[tuple[str, bytes, str, bytes]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """Rows read for ``keys`` -> (features without the age, found, first seen, whether
-        first seen is known, category), one per key."""
-        pos = {k: i for i, k in enumerate(keys)}
-        blobs: dict[str, list[bytes | None]] = {v.name: [None] * len(keys) for v in self._item_views}
-        first_seen: list[bytes | None] = [None] * len(keys)
-        category: list[bytes | None] = [None] * len(keys)
-        for table, key, feature, blob in rows:
-            i = pos[key]
-            if table == ITEM_PROFILE:
-                if feature == FIRST_SEEN_FEATURE:
-                    first_seen[i] = blob
-                else:
-                    category[i] = blob
-            else:
-                blobs[table][i] = blob
+    def _reset(self, version: Hashable) -> None:
+        if self._cache.slots:
+            self._cache = _ItemCache(len(self._item_default), self._cache.max_items)
+        self._users.clear()
+        self._version = version
 
-        items_u = np.tile(self._item_default, (len(keys), 1))
-        found_u = np.zeros(len(keys), dtype=bool)
-        for view in self._item_views:
-            values, ok = self._decoders[view.name].decode(blobs[view.name])
+    def _read(self, user_id: str | None, items: list[str]) -> StoreRead:
+        user_key = None if user_id is None else entity_key_bytes("user_id", user_id)
+        return self._store.read(user_key, [entity_key_bytes("item_id", i) for i in items])
+
+    def _decode_user(self, blob: bytes | None) -> tuple[np.ndarray, bool]:
+        user = self._user_default.copy()
+        if blob is None:
+            return user, False
+        values, ok = self._decoders[USER_STATS.name].decode([blob])
+        if not ok[0]:
+            return user, False
+        for j, c in self._user_cols:
+            user[c] = values[0, j]
+        return user, True
+
+    def _decode_items(self, read: StoreRead) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Rows read -> (features without the age, found, first seen, whether first seen is
+        known, category), one per item key read."""
+        n = len(read.first_seen)
+        items_u = np.tile(self._item_default, (n, 1))
+        found_u = np.zeros(n, dtype=bool)
+        for view in ITEM_VIEWS:
+            values, ok = self._decoders[view.name].decode(read.views[view.name])
             found_u |= ok
             for j, c in self._item_cols[view.name]:
                 items_u[ok, c] = values[ok, j]
-        seen_u = np.zeros(len(keys))
-        known_u = np.zeros(len(keys), dtype=bool)
-        cats_u = [""] * len(keys)
-        for i in range(len(keys)):
-            seen = _decode_double(first_seen[i])
+        seen_u = np.zeros(n)
+        known_u = np.zeros(n, dtype=bool)
+        cats_u = [""] * n
+        for i in range(n):
+            seen = _decode_double(read.first_seen[i])
             if seen is not None:
                 found_u[i] = True
                 seen_u[i] = seen
                 known_u[i] = True
-            cat = _decode_string(category[i])
+            cat = _decode_string(read.category[i])
             if cat:
                 cats_u[i] = cat
         return items_u, found_u, seen_u, known_u, cats_u
-
-    def _read_items(self, keys: list[bytes]) -> list[tuple[str, bytes, str, bytes]]:
-        if not keys:
-            return []
-        marks = ",".join("?" * len(keys))
-        parts, params = [], []
-        for view in self._item_views:
-            parts.append(
-                f"SELECT '{view.name}', entity_key, feature_name, value FROM \"{self._tables[view.name]}\" "
-                f"WHERE feature_name = ? AND entity_key IN ({marks})"
-            )
-            params += [view.vector, *keys]
-        parts.append(
-            f"SELECT '{ITEM_PROFILE}', entity_key, feature_name, value FROM \"{self._tables[ITEM_PROFILE]}\" "
-            f"WHERE feature_name IN (?, ?) AND entity_key IN ({marks})"
-        )
-        params += [FIRST_SEEN_FEATURE, CATEGORY_FEATURE, *keys]
-        return self._conn.execute(" UNION ALL ".join(parts), params).fetchall()
 
     def _now_seconds(self, now: float | datetime | None) -> float:
         if now is None:

