@@ -170,11 +170,13 @@ def scoring_only(workspace: Path, info: dict[str, Any], n: int, calls: int) -> d
 
 
 def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, share: float,
-                    samples: tuple[int, ...] = (), focus: tuple[str, ...] = ()) -> dict[str, Any]:
+                    samples: tuple[int, ...] = (), focus: tuple[str, ...] = (),
+                    draws: tuple[int, ...] = ()) -> dict[str, Any]:
     """``HybridRanker.rank`` with an online layer installed (zero weights, prior-only
     posterior: every coordinate at its widest), exploration off vs on at ``share`` of
-    requests (``serving.exploration``, default samples: ``on``; each of ``samples`` as
-    ``on_s<k>``; each of ``focus`` as ``on_<focus>``), interleaved call by call (ms); each on arm's p99 increment over off with
+    requests (``serving.exploration``, the default policy: ``on``; the Monte Carlo propensity
+    with each of ``samples`` as ``on_s<k>``; the Rao-Blackwellised one with each of ``draws``
+    as ``on_d<k>``; each of ``focus`` as ``on_<focus>``), interleaved call by call (ms); each on arm's p99 increment over off with
     a bootstrap interval (calls resampled, 1,000 times, seed 0, percentile 95%)."""
     import numpy as np
 
@@ -192,7 +194,9 @@ def scoring_explore(workspace: Path, info: dict[str, Any], n: int, calls: int, s
     queries = [parse_rank_request(ranking_pb2.RankRequest.FromString(request_bytes(info, n, i)),
                                   cfg.max_candidates, limits=limits) for i in range(64)]
     policies = {"off": ExplorationPolicy(), "on": ExplorationPolicy(enabled=True, share=share)}
-    policies.update({f"on_s{k}": ExplorationPolicy(enabled=True, share=share, samples=k) for k in samples})
+    policies.update({f"on_s{k}": ExplorationPolicy(enabled=True, share=share, samples=k, propensity_draws=0)
+                     for k in samples})
+    policies.update({f"on_d{k}": ExplorationPolicy(enabled=True, share=share, propensity_draws=k) for k in draws})
     policies.update({f"on_{f}": ExplorationPolicy(enabled=True, share=share, focus=f) for f in focus})
     times: dict[str, list[float]] = {name: [] for name in policies}
     explored = 0
@@ -368,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--explore-share", type=float, default=None,
                         help="also time HybridRanker.rank with an online layer, exploration off vs on")
     parser.add_argument("--explore-samples", default="",
-                        help="with --explore-share: also time these Monte Carlo sample counts (comma list)")
+                        help="with --explore-share: also time the Monte Carlo propensity at these sample counts (comma list)")
+    parser.add_argument("--explore-draws", default="",
+                        help="with --explore-share: also time the Rao-Blackwellised propensity at these draw counts (comma list)")
     parser.add_argument("--explore-focus", default="",
                         help="with --explore-share: also time these exploration focuses (comma list: item)")
     # internal entry points (the child processes)
@@ -410,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.explore_share is not None:
         result["scoring_explore"] = [scoring_explore(args.workspace, info, n, args.scoring_calls, args.explore_share,
                                                      tuple(int(k) for k in args.explore_samples.split(",") if k),
-                                                     tuple(f for f in args.explore_focus.split(",") if f))
+                                                     tuple(f for f in args.explore_focus.split(",") if f),
+                                                     tuple(int(k) for k in args.explore_draws.split(",") if k))
                                      for n in args.candidates]
     for kind in ("transport", "same-code"):
         if kind not in rows:

@@ -54,3 +54,15 @@ def add_gathered(
 def distinct_sorted(
     ordered: npt.NDArray[np.int64], cells: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+def slot_probabilities(
+    scores: npt.NDArray[np.float64],
+    desc: npt.NDArray[np.float64],
+    rest: npt.NDArray[np.float64],
+    base: npt.NDArray[np.float64],
+    own_sd: npt.NDArray[np.float64],
+    exact: npt.NDArray[np.uint8],
+    served: npt.NDArray[np.int64],
+    cap: float,
+    out: npt.NDArray[np.float64],
+) -> None: ...

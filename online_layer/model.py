@@ -234,6 +234,21 @@ class OnlineModel(ABC):
         self._check(inputs)
         return posterior.sample_noise(inputs, self._prec, self.prior_precision, rng, n_samples, scale, columns)
 
+    def sample_noise_parts(
+        self,
+        inputs: OnlineInputs,
+        rng: np.random.Generator,
+        n_samples: int,
+        scale: float,
+        columns: tuple[int, ...] | None,
+        own: int,
+    ) -> posterior.NoiseParts:
+        """``sample_noise`` split at each row's weight in hashed slot ``own`` (the parts a
+        Rao-Blackwellised propensity needs: ``posterior.sample_noise_parts``)."""
+        self._check(inputs)
+        return posterior.sample_noise_parts(inputs, self._prec, self.prior_precision, rng, n_samples, scale,
+                                            columns, own)
+
     def logit_variance(self, inputs: OnlineInputs) -> np.ndarray:
         """The posterior variance of every row's logit, shape ``(N,)``."""
         self._check(inputs)

@@ -67,12 +67,15 @@ class ServingConfig:
         base_cache: Base versions each Ranker replica keeps loaded (champion, candidate, and
             the previous champion, so a rollback is a switch, not a load).
         explore_enabled, explore_share, explore_slots, explore_scale, explore_samples,
-            explore_focus: The exploration policy a replica starts with (``serving.exploration``: off by
-            default; the ``SetExploration`` rpc / ``freshrank explore on|off`` change it in
-            place): the share of requests that rank by a Thompson sample of the online
-            posterior, how many of the last top-k slots it fills (0: all), the posterior
-            standard deviation's multiplier, the Monte Carlo draws for the propensity, and
-            which weights a sample draws ("all", or "item": the item-id weight only).
+            explore_focus, explore_propensity_draws: The exploration policy a replica starts
+            with (``serving.exploration``: off by default; the ``SetExploration`` rpc /
+            ``freshrank explore on|off`` change it in place): the share of requests that rank
+            by a Thompson sample of the online posterior, how many of the last top-k slots it
+            fills (0: all), the posterior standard deviation's multiplier, the Monte Carlo
+            draws for the propensity (used only when ``explore_propensity_draws`` is 0), which
+            weights a sample draws ("all", or "item": the item-id weight only), and the draws
+            of the Rao-Blackwellised propensity (0: the Monte Carlo estimator instead; the
+            rpc and the CLI leave it as configured).
         log_level: Level of the deployments' logs (Serve's JSON logs in the replica log
             files under the Ray session's ``logs/serve/``); DEBUG adds a line per Rank.
     """
@@ -109,6 +112,7 @@ class ServingConfig:
     explore_scale: float = 1.0
     explore_samples: int = 64
     explore_focus: str = "all"
+    explore_propensity_draws: int = 8
 
     def __post_init__(self) -> None:
         check_bounds(

@@ -85,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explore.add_argument("--share", type=float, default=None, help="share of requests that explore, in [0, 1]")
     explore.add_argument("--slots", type=_count, default=None, help="last top-k slots the sample fills (0: all)")
     explore.add_argument("--scale", type=float, default=None, help="posterior sd multiplier, in (0, 10]")
-    explore.add_argument("--samples", type=_count, default=None, help="Monte Carlo draws for the propensity")
+    explore.add_argument("--samples", type=_count, default=None,
+                         help="Monte Carlo draws for the propensity (when [serving] explore_propensity_draws is 0)")
     _connection_flags(explore)
     explore.set_defaults(func=cmd_explore)
 

@@ -65,6 +65,7 @@ class ExploreSettings:
     scale: float = 1.0
     samples: int = 32
     focus: str = "all"
+    propensity_draws: int = 0  # 0: the pre-registered Monte Carlo propensity (and served orders)
     budget: float = 0.03
     young_hours: float = 24.0
     position_decay: float = 0.7
@@ -73,7 +74,8 @@ class ExploreSettings:
     resamples: int = 1_000
 
     def policy(self) -> ExplorationPolicy:
-        return ExplorationPolicy(True, self.share, self.slots, self.scale, self.samples, self.focus)
+        return ExplorationPolicy(True, self.share, self.slots, self.scale, self.samples, self.focus,
+                                 self.propensity_draws)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -170,3 +170,24 @@ def test_the_kernel_dedupe_returns_what_numpy_unique_returns() -> None:
         assert np.array_equal(uniq, expected_uniq) and np.array_equal(inv, expected_inv)
     with pytest.raises(ValueError, match="cells"):
         distinct_sorted(np.arange(3), np.arange(4))
+
+
+def test_noise_parts_are_the_same_draws_split_at_each_rows_own_weight() -> None:
+    model = FTRLProximal(2, 8, "b", prior_precision=1.0)
+    model.learn_many(OnlineInputs(np.zeros(1), np.zeros((1, 2)), np.array([[4, 4]])), np.ones(1))
+    # row 0's own index (slot 1) repeats in its slot 0: value 2; rows 2 and 3 share theirs
+    rows = OnlineInputs(np.zeros(4), np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0], [0.0, 1.0]]),
+                        np.array([[4, 4], [5, 9], [6, 7], [8, 7]]))
+    for columns in (None, (1,)):
+        parts = model.sample_noise_parts(rows, np.random.default_rng(3), 50, 0.5, columns, own=1)
+        noise = model.sample_noise(rows, np.random.default_rng(3), n_samples=50, scale=0.5, columns=columns)
+        assert np.array_equal(parts.noise, noise)  # the same stream, the same draws
+        assert parts.alone.tolist() == [True, True, False, False]
+        sd = 0.5 / np.sqrt(model.posterior_precision()[2 + np.array([4, 9, 7, 7])])
+        count = [2, 1, 1, 1] if columns is None else [1, 1, 1, 1]  # among the drawn slots
+        np.testing.assert_allclose(parts.own_sd, sd * np.array(count))
+        np.testing.assert_allclose(parts.own[:, 2], parts.own[:, 3])  # one shared weight
+        if columns is not None:  # only the own slot drawn: the own part is all of the noise
+            np.testing.assert_allclose(parts.own, noise, rtol=1e-6)
+    with pytest.raises(InputError, match="own"):
+        model.sample_noise_parts(rows, np.random.default_rng(3), 5, 1.0, (0,), own=1)

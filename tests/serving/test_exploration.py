@@ -45,16 +45,19 @@ def test_off_by_default_and_the_share_is_a_stable_hash_of_the_request_id() -> No
 
 def test_bad_settings_are_refused_naming_the_setting() -> None:
     for changes, name in (({"share": 1.5}, "share"), ({"slots": -1}, "slots"),
-                          ({"scale": 0.0}, "scale"), ({"samples": 0}, "samples")):
+                          ({"scale": 0.0}, "scale"), ({"samples": 0}, "samples"),
+                          ({"propensity_draws": -1}, "propensity_draws")):
         with pytest.raises(InvalidInput, match=f"exploration.{name}"):
             ExplorationPolicy(**changes)
     with pytest.raises(ValueError, match="explore_share"):
         ServingConfig(explore_share=2.0)
+    with pytest.raises(ValueError, match="serving.explore_propensity_draws"):
+        ServingConfig(explore_propensity_draws=5000)
 
 
 def test_the_sample_ranks_and_the_propensity_matches_the_randomised_policy() -> None:
     slot, rows = _world()
-    policy = ExplorationPolicy(enabled=True, share=1.0, samples=1024)
+    policy = ExplorationPolicy(enabled=True, share=1.0, samples=1024, propensity_draws=0)  # Monte Carlo
     mean = slot.score(rows)
     order, propensity = explore(slot, rows, mean, 3, policy, "request-7")
     again = explore(slot, rows, mean, 3, policy, "request-7")
@@ -73,7 +76,7 @@ def test_new_items_reach_the_top_under_exploration_and_never_without_it() -> Non
     lead = OnlineInputs(np.array([1.5, 1.5, 1.5, 0.0, 0.0, 0.0]), rows.dense, rows.sparse)
     mean = slot.score(lead)
     greedy_top = set(np.argsort(-mean, kind="stable")[:2].tolist())
-    policy = ExplorationPolicy(enabled=True, share=1.0, samples=8)
+    policy = ExplorationPolicy(enabled=True, share=1.0, samples=8, propensity_draws=0)
     shown_new = sum(
         bool(set(explore(slot, lead, mean, 2, policy, f"r{i}")[0].tolist()) - {0, 1, 2})
         for i in range(300)
@@ -84,7 +87,7 @@ def test_new_items_reach_the_top_under_exploration_and_never_without_it() -> Non
 
 def test_only_the_last_slots_explore_and_the_head_keeps_propensity_one() -> None:
     slot, rows = _world()
-    policy = ExplorationPolicy(enabled=True, share=1.0, slots=2, samples=64)
+    policy = ExplorationPolicy(enabled=True, share=1.0, slots=2, samples=64, propensity_draws=0)
     mean = slot.score(rows) + np.array([3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
     order, propensity = explore(slot, rows, mean, 4, policy, "r")
     assert order[:2].tolist() == [0, 1] and (propensity[order[:2]] == 1.0).all()
@@ -140,7 +143,7 @@ def test_exploring_keeps_the_served_draw_and_counts_it_once_when_clipped() -> No
     clipped = OnlineSlot(slot.model, slot.version, slot.base_version, 0.0, max_correction=0.3)
     mean = clipped.score(rows)
     for top_k, slots in ((40, 0), (5, 0), (5, 2)):
-        policy = ExplorationPolicy(enabled=True, share=1.0, slots=slots, samples=200)
+        policy = ExplorationPolicy(enabled=True, share=1.0, slots=slots, samples=200, propensity_draws=0)
         order, propensity = explore(clipped, rows, mean, top_k, policy, "request-9")
         assert len(set(order.tolist())) == len(order) == top_k
         shown = propensity[order]
@@ -157,7 +160,7 @@ def test_an_item_focus_explores_only_new_items_and_is_a_named_setting() -> None:
     assert (spread[3:] > 0.9).all() and (spread[:3] < 0.5).all()  # learned items barely move
     everything = slot.model.sample_noise(rows, np.random.default_rng(1), n_samples=3000)
     assert (everything.std(axis=0)[:3] > 0.9).all()  # without the focus the shared weight moves them too
-    policy = ExplorationPolicy(enabled=True, share=1.0, focus="item", samples=64)
+    policy = ExplorationPolicy(enabled=True, share=1.0, focus="item", samples=64, propensity_draws=0)
     order, propensity = explore(slot, rows, slot.score(rows), 6, policy, "request-3")
     assert sorted(order.tolist()) == list(range(6)) and (propensity[order] >= 1 / 65).all()
     assert "item weights only" in policy.describe()
