@@ -9,28 +9,35 @@ same configuration for the plain ``feast`` CLI. Light on import: no Ray, no Feas
 
 What the settings and ``ray_training_set`` work around, read in Feast 0.67.0
 (``feast/infra/offline_stores/contrib/ray_offline_store/ray.py``, ``.../compute_engines/ray/
-nodes.py``) and checked by the test and ``bench/feast_ray.py``:
+nodes.py``; line numbers of that file) and checked by the test and ``bench/feast_ray.py``:
 
-* **Windowed joins miss rows.** Above ``broadcast_join_threshold_mb`` (100 MB by default) the
-  store joins with ``windowed_temporal_join``, which groups entity and feature rows by
-  ``floor(time, window_size_for_joins)`` (1 h) and keys: an entity row only sees feature rows
-  of its own hour, not the latest row before it. ``BROADCAST_MB`` keeps every view on the
-  broadcast join (``merge_asof`` per batch against the whole view), whose answer is right;
-  the price is that each feature view must fit in a worker's memory.
-* **Entity rows sharing (key, time) are merged.** ``broadcast_join_features`` drops
-  duplicate (join keys, time) entity rows (``keep="last"``), and a slate's rows share
-  (user, time). ``ray_training_set`` asks Feast once per entity with distinct (key, time)
-  rows and joins the answers back onto every row.
+* **The windowed join misses rows.** Above ``broadcast_join_threshold_mb`` (100 MB by
+  default, ray.py:2521) the store uses ``windowed_temporal_join`` (ray.py:851): it shuffles
+  entity and feature rows randomly into blocks (ray.py:548) and matches, block by block,
+  only rows of the same key and the same ``floor(time, window_size_for_joins)`` hour
+  (ray.py:928), not the latest row before the entity row. ``BROADCAST_MB`` keeps every view
+  on the broadcast join, whose answer is right; each view must then fit in a worker.
+* **The broadcast join is a per-row Python loop.** It sorts the view by (key, time)
+  (ray.py:752) and calls ``pandas.merge_asof``, which needs the right side sorted by time
+  alone and raises "right keys must be sorted" whenever a view has two entities; Feast then
+  falls back to ``_manual_point_in_time_join`` (ray.py:832), which scans the whole view for
+  every entity row (ray.py:596): time grows as entity rows x feature rows, in one task (the
+  entity frame is one block, ray.py:2331). ``ray_training_set`` sends distinct (key, time)
+  pairs only, which also keeps the loop short; at scale, see ``bench/RESULTS.md``.
+* **Entity rows sharing (key, time) are merged** when ``merge_asof`` does succeed
+  (``drop_duplicates(keep="last")``, ray.py:785), and a slate's rows share (user, time):
+  another reason ``ray_training_set`` asks once per entity with distinct (key, time) pairs
+  and joins the answers back onto every row.
 * **No TTL in the offline join.** Harmless for freshrank's own sources: ``compute`` writes a
   row when each window empties, and its values (counts 0, CTR the prior) are the defaults a
   TTL miss gives. Not so for sources written by other tools.
-* **Materialization order.** The engine de-duplicates per block and upserts blocks in no set
-  order, so an older row could win; ``pull_latest_features`` makes the store pick each
-  entity's latest row first (a group-by over the cluster).
+* **Materialization order.** The engine de-duplicates per block (nodes.py:620) and upserts
+  blocks in no set order, so an older row could win; ``pull_latest_features`` makes the
+  store pick each entity's latest row first (a group-by over the cluster).
 * **Materialization skips rows older than the wall clock's ``now - ttl``**
-  (``RayFilterNode``); the local engine writes them. The reader then returns the same values
-  (the defaults), but ``user_found``/``items_found`` turn False for entities idle longer
-  than the TTL. Replays of old logs (the demo, MovieLens) belong on ``duckdb``.
+  (``RayFilterNode``, nodes.py:289); the local engine writes them. The reader then returns
+  the same values (the defaults), but ``user_found``/``items_found`` turn False for entities
+  idle longer than the TTL. Replays of old logs (the demo, MovieLens) belong on ``duckdb``.
 """
 
 from __future__ import annotations
