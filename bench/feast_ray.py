@@ -1,7 +1,7 @@
 """Feast's own Ray engine against freshrank's local path, on one and on two Ray nodes.
 
     PYTHONPATH=$PWD .venv/bin/python bench/feast_ray.py --workspace /tmp/frk-feastray \\
-        [--pit-rows 300,1000] [--views item_stats] [--repeats 3] [--nodes 1,2]
+        [--pit-rows 300,1000] [--views user_stats] [--repeats 3] [--nodes 1,2]
 
 One simulated workspace (bench/features.py's shape: ~1.2 M events over 7 days, ~110 k items,
 20 k users, 2.7 M feature rows; its events end a day before the wall clock, because Feast's
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pit-rows", default="300,1000",
                         help="entity rows of the Ray training sets, comma-separated (repeats: the first only)")
     parser.add_argument("--sample-rows", type=int, default=1_000_000, help="rows sampled once; DuckDB joins all")
-    parser.add_argument("--views", default="item_stats", help="views to materialize, comma-separated ('' skips)")
+    parser.add_argument("--views", default="user_stats", help="views to materialize, comma-separated ('' skips)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nodes", default="1,2", help="cluster sizes to run on, e.g. 1,2")
     parser.add_argument("--check-rows", type=int, default=300, help="0 skips the checks")

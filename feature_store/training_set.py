@@ -220,8 +220,10 @@ def ray_training_set(cfg: FeatureStoreConfig, rows: pa.Table, *, features: Seque
     values.
 
     Feast is asked once per entity (user views, then item views with the on-demand age),
-    each time with the distinct (key, time) pairs of ``rows``, because its Ray join merges
-    entity rows that share them; the answers are joined back onto every row.
+    each time with the distinct (key, time) pairs of ``rows`` (its Ray join can merge entity
+    rows that share them, and its per-row loop is the shorter for it); the answers are
+    joined back onto every row. That loop makes this slow at scale (entity rows x feature
+    rows, ``feature_store.ray_engine``): measured in ``bench/RESULTS.md``.
     """
     import pandas as pd
 
@@ -237,7 +239,8 @@ def ray_training_set(cfg: FeatureStoreConfig, rows: pa.Table, *, features: Seque
         raise ValueError(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(FEATURE_COLUMNS)}")
     connect(cfg)
     store = open_store(cfg)
-    ts_us = rows.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ts_us = rows.column("ts").cast(pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64()).to_numpy(
+        zero_copy_only=False)
     out = rows
     columns: dict[str, np.ndarray] = {}
     with feast_scope():
