@@ -5,6 +5,11 @@ store loaded by Feast's Ray compute engine, on the session's Ray cluster (joined
 address, in this process). Both must equal the default path on the same workspace: the
 DuckDB training set, and what Feast's local engine wrote to the online store.
 
+The two tests on Ray are opt-in (``FRESHRANK_FEAST_RAY_TESTS=1``): on the 2-core box they
+took 93 s and 312 s (load average 14-19, 2026-12-01), Feast's Ray code paying Ray Data's
+start-up for every view, far over what the suite's budget has room for.
+``bench/feast_ray.py`` checks the same two equalities on a full-size workspace.
+
 The workspace's events end a day and a half before the wall clock: Feast's Ray engine skips
 rows older than ``now - ttl`` when it materializes (see ``feature_store.ray_engine``), the
 local engine does not, so history from January would make the two differ by design.
@@ -31,6 +36,11 @@ from feature_store.training_set import FEATURE_COLUMNS, build_training_set
 from tests.feature_store.fs_testkit import Workspace, build_workspace
 
 INFRA_YAML = Path(__file__).resolve().parents[2] / "infra" / "feature_store.ray.yaml"
+on_ray_opt_in = pytest.mark.skipif(
+    os.environ.get("FRESHRANK_FEAST_RAY_TESTS") != "1",
+    reason="Feast's Ray engine on the session cluster takes minutes here (93 s + 312 s measured): "
+    "set FRESHRANK_FEAST_RAY_TESTS=1 to run it",
+)
 
 
 def test_the_cluster_yaml_holds_the_ray_sections_the_library_builds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,6 +74,7 @@ def _on_ray(cfg: FeatureStoreConfig) -> FeatureStoreConfig:
     return replace(cfg, engine="ray", ray_address=str(ray.get_runtime_context().gcs_address))
 
 
+@on_ray_opt_in
 def test_the_training_set_through_feasts_ray_store_equals_the_duckdb_one(ray_cluster: None, recent_ws: Workspace) -> None:
     from ray.data import DataContext
 
@@ -97,6 +108,7 @@ def _online_rows(cfg: FeatureStoreConfig) -> dict[tuple[str, bytes, str], tuple[
                 con.execute(f'SELECT entity_key, feature_name, value, event_ts FROM "{table}"')}
 
 
+@on_ray_opt_in
 def test_materializing_through_feasts_ray_engine_writes_what_the_local_engine_wrote(
     ray_cluster: None, recent_ws: Workspace
 ) -> None:
