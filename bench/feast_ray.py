@@ -182,7 +182,7 @@ def driver(args: argparse.Namespace) -> dict[str, Any]:
     views = [v for v in args.views.split(",") if v]
     loads: list[float] = []
     out["pit"] = {}
-    for i, n in enumerate(int(x) for x in args.pit_rows.split(",")):
+    for i, n in enumerate(int(x) for x in args.pit_rows.split(",") if x):
         rows = all_rows.slice(0, n)
         samples: dict[str, list[float]] = {"duckdb": [], "ray": []}
         for r in range(args.repeats if i == 0 else 1):
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--pit-rows", default="300,1000",
-                        help="entity rows of the Ray training sets, comma-separated (repeats: the first only)")
+                        help="entity rows of the Ray training sets, comma-separated (repeats: the first only; '' skips)")
     parser.add_argument("--sample-rows", type=int, default=1_000_000, help="rows sampled once; DuckDB joins all")
     parser.add_argument("--views", default="user_stats", help="views to materialize, comma-separated ('' skips)")
     parser.add_argument("--repeats", type=int, default=3)
