@@ -33,7 +33,8 @@ nodes.py``; line numbers of that file) and checked by the test and ``bench/feast
   TTL miss gives. Not so for sources written by other tools.
 * **Materialization order.** The engine de-duplicates per block (nodes.py:620) and upserts
   blocks in no set order, so an older row could win; ``pull_latest_features`` makes the
-  store pick each entity's latest row first (a group-by over the cluster).
+  store pick each entity's latest row first (a group-by over the cluster; one pandas call
+  per entity, the bulk of its time: ``bench/RESULTS.md``).
 * **Materialization skips rows older than the wall clock's ``now - ttl``**
   (``RayFilterNode``, nodes.py:289); the local engine writes them. The reader then returns
   the same values (the defaults), but ``user_found``/``items_found`` turn False for entities
