@@ -10,15 +10,17 @@ Light on import (no Feast, DuckDB or NumPy here): import the module you need.
 * ``sources``      -- the Parquet sources behind Feast's views: folders and schemas
 * ``declarations`` / ``definitions.py`` -- the Feast objects; ``repo`` -- apply, materialize
 * ``training_set`` -- point-in-time correct training sets (DuckDB ASOF, equal to Feast's)
+* ``ray_engine``   -- the same training sets and materialization on Feast's Ray engine
 * ``online``       -- ``OnlineFeatureReader``: 1 user + N items -> arrays, in < 1 ms
 * ``online_storage`` -- its rows in Feast's layout: SQLite tables or Redis hashes
 * ``push``         -- ``FreshCounterPusher``: live 1 h item counters through a Feast PushSource
 """
 
 from feature_store.config import FeatureStoreConfig
-from feature_store.errors import EventsFormatError, FeatureStoreError, UnknownDatasetError, WorkspaceError
+from feature_store.errors import EngineError, EventsFormatError, FeatureStoreError, UnknownDatasetError, WorkspaceError
 
 __all__ = [
+    "EngineError",
     "EventsFormatError",
     "FeatureStoreConfig",
     "FeatureStoreError",

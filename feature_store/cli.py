@@ -200,6 +200,8 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     def progress(view: str, i: int, n: int) -> None:
         print(f"[{i + 1}/{n}] {view} ...", flush=True)
 
+    if cfg.engine == "ray":
+        print(f"engine: Feast's Ray compute engine on {cfg.ray_address or '$RAY_ADDRESS (else a local cluster)'}")
     try:
         summary = repo.materialize(cfg, end, start=args.start, views=args.views, progress=progress)
     except WorkspaceError as exc:

@@ -23,6 +23,8 @@ WORKSPACE_ENV = "FRESHRANK_WORKSPACE"
 DEFAULT_WORKSPACE = Path(".freshrank")
 
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+#: The engines that build training sets and materialize (``FeatureStoreConfig.engine``).
+ENGINES = ("duckdb", "ray")
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,25 @@ class FeatureStoreConfig:
     ctr_prior_strength : float
         ``s`` above, in pseudo-impressions: how many impressions it takes before an
         entity's own clicks outweigh the prior.
+    engine : str
+        ``"duckdb"`` (default): training sets by DuckDB ASOF joins in this process
+        (``training_set.build_training_set``), materialization by Feast's local engine.
+        ``"ray"``: both through Feast's own Ray offline store and Ray compute engine on the
+        cluster at ``ray_address`` (``feature_store.ray_engine``; when to switch:
+        ``feature_store/README.md``). ``apply`` and online reads are the same for both.
+    ray_address : str
+        For ``engine = "ray"``: the cluster's GCS address (``host:port``), as ``ray start
+        --head`` prints it. Empty: ``$RAY_ADDRESS``, else a loopback cluster of this
+        process's own (``protos.ray_local``). A process joins one cluster once: if it is
+        already connected to another, the Ray engine refuses to run.
     """
 
     workspace: Path = field(default_factory=lambda: DEFAULT_WORKSPACE)
     project: str = "freshrank"
     ctr_prior: float = 0.03
     ctr_prior_strength: float = 20.0
+    engine: str = "duckdb"
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workspace, (str, os.PathLike)):
@@ -66,6 +81,12 @@ class FeatureStoreConfig:
         if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
             raise ValueError(
                 f"feature_store.ctr_prior_strength must be a finite number > 0, got {strength!r}"
+            )
+        if self.engine not in ENGINES:
+            raise ValueError(f"feature_store.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not isinstance(self.ray_address, str):
+            raise TypeError(
+                f"feature_store.ray_address must be a string (host:port), got {type(self.ray_address).__name__}"
             )
 
     @classmethod
@@ -107,6 +128,11 @@ class FeatureStoreConfig:
     @property
     def feast_yaml_path(self) -> Path:
         return self.feast_dir / "feature_store.yaml"
+
+    @property
+    def ray_staging_dir(self) -> Path:
+        """Where Feast's Ray offline store stages results (its ``storage_path``)."""
+        return self.feast_dir / "ray_staging"
 
     def smoothed_ctr(self, clicks: Any, impressions: Any) -> Any:
         """The one CTR formula (float64 in, float64 out; callers cast to float32 once)."""

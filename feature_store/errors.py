@@ -10,6 +10,7 @@ from __future__ import annotations
 from protos.errors import FailedPrecondition, FreshrankError, InvalidInput
 
 __all__ = [
+    "EngineError",
     "EventsFormatError",
     "FeatureStoreError",
     "UnknownDatasetError",
@@ -45,3 +46,9 @@ class UnknownDatasetError(FeatureStoreError, InvalidInput):
 
 class WorkspaceError(FeatureStoreError, FailedPrecondition):
     """The workspace lacks something a step needs (no events, not applied, not computed)."""
+
+
+class EngineError(FeatureStoreError, FailedPrecondition):
+    """The configured engine cannot give a correct answer here: this process is connected to
+    another Ray cluster than the one configured, or Feast's Ray engine returned other rows
+    than it was given (``feature_store.ray_engine``)."""

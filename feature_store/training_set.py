@@ -14,6 +14,10 @@ files declared in the same FeatureService:
 ``tests/feature_store/test_point_in_time.py`` proves the result equal to Feast's
 ``get_historical_features`` (:func:`feast_training_set`) and to a brute-force reference
 computed from raw events.
+
+With ``FeatureStoreConfig.engine == "ray"`` :func:`build_training_set` runs the same join
+through Feast's Ray offline store on a Ray cluster instead (:func:`ray_training_set`;
+``tests/feature_store/test_ray_engine.py`` proves it equal to the DuckDB one).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from feature_store.views import (
     REQUEST_TIME_FIELD,
     WINDOW_VIEWS,
     default_value,
+    view_of,
 )
 
-__all__ = ["build_training_set", "feast_training_set", "FEATURE_COLUMNS"]
+__all__ = ["build_training_set", "feast_training_set", "ray_training_set", "FEATURE_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +108,12 @@ def build_training_set(
         ``created_timestamp``, as Feast does. ``compute`` never writes such duplicates (it
         replaces files), so the default skips this pass (about a third of the time); set it
         for sources written by other tools.
+
+    With ``cfg.engine == "ray"`` the join runs on Feast's Ray offline store instead
+    (:func:`ray_training_set`; ``threads`` and ``dedupe`` do not apply there).
     """
+    if cfg.engine == "ray":
+        return ray_training_set(cfg, rows, features=features)
     started = time.perf_counter()
     import duckdb
 
@@ -203,3 +213,60 @@ def feast_training_set(cfg: FeatureStoreConfig, rows: pa.Table, *, service: str 
         out = out.append_column(pa.field(name, pa.float32(), nullable=False), pa.array(values, pa.float32()))
     return out
 
+
+def ray_training_set(cfg: FeatureStoreConfig, rows: pa.Table, *, features: Sequence[str] = FEATURE_COLUMNS) -> pa.Table:
+    """:func:`build_training_set` through Feast's Ray offline store, on the Ray cluster
+    ``cfg.ray_address`` names (``feature_store.ray_engine``): same rows, same order, same
+    values.
+
+    Feast is asked once per entity (user views, then item views with the on-demand age),
+    each time with the distinct (key, time) pairs of ``rows`` (its Ray join can merge entity
+    rows that share them, and its per-row loop is the shorter for it); the answers are
+    joined back onto every row. That loop makes this slow at scale (entity rows x feature
+    rows, ``feature_store.ray_engine``): measured in ``bench/RESULTS.md``.
+    """
+    import pandas as pd
+
+    from feature_store.errors import EngineError
+    from feature_store.ray_engine import connect, feast_scope
+    from feature_store.repo import open_store
+
+    started = time.perf_counter()
+    rows = _check_rows(rows)
+    wanted = [f for f in FEATURE_COLUMNS if f in set(features)]
+    unknown = sorted(set(features) - set(FEATURE_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(FEATURE_COLUMNS)}")
+    connect(cfg)
+    store = open_store(cfg)
+    ts_us = rows.column("ts").cast(pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64()).to_numpy(
+        zero_copy_only=False)
+    out = rows
+    columns: dict[str, np.ndarray] = {}
+    with feast_scope():
+        for key, names in (("user_id", [f for f in wanted if f in USER_FEATURES]),
+                           ("item_id", [f for f in wanted if f in ITEM_FEATURES])):
+            if not names:
+                continue
+            keys = pd.DataFrame({key: rows.column(key).to_numpy(zero_copy_only=False), "_us": ts_us})
+            entity_df = keys.drop_duplicates().reset_index(drop=True)
+            entity_df["event_timestamp"] = pd.to_datetime(entity_df["_us"], unit="us", utc=True)
+            if AGE_FEATURE in names:
+                entity_df[REQUEST_TIME_FIELD] = entity_df["_us"] / 1e6
+            refs = [f"{view_of(name)}:{name}" for name in names]
+            result = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+            if len(result) != len(entity_df) or result.duplicated([key, "_us"]).any():
+                raise EngineError(
+                    f"Feast's Ray offline store returned {len(result)} rows for {len(entity_df)} "
+                    f"distinct ({key}, ts) entity rows"
+                )
+            joined = keys.merge(result[[key, "_us", *names]], on=[key, "_us"], how="left", validate="many_to_one")
+            for name in names:
+                columns[name] = (
+                    joined[name].astype("float64").fillna(default_value(name, cfg.ctr_prior)).to_numpy().astype(np.float32)
+                )
+    for name in wanted:
+        out = out.append_column(pa.field(name, pa.float32(), nullable=False), pa.array(columns[name], pa.float32()))
+    logger.info("training set through Feast's Ray store: %s rows x %s features in %.2fs", out.num_rows,
+                len(wanted), time.perf_counter() - started)
+    return out

@@ -29,6 +29,8 @@ def test_paths_are_absolute_and_laid_out_under_the_workspace(tmp_path: Path, mon
         ({"project": "has space"}, "project"),
         ({"ctr_prior": 0.0}, "ctr_prior"),
         ({"ctr_prior_strength": -1}, "ctr_prior_strength"),
+        ({"engine": "spark"}, "engine must be one of duckdb, ray"),
+        ({"ray_address": 6379}, "ray_address"),
     ],
 )
 def test_bad_settings_name_the_setting(values: dict, message: str) -> None:
