@@ -25,6 +25,9 @@ DEFAULT_WORKSPACE = Path(".freshrank")
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 #: The engines that build training sets and materialize (``FeatureStoreConfig.engine``).
 ENGINES = ("duckdb", "ray")
+ONLINE_STORES = ("sqlite", "redis")
+#: The Redis password, if any: read from the environment only, never from a settings file.
+REDIS_PASSWORD_ENV = "FRESHRANK_REDIS_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,12 @@ class FeatureStoreConfig:
         --head`` prints it. Empty: ``$RAY_ADDRESS``, else a loopback cluster of this
         process's own (``protos.ray_local``). A process joins one cluster once: if it is
         already connected to another, the Ray engine refuses to run.
+    online_store : str
+        ``"sqlite"`` (default): the workspace's file. ``"redis"``: a Redis server at
+        ``redis_address``, for materialization, fresh-counter pushes and the serving reader
+        alike (the password, if any, from ``$FRESHRANK_REDIS_PASSWORD``, never a file).
+    redis_address : str
+        For ``online_store = "redis"``: ``host:port``.
     """
 
     workspace: Path = field(default_factory=lambda: DEFAULT_WORKSPACE)
@@ -63,6 +72,8 @@ class FeatureStoreConfig:
     ctr_prior_strength: float = 20.0
     engine: str = "duckdb"
     ray_address: str = ""
+    online_store: str = "sqlite"
+    redis_address: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workspace, (str, os.PathLike)):
@@ -84,6 +95,14 @@ class FeatureStoreConfig:
             )
         if self.engine not in ENGINES:
             raise ValueError(f"feature_store.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.online_store not in ONLINE_STORES:
+            raise ValueError(f"feature_store.online_store must be one of {', '.join(ONLINE_STORES)}, "
+                             f"got {self.online_store!r}")
+        if not isinstance(self.redis_address, str) or (
+            self.online_store == "redis" and not re.fullmatch(r"[^\s,:]+:\d{1,5}", self.redis_address)
+        ):
+            raise ValueError("feature_store.redis_address must be host:port for online_store = \"redis\", "
+                             f"got {self.redis_address!r}")
         if not isinstance(self.ray_address, str):
             raise TypeError(
                 f"feature_store.ray_address must be a string (host:port), got {type(self.ray_address).__name__}"

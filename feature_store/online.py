@@ -212,7 +212,7 @@ class OnlineFeatureReader:
         The workspace; its store must have been applied (tables exist).
     feast_config
         Feast's ``RepoConfig`` naming the online store (e.g. ``FeatureStore(repo_path=
-        ...).config``). Default: the workspace's own (SQLite).
+        ...).config``). Default: the one ``cfg`` names (``[feature_store] online_store``).
     clock
         Returns "now" as unix seconds, for item ages when ``get`` is not given ``now``.
     cache_items
@@ -233,6 +233,10 @@ class OnlineFeatureReader:
         self._cfg = cfg
         self._clock = clock
         self._lock = threading.Lock()
+        if feast_config is None and cfg.online_store != "sqlite":
+            from feature_store.repo import repo_config
+
+            feast_config = repo_config(cfg, local=True)  # the store the settings name
         self._store = open_rows(cfg.project, cfg.online_store_path, feast_config)
         if cache_items and not self._store.cacheable:
             logger.info("the %s online store expires keys: every lookup reads it (no cache)", self._store.kind)

@@ -9,6 +9,7 @@ The library works on any workspace without touching the caller's cwd: the Feast
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from feature_store.sources import EVENT_TIMESTAMP, ensure_sources, source_dir
-from feature_store.config import FeatureStoreConfig
+from feature_store.config import REDIS_PASSWORD_ENV, FeatureStoreConfig
 from feature_store.errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -42,14 +43,26 @@ _YAML_HEAD = """\
 """
 
 
-def _settings(cfg: FeatureStoreConfig, *, local: bool = False) -> dict[str, Any]:
+def _online_store(cfg: FeatureStoreConfig, *, secrets: bool = True) -> dict[str, Any]:
+    """Feast's ``online_store``: the workspace's SQLite file, or Redis. The password comes
+    from the environment; a written yaml names the variable (Feast expands ``${VAR}``)."""
+    if cfg.online_store == "sqlite":
+        return {"type": "sqlite", "path": str(cfg.online_store_path)}
+    connection = cfg.redis_address
+    if os.environ.get(REDIS_PASSWORD_ENV):
+        password = os.environ[REDIS_PASSWORD_ENV] if secrets else "${" + REDIS_PASSWORD_ENV + "}"
+        connection += f",password={password}"
+    return {"type": "redis", "redis_type": "redis", "connection_string": connection}
+
+
+def _settings(cfg: FeatureStoreConfig, *, local: bool = False, secrets: bool = True) -> dict[str, Any]:
     """Feast's config as a mapping: the file offline store and the local engine, or with
     ``cfg.engine == "ray"`` (and not ``local``) Feast's Ray offline store and Ray engine."""
     settings: dict[str, Any] = {
         "project": cfg.project,
         "provider": "local",
         "registry": str(cfg.registry_path),
-        "online_store": {"type": "sqlite", "path": str(cfg.online_store_path)},
+        "online_store": _online_store(cfg, secrets=secrets),
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,
     }
@@ -83,7 +96,8 @@ def write_feast_yaml(cfg: FeatureStoreConfig) -> Path:
     import yaml
 
     cfg.feast_dir.mkdir(parents=True, exist_ok=True)
-    text = _YAML_HEAD.format(workspace=cfg.workspace) + yaml.safe_dump(_settings(cfg), sort_keys=False)
+    text = _YAML_HEAD.format(workspace=cfg.workspace) + yaml.safe_dump(_settings(cfg, secrets=False),
+                                                                         sort_keys=False)
     cfg.feast_yaml_path.write_text(text)
     return cfg.feast_yaml_path
 

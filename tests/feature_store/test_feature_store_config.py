@@ -31,6 +31,9 @@ def test_paths_are_absolute_and_laid_out_under_the_workspace(tmp_path: Path, mon
         ({"ctr_prior_strength": -1}, "ctr_prior_strength"),
         ({"engine": "spark"}, "engine must be one of duckdb, ray"),
         ({"ray_address": 6379}, "ray_address"),
+        ({"online_store": "memcached"}, "online_store must be one of sqlite, redis"),
+        ({"online_store": "redis"}, "redis_address must be host:port"),
+        ({"online_store": "redis", "redis_address": "redis.local"}, "redis_address must be host:port"),
     ],
 )
 def test_bad_settings_name_the_setting(values: dict, message: str) -> None:

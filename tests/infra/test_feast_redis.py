@@ -217,6 +217,27 @@ def test_the_serving_reader_on_redis_equals_feast_on_redis_and_itself_on_sqlite(
     assert stranger.item_categories == ("",)
 
 
+def test_the_settings_alone_point_the_reader_and_feast_at_redis(
+    stores: Stores, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[feature_store] online_store = "redis"``: serving's reader (built from the settings, as
+    every replica builds it) reads the same Redis; the written yaml names the password's
+    variable, never the password."""
+    from dataclasses import replace
+
+    cfg = replace(stores.redis_cfg, online_store="redis", redis_address=stores.address)
+    assert repo.repo_config(cfg).online_store.type == "redis"
+    user, items = candidates(stores)
+    now = stores.feedback_end.timestamp() + 60
+    with OnlineFeatureReader(cfg) as from_settings, redis_reader(stores) as explicit:
+        assert from_settings.store_kind == "redis"
+        assert_same(from_settings.get(user, items, now=now), explicit.get(user, items, now=now))
+    monkeypatch.setenv("FRESHRANK_REDIS_PASSWORD", "s3cret-not-in-files")
+    written = repo.write_feast_yaml(replace(cfg, workspace=tmp_path)).read_text()
+    assert "${FRESHRANK_REDIS_PASSWORD}" in written and "s3cret-not-in-files" not in written
+    assert "password=s3cret-not-in-files" in repo.repo_config(cfg).online_store.connection_string
+
+
 def test_a_cold_lookup_reads_each_entity_once_and_a_warm_one_reads_no_hash(stores: Stores) -> None:
     user, items = candidates(stores)
     now = stores.feedback_end.timestamp() + 60
