@@ -66,6 +66,7 @@ class DemoOptions:
     # old on average, and a base trained up to the replay leaves a retrained one nothing to
     # gain within the demo's two days (its canaries were never shown non-inferior).
     base_age_days: float = 3.0
+    train_backend: str = "ray"  # "local": the same fit in-process (the suite's demo test)
     seed: int = 7
     max_requests: int | None = None
     worker_logs: bool = False  # echo Ray workers' output (training, replicas) to the console
@@ -114,7 +115,8 @@ class DemoReport:
             f"{self.replay_start:%Y-%m-%d %H:%M} to {self.replay_end:%Y-%m-%d %H:%M} UTC "
             f"through gRPC at {self.grpc_address}",
             f"base model: {self.base.version} trained on {self.base.train_rows:,} events "
-            f"in {self.base.train_seconds:.1f}s (Ray Train); features {self.base.feature_seconds:.1f}s",
+            f"in {self.base.train_seconds:.1f}s ({'Ray Train' if self.base.backend == 'ray' else 'in-process'}); "
+            f"features {self.base.feature_seconds:.1f}s",
             "",
             f"Progressive validation of the serving base's online layer ({self.learner.base_version}'s: "
             "a promotion starts a new layer; every mini-batch scored before it is learned):",
@@ -264,7 +266,8 @@ def run_demo(
             if not options.worker_logs:
                 progress("Ray workers' logs: /tmp/ray/session_latest/logs (--worker-logs echoes them here)")
         base = prepare_base(settings, events, replay_start, progress=progress,
-                            trained_until=replay_start - timedelta(days=options.base_age_days))
+                            trained_until=replay_start - timedelta(days=options.base_age_days),
+                            backend=options.train_backend)
         progress(f"base {base.version} promoted; starting Serve (gRPC on localhost)")
         # Feedback needs the ingress token: a random one for this run unless one is set.
         with session_token(), RankerClient(

@@ -40,6 +40,7 @@ class PreparedBase:
     train_seconds: float
     feature_seconds: float
     metrics: dict[str, Any]
+    backend: str = "ray"
 
 
 def slice_events(events: pa.Table, start: datetime | None, end: datetime | None) -> pa.Table:
@@ -120,7 +121,7 @@ def prepare_base(
     progress(f"point-in-time training set for {rows.num_rows:,} events")
     training_set = build_training_set(cfg, rows)
     feature_seconds = time.perf_counter() - started
-    progress("training the base model (Ray Train)")
+    progress(f"training the base model ({'Ray Train' if backend == 'ray' else 'in-process'})")
     trained_at = time.perf_counter()
     result = train_base_model(
         settings.base_model,
@@ -144,4 +145,5 @@ def prepare_base(
         train_seconds=train_seconds,
         feature_seconds=feature_seconds,
         metrics=dict(result.metrics),
+        backend=backend,
     )

@@ -36,6 +36,7 @@ EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
         "EventsFormatError": INVALID,
         "UnknownDatasetError": INVALID,
         "WorkspaceError": PRECONDITION,
+        "EngineError": PRECONDITION,
     },
     "serving.errors": {
         "ServingError": INTERNAL,

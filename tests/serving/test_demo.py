@@ -1,4 +1,5 @@
-"""`make demo` end to end at a small scale: simulate, features, Ray Train, Serve gRPC, replay."""
+"""`make demo` end to end at a small scale: simulate, features, a base fit (in-process here: Ray
+Train's path is tests/base_model's), Serve gRPC, replay."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_the_demo_replays_through_grpc_and_reports_base_and_hybrid_side_by_side(
         },
     )
     options = DemoOptions(workspace=workspace, simulate_days=5, replay_days=1, seed=7, max_requests=300,
-                          base_age_days=0)
+                          base_age_days=0, train_backend="local")  # Ray Train: tests/base_model
     messages: list[str] = []
     report = run_demo(settings, options, progress=messages.append)
 
