@@ -121,6 +121,9 @@ def start(settings: Settings, *, direct_ingress: bool = False) -> RunningServer:
 
     Ports of 0 are replaced by free ones (the metrics port by the Learner, which binds it).
     Joins ``settings.ray_address`` if set, else starts a loopback-only local Ray cluster.
+    Where Serve already runs in that cluster (after ``remove``, or beside other
+    applications) the application joins its proxies and their ports (a configured port
+    they do not listen on is refused); Serve is started only where it is not running.
 
     ``direct_ingress`` (opt-in; the proxy path is the default and keeps working beside it):
     Ray Serve 2.60's feature flag ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, under which each
@@ -154,14 +157,23 @@ def start(settings: Settings, *, direct_ingress: bool = False) -> RunningServer:
     # Serve 2.60 binds the gRPC proxy on [::]:port whatever is asked (no host option or
     # environment variable); with a loopback serving.host the ingress refuses other peers
     # (serving.auth.PeerPolicy). The HTTP proxy does honour the host.
-    grpc_port = cfg.grpc_port or _free_port(cfg.host)
-    http_port = cfg.http_port or _free_port(cfg.host)
-    serve.start(
-        http_options={"host": cfg.host, "port": http_port},
-        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=SERVICERS),
+    running_ports = _running_proxy_ports()
+    if running_ports is not None:
+        # Serve already runs in this cluster (an application was removed by ``remove``, or
+        # another one runs beside): its proxies carry this application too.
+        grpc_port, http_port = _join_running_serve(cfg.grpc_port, cfg.http_port, running_ports)
+    else:
+        grpc_port = cfg.grpc_port or _free_port(cfg.host)
+        http_port = cfg.http_port or _free_port(cfg.host)
+        serve.start(
+            http_options={"host": cfg.host, "port": http_port},
+            grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=SERVICERS),
+            logging_config=logging_config(settings),
+        )
+    serve.run(
+        build_app(settings), name=cfg.app_name, blocking=False,
         logging_config=logging_config(settings),
     )
-    serve.run(build_app(settings), name=cfg.app_name, blocking=False)
     running = RunningServer(
         f"{cfg.host}:{grpc_port}",
         f"{cfg.host}:{http_port}",
@@ -235,3 +247,48 @@ def stop() -> None:
     from ray import serve
 
     serve.shutdown()
+
+
+def remove(app_name: str) -> None:
+    """Delete one application (its replicas drain and stop) and leave Serve's controller
+    and proxies running, so that the next ``start`` in this cluster skips their start-up
+    (about 5 s of ``serve.start`` and its shutdown, measured here) and serves on the same
+    ports. ``stop`` ends Serve itself."""
+    from ray import serve
+
+    serve.delete(app_name, _blocking=True)  # an application that is not there: nothing to do
+
+
+def _running_proxy_ports() -> tuple[int, int] | None:
+    """(gRPC, HTTP) ports of the Serve instance running in the connected cluster, or None
+    when Serve is not running (its controller is not up) or has no gRPC proxy."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:  # no controller: Serve is not running in this cluster
+        return None
+    details = client.get_serve_details()
+    grpc = details.get("grpc_options") or {}
+    missing = sorted(set(SERVICERS) - set(grpc.get("grpc_servicer_functions") or []))
+    if not grpc.get("port") or missing:
+        # Never shut another team's Serve down from here: say what it lacks.
+        raise ValueError(
+            "Serve already runs in this Ray cluster without freshrank's gRPC servicers "
+            f"({', '.join(missing)}): it cannot carry the app; deploy with "
+            "infra/serve/config.yaml's grpc_options, or stop that Serve first"
+        )
+    return int(grpc["port"]), int((details.get("http_options") or {}).get("port") or 0)
+
+
+def _join_running_serve(
+    grpc_port: int, http_port: int, running: tuple[int, int]
+) -> tuple[int, int]:
+    """The running proxies' ports; refuses a configured port they do not listen on (a port
+    of 0 means any)."""
+    for name, wanted, actual in (("grpc_port", grpc_port, running[0]), ("http_port", http_port, running[1])):
+        if wanted and wanted != actual:
+            raise ValueError(
+                f"serving.{name} = {wanted}, but Serve already runs in this Ray cluster with "
+                f"its proxy on {actual}: use that port (or 0), or stop Serve first"
+            )
+    return running

@@ -20,6 +20,10 @@ from protos.ray_local import apply_loopback_environment
 # Before anything imports ray: Ray reads the loopback switch at import time.
 apply_loopback_environment()
 
+# Before anything imports Feast: the package skips Feast's typeguard instrumentation, ~9 s
+# per process (feature_store.feast_import), as serving's processes do.
+import feature_store  # noqa: E402,F401
+
 # Feast's metrics module makes a prometheus multiprocess directory per importing process
 # (feast_metrics_* in /tmp) and removes it at exit; Ray workers leave by os._exit and never
 # do. One directory for the whole session, every process it starts inheriting it, removed

@@ -100,7 +100,7 @@ def system(ray_cluster, tmp_path_factory) -> Iterator[System]:
             yield system
         finally:
             system.client.close()
-            app.stop()
+            app.remove(settings.serving.app_name)
 
 
 # ---------------------------------------------------------------------------- helpers

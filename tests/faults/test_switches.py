@@ -195,9 +195,11 @@ def test_toggles_and_a_rollback_under_load_fail_no_call_and_keep_the_learner(sys
     # An action has taken effect on every replica once no answer shows the old state any
     # more: the time from the call to the last old answer (or to the first new one).
     took: dict[str, float | None] = {}
+    answered: dict[str, int] = {}  # answers inside each action's window
     ends = [when for _, when, _ in actions[1:]] + [load.answers[-1][0] + 1]
     for (name, since, is_new), until in zip(actions, ends, strict=True):
         window = [(at, r) for at, r in load.answers if since <= at < until]
+        answered[name] = len(window)
         old = [at for at, r in window if not is_new(r)]
         new = [at for at, r in window if is_new(r)]
         if not new or (old and old[-1] > new[-1]):
@@ -212,7 +214,9 @@ def test_toggles_and_a_rollback_under_load_fail_no_call_and_keep_the_learner(sys
         + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} never" for k, v in took.items())
     )
     assert load.failures == []
-    assert calls / seconds > 25
+    # Every switch flipped while calls were flowing (a count, not a rate: a loaded machine
+    # answers fewer calls per second, and the property is the same).
+    assert all(count >= 10 for count in answered.values()), answered
     assert all(value is not None and value <= bound for value in took.values()), took
     after = serve_pids()
     assert after == before, (before, after)

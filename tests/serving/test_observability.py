@@ -419,7 +419,7 @@ def running(ray_cluster, tmp_path_factory) -> Iterator[Running]:
                 started.app_name,
             )
         finally:
-            app.stop()
+            app.remove(settings.serving.app_name)
 
 
 def first_request(events: Any, index: int) -> Any:
