@@ -24,7 +24,10 @@ The rule, fixed before any run: the hyper-parameters are the online layer's sett
 run has them (``[online_layer]``: its shipped defaults unless the user set them), untouched
 and untuned; the scores are the layer's own progressive (ungated) ones: each event scored
 by weights that learned only feedback due before it, never its own label or a
-simultaneous one (the delay is at least one microsecond, as the counters' rule is). Both
+simultaneous one (the delay is at least one microsecond, as the counters' rule is; in
+``--online-batch`` mode the layer learns in mini-batches as the hybrid's does). The fresh
+counters follow the feature store's point-in-time rule (events strictly before), as for
+the hybrid. Both
 learn from the log's first event, as the counters count from it (with no base there is no
 base change to re-bind the layer to): the first evaluated event is scored by weights that
 learned the warm-up's due feedback, as ``item_rate`` counts it. Differences from the
