@@ -124,7 +124,9 @@ def evidence_markdown(report: Mapping[str, Any]) -> list[str]:
         f"`daily_fresh`: warm daily fits on every row before the cut-off, "
         f"{prod.get('daily_fresh_epochs', 'n/a')} epoch(s) each (the pre-registered ceiling); "
         f"`daily_fresh_new` (added after the first runs): warm daily fits on the newest day only, "
-        f"{prod.get('daily_fresh_new_epochs', 'n/a')} epoch(s) each.",
+        f"{prod.get('daily_fresh_new_epochs', 'n/a')} epoch(s) each. `ftrl_alone` / "
+        "`counter_ftrl`: the online layer with no neural base, on a logit of 0 / on `item_rate`'s "
+        "logit, with the run's online settings, ungated, learning from the log's first event.",
         "",
         "| policy | NE | 95% | NE − base_only | 95% | verdict | AUC | calibration | compute s in span |",
         "|---|---:|---|---:|---|---|---:|---:|---:|",

@@ -255,7 +255,9 @@ def add_evidence(report: dict[str, Any], outcome: ReplayOutcome, users: np.ndarr
     for name, run in runs.items():
         entry = {"compute_seconds": run.compute_seconds, "train_samples": run.train_samples,
                  "fits": len(run.fits), "base_versions": [f.version for f in run.fits]}
-        entry["compute_seconds_span"] = span_compute_seconds(entry, fits, start) if run.fits else 0.0
+        # No fits: its online learning only (ftrl_alone, counter_ftrl: warm-up included).
+        spent = run.fits or run.online_seconds
+        entry["compute_seconds_span"] = span_compute_seconds(entry, fits, start) if spent else 0.0
         if run.online_share is not None:
             entry["online_share"] = run.online_share
         extra[name] = entry
