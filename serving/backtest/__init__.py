@@ -14,7 +14,8 @@ the online layer), ``summary`` (every number of ``report.json`` and the target's
 (``freshrank backtest``). Issue 18 added: ``scoring`` (base-alone scores; the online layer
 replayed with production's readiness gate, and its ungated score), ``ceiling``
 (``daily_fresh``: warm daily fits with no held-out day), ``baselines`` (``constant``,
-``item_rate``, ``oracle``) and ``evidence`` (normalised entropy with cluster-bootstrap
+``item_rate``, ``oracle``), ``online_baselines`` (``ftrl_alone``, ``counter_ftrl``: ``online``'s
+layer with no neural base, on a logit of 0 or on ``item_rate``'s) and ``evidence`` (normalised entropy with cluster-bootstrap
 intervals, every pair, "gap closed" only where estimable, the judgement rules).
 Importing this package imports nothing heavy.
 """

@@ -7,6 +7,9 @@
 - ``oracle`` (simulated logs only, where the events carry ``true_ctr``): the simulator's true
   click probability, the floor no policy can beat.
 
+``serving.backtest.online_baselines`` adds the online layer with no neural base: alone
+(``ftrl_alone``) and correcting ``item_rate`` (``counter_ftrl``).
+
 "So far" means what the online layer could have learned: an event's label counts for
 another event only when it is at least ``delay_us`` (the replay's learning delay, at least
 one microsecond) older, so no baseline sees its own label or a simultaneous one.

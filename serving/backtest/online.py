@@ -38,7 +38,24 @@ if TYPE_CHECKING:
     from online_layer.config import OnlineLayerConfig
     from online_layer.features import OnlineInputs
 
-__all__ = ["OnlineSession", "SessionScores", "describe_online_learning", "online_delay_us"]
+__all__ = [
+    "OnlineSession",
+    "SessionScores",
+    "describe_online_learning",
+    "no_base_scores",
+    "online_delay_us",
+]
+
+
+def no_base_scores(logits: np.ndarray, embedding_dim: int = 1) -> BaseScores:
+    """Base scores for the layer with no neural base (``serving.backtest.online_baselines``):
+    the given logits and zero embeddings of ``embedding_dim`` columns (the featurizer needs
+    at least one), so the embedding block of the dense features is 0 on every row."""
+    from base_model.artifact import BaseScores
+
+    zeros = np.zeros((np.asarray(logits).shape[0], embedding_dim), dtype=np.float32)
+    return BaseScores(logits=np.asarray(logits, dtype=np.float64), user_embeddings=zeros,
+                      item_embeddings=zeros)
 
 
 def online_delay_us(cfg: BacktestConfig, online_cfg: OnlineLayerConfig) -> int | None:
@@ -93,11 +110,15 @@ class OnlineSession:
 
     One session per base version (weights learned against one base mean nothing on another).
     ``learn_seconds`` counts what the learner spends (featurizing feedback with its logged
-    positions and the FTRL steps), not the scoring serving would do anyway.
+    positions and the FTRL steps), not the scoring serving would do anyway. ``gated`` False
+    (the baselines with no base, ``serving.backtest.online_baselines``): no rolling window
+    and no readiness check; the layer serves from the first event (``served`` is
+    ``ungated``).
     """
 
     def __init__(
-        self, base_version: str, embedding_dim: int, online_cfg: OnlineLayerConfig
+        self, base_version: str, embedding_dim: int, online_cfg: OnlineLayerConfig,
+        *, gated: bool = True,
     ) -> None:
         from online_layer.features import OnlineFeaturizer
         from online_layer.ftrl import FTRLProximal
@@ -116,6 +137,7 @@ class OnlineSession:
         from online_layer.metrics import RollingWindow
 
         self.cfg = online_cfg
+        self.gated = gated
         self.rolling = RollingWindow(online_cfg.readiness_window)
         self.max_correction = float(online_cfg.guard.max_correction)
         self.ready = False  # the last readiness check passed: the live weights serve
@@ -165,12 +187,13 @@ class OnlineSession:
         t0 = time.perf_counter()
         # Progressive validation as the learner does it: scored by the current weights
         # just before they learn the batch.
-        self.rolling.add(labels, self._score(self.model, inputs), inputs.base_logit)
+        if self.gated:
+            self.rolling.add(labels, self._score(self.model, inputs), inputs.base_logit)
         self.model.learn_many(self.featurizer.with_positions(inputs, positions), labels)
         self.learn_seconds += time.perf_counter() - t0
         self.batches += 1
         self.examples += len(labels)
-        if self.examples - self._checked_at >= self.cfg.batch_size:
+        if self.gated and self.examples - self._checked_at >= self.cfg.batch_size:
             self.check_readiness()
 
     def check_readiness(self) -> bool:
@@ -200,7 +223,7 @@ class OnlineSession:
 
     def _serve(self, inputs: OnlineInputs, ungated_logits: np.ndarray) -> tuple[np.ndarray, bool]:
         """What production serves now for ``inputs``: (logits, whether the layer served)."""
-        if self.ready:
+        if self.ready or not self.gated:
             return ungated_logits, True
         if self.served_model is not None:
             return self._score(self.served_model, inputs), True

@@ -94,8 +94,8 @@ def results_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join([RESULTS_HEADER, *(results_row(name, rep) for name, rep in reports.items())])
 
 
-_EVIDENCE_ORDER = ("constant", "item_rate", "static", "base_only", "hybrid", "hybrid_ungated",
-                   "daily_retrain", "daily_fresh", "daily_fresh_new", "oracle")
+_EVIDENCE_ORDER = ("constant", "item_rate", "ftrl_alone", "counter_ftrl", "static", "base_only",
+                   "hybrid", "hybrid_ungated", "daily_retrain", "daily_fresh", "daily_fresh_new", "oracle")
 
 
 def _ci(pair: Any, digits: int = 4) -> str:
@@ -124,7 +124,9 @@ def evidence_markdown(report: Mapping[str, Any]) -> list[str]:
         f"`daily_fresh`: warm daily fits on every row before the cut-off, "
         f"{prod.get('daily_fresh_epochs', 'n/a')} epoch(s) each (the pre-registered ceiling); "
         f"`daily_fresh_new` (added after the first runs): warm daily fits on the newest day only, "
-        f"{prod.get('daily_fresh_new_epochs', 'n/a')} epoch(s) each.",
+        f"{prod.get('daily_fresh_new_epochs', 'n/a')} epoch(s) each. `ftrl_alone` / "
+        "`counter_ftrl`: the online layer with no neural base, on a logit of 0 / on `item_rate`'s "
+        "logit, with the run's online settings, ungated, learning from the log's first event.",
         "",
         "| policy | NE | 95% | NE − base_only | 95% | verdict | AUC | calibration | compute s in span |",
         "|---|---:|---|---:|---|---|---:|---:|---:|",
@@ -149,7 +151,8 @@ def evidence_markdown(report: Mapping[str, Any]) -> list[str]:
                          f"`{ceiling}` gap is {den['ne']:+.5f} NE, 95% {_ci(den['ci95'], 5)}, "
                          "which does not lie above zero.")
     for k, sh in ev.get("oracle_gap_share", {}).items():
-        if k in ("base_only", "hybrid", "daily_fresh", "daily_fresh_new", "item_rate"):
+        if k in ("base_only", "hybrid", "daily_fresh", "daily_fresh_new", "item_rate",
+                 "ftrl_alone", "counter_ftrl"):
             lines.append(f"- `{k}` captures {_pct(sh['value'])} (95% {_pct(sh['ci95'][0])}"
                          f" .. {_pct(sh['ci95'][1])}) of the `constant` → `oracle` NE gap.")
     ratio = ev.get("compute_ratio_span_vs_daily_fresh")

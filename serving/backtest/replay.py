@@ -220,6 +220,10 @@ def replay(
                 ceiling.calibration.version if ceiling.calibration else None
             )
     extra.update(baseline_runs(data, eval_lo, tiers.online_delay_us or 0))
+    from serving.backtest.online_baselines import online_baseline_runs
+
+    extra.update(online_baseline_runs(data, eval_lo, tiers.online_cfg, tiers.online_batch,
+                                      tiers.online_delay_us, progress))
     for name, run in {**runs, **extra}.items():
         if np.isnan(run.probs).any():
             raise RuntimeError(f"policy {name} left {int(np.isnan(run.probs).sum())} events unscored")
@@ -251,7 +255,9 @@ def add_evidence(report: dict[str, Any], outcome: ReplayOutcome, users: np.ndarr
     for name, run in runs.items():
         entry = {"compute_seconds": run.compute_seconds, "train_samples": run.train_samples,
                  "fits": len(run.fits), "base_versions": [f.version for f in run.fits]}
-        entry["compute_seconds_span"] = span_compute_seconds(entry, fits, start) if run.fits else 0.0
+        # No fits: its online learning only (ftrl_alone, counter_ftrl: warm-up included).
+        spent = run.fits or run.online_seconds
+        entry["compute_seconds_span"] = span_compute_seconds(entry, fits, start) if spent else 0.0
         if run.online_share is not None:
             entry["online_share"] = run.online_share
         extra[name] = entry
@@ -264,7 +270,8 @@ def add_evidence(report: dict[str, Any], outcome: ReplayOutcome, users: np.ndarr
 
 
 def baseline_runs(data: ReplayData, eval_lo: int, delay_us: int) -> dict[str, PolicyRun]:
-    """``constant``, ``item_rate`` and (simulated logs) ``oracle`` (``serving.backtest.baselines``)."""
+    """``constant``, ``item_rate`` and (simulated logs) ``oracle`` (``serving.backtest.baselines``);
+    the online ones, ``ftrl_alone`` and ``counter_ftrl``, are ``serving.backtest.online_baselines``'s."""
     from serving.backtest.baselines import constant_so_far, item_rate_so_far
 
     ts, y = data.ts_us, data.labels

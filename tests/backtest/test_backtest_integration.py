@@ -227,7 +227,8 @@ def test_flipped_last_day_is_not_known_in_advance(backtest):
     assert report["production"]["hybrid_online_share"] <= served_late / len(scores)
     assert ev["hybrid"]["online_share"] == report["production"]["hybrid_online_share"]
     assert ev["hybrid_ungated"]["online_share"] == 1.0
-    assert {"constant", "item_rate", "oracle", "daily_fresh"} <= set(ev)
+    assert {"constant", "item_rate", "oracle", "daily_fresh", "ftrl_alone", "counter_ftrl"} <= set(ev)
+    assert ev["ftrl_alone"]["compute_seconds_span"] > 0  # no fits: its online learning counts
 
 
 def test_sweep_replays_the_runs_hybrid_exactly(backtest):

@@ -112,6 +112,7 @@ class _Tiers:
 
     online_batch = 50
     online_delay_us = None
+    online_cfg = OnlineLayerConfig(hash_bits=10)  # for the no-base baselines
     last_block = ""
 
     def __init__(self, statuses: list[str]) -> None:
