@@ -34,11 +34,17 @@ def world_parquet(world: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def first_version(
-    ray_cluster: None, world: pa.Table, tmp_path_factory: pytest.TempPathFactory
+    world: pa.Table, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ModelRegistry, TrainResult]:
-    """One Ray Train fit: v1, a cold start on days 0-6 validated on day 7, promoted."""
+    """v1, a cold start on days 0-6 validated on day 7, promoted; fitted in-process
+    (``backend="local"``: the loop a Ray Train worker runs). Ray Train's fit of the same
+    seed and data, submitted as a job, must equal it bitwise (test_base_ray_job); an
+    in-process Ray Train fit here as well cost ~45 s of Ray Train start-up for no other
+    claim (two workers through Ray Train: test_base_triggers)."""
     registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    return registry, train_base_model(TRAIN_CFG, world, registry, as_of=as_of_day(7))
+    return registry, train_base_model(
+        TRAIN_CFG, world, registry, as_of=as_of_day(7), backend="local"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +52,7 @@ def trained(first_version: tuple[ModelRegistry, TrainResult], world: pa.Table) -
     """Two more fits on the next window (days 1-7, validated on day 8): cold and warm from v1.
 
     In-process (``backend="local"``: the Ray worker's loop, bitwise the same weights, which
-    ``test_base_training`` checks): v1 already covers the Ray Train path, and each Ray fit
-    costs ~20 s of start-up."""
+    ``test_base_ray_job`` checks): each Ray fit costs ~20-45 s of start-up."""
     registry, v1 = first_version
     cold = train_base_model(
         TRAIN_CFG, world, registry, as_of=as_of_day(8), parent=None, promote=False, backend="local"
