@@ -90,13 +90,16 @@ class RankerClient:
         slots: int | None = None,
         scale: float | None = None,
         samples: int | None = None,
+        propensity_draws: int | None = None,
     ) -> ranking_pb2.AdminReply:
         """Exploration on or off in place (``serving.exploration``; needs the token); a
-        setting left None keeps its current value."""
+        setting left None keeps its current value. ``propensity_draws``: the
+        Rao-Blackwellised propensity's draws, 0 for Monte Carlo with ``samples``."""
         return self._stub.SetExploration(
             ranking_pb2.SetExplorationRequest(
                 enabled=enabled, reason=reason, actor=actor,
                 share=share, slots=slots, scale=scale, samples=samples,
+                propensity_draws=propensity_draws,
             ),
             metadata=self._metadata,
             timeout=self._timeout,

@@ -65,7 +65,9 @@ An exploring reply lists the items in the sample's order with their posterior-me
 (so its scores need not be sorted); Status counts a replica's exploring requests.
 
 The switch lives with the other operator controls (``serving.admin.Controls``): the
-``SetExploration`` rpc / ``freshrank explore on|off`` changes it in place on every replica.
+``SetExploration`` rpc / ``freshrank explore on|off`` changes it in place on every replica,
+any of its settings (``propensity_draws`` too: ``--propensity-draws N``); a setting the call
+leaves out keeps the running policy's value (``changed_policy``).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ if TYPE_CHECKING:
     from serving.config import ServingConfig
     from serving.ranking import OnlineSlot
 
-__all__ = ["ExplorationPolicy", "explore", "explores", "fill_exploration_status", "rao_blackwell"]
+__all__ = ["ExplorationPolicy", "changed_policy", "explore", "explores", "fill_exploration_status", "rao_blackwell"]
 
 MAX_SAMPLES = 1024
 MAX_SCALE = 10.0
@@ -154,13 +156,28 @@ class ExplorationPolicy:
             return "off"
         where = "all slots" if self.slots == 0 else f"last {self.slots} slots"
         aim = "" if self.focus == "all" else f", {self.focus} weights only"
-        how = (f"{self.samples} samples" if self.propensity_draws == 0
-               else f"{self.propensity_draws} propensity draws")
+        how = (f"propensity_draws 0 (Monte Carlo, {self.samples} samples)" if self.propensity_draws == 0
+               else f"propensity_draws {self.propensity_draws} (Rao-Blackwellised)")
         return f"on: {self.share:g} of requests, {where}, scale {self.scale:g}, {how}{aim}"
 
     def applies(self, request_id: str) -> bool:
         """Whether this request explores (on, and its id falls in ``share``)."""
         return self.enabled and explores(request_id, self.share)
+
+
+def changed_policy(
+    current: dict[str, Any] | None, config: ServingConfig, changes: dict[str, Any]
+) -> tuple[ExplorationPolicy, ExplorationPolicy]:
+    """The running policy and the one an operator's ``changes`` make of it (``SetExploration``):
+    ``current`` is the operator's last policy (``serving.admin.Controls.exploration``), None
+    while no operator has set one (then the settings' ``[serving] explore_*``); a setting
+    absent from ``changes`` keeps the running value.
+
+    Raises:
+        InvalidInput: naming the setting, when the changed policy is not valid.
+    """
+    old = ExplorationPolicy.from_dict(current) if current is not None else ExplorationPolicy.of(config)
+    return old, old.with_changes(**changes)
 
 
 def explores(request_id: str, share: float) -> bool:
@@ -298,4 +315,5 @@ def fill_exploration_status(reply: ranking_pb2.StatusReply, policy: ExplorationP
     reply.exploration_slots = policy.slots
     reply.exploration_scale = policy.scale
     reply.exploration_samples = policy.samples
+    reply.exploration_propensity_draws = policy.propensity_draws
     reply.requests_explored = explored

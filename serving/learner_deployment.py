@@ -191,12 +191,9 @@ class Learner:
 
     def admin_set_exploration(self, changes: dict[str, Any], reason: str, actor: str) -> dict[str, Any]:
         """Change the exploration policy (``serving.exploration``): ``changes`` over the current."""
-        from serving.exploration import ExplorationPolicy
+        from serving.exploration import changed_policy
 
-        current = self._controls.exploration
-        old = (ExplorationPolicy.from_dict(current) if current is not None
-               else ExplorationPolicy.of(self._settings.serving))
-        new = old.with_changes(**changes)
+        old, new = changed_policy(self._controls.exploration, self._settings.serving, changes)
         return self._controls.set_exploration(new.to_dict(), old.describe(), new.describe(), reason, actor)
 
     def admin_rollback(self, to_version: str, reason: str, actor: str) -> dict[str, Any]:

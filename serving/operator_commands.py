@@ -1,6 +1,7 @@
 """On-call commands against a running app: ``freshrank online enable|disable``,
 ``freshrank rollback online|base [--to VERSION]``, ``freshrank canary abort`` and
-``freshrank explore on|off [--share F] [--slots N] [--scale F] [--samples N]``.
+``freshrank explore on|off [--share F] [--slots N] [--scale F] [--samples N]
+[--propensity-draws N]``.
 
 Why over gRPC and not Ray: on-call reaches the serving port, with the ingress token
 (``$FRESHRANK_INGRESS_TOKEN`` or ``--token-file``), from wherever they are; the ingress
@@ -13,7 +14,9 @@ and a non-zero status.
 re-binds the online layer trained for it; ``canary abort`` stops a staged shadow or canary
 (the champion serves every user again). ``explore on`` ranks a share of requests by a
 Thompson sample of the online layer's posterior (``serving.exploration``), ``explore off``
-stops it; an option left out keeps its current value. A controller (``freshrank run``) that had staged the
+stops it; ``--propensity-draws N`` picks the logged propensity's estimator (N draws of the
+Rao-Blackwellised one; 0: Monte Carlo with ``--samples``); an option left out keeps its
+current value. A controller (``freshrank run``) that had staged the
 candidate sees it gone at its next look and ends its cycle ``aborted``.
 """
 
@@ -47,7 +50,8 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _count(text: str) -> int:
-    """An integer >= 0 (``--slots``, ``--samples``: uint32 on the wire)."""
+    """An integer >= 0 (``--slots``, ``--samples``, ``--propensity-draws``; the server checks
+    the upper bounds)."""
     try:
         value = int(text)
     except ValueError:
@@ -86,7 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explore.add_argument("--slots", type=_count, default=None, help="last top-k slots the sample fills (0: all)")
     explore.add_argument("--scale", type=float, default=None, help="posterior sd multiplier, in (0, 10]")
     explore.add_argument("--samples", type=_count, default=None,
-                         help="Monte Carlo draws for the propensity (when [serving] explore_propensity_draws is 0)")
+                         help="Monte Carlo draws for the propensity (when the propensity draws are 0)")
+    explore.add_argument("--propensity-draws", type=_count, default=None,
+                         help="draws of the Rao-Blackwellised propensity, in [0, 1024]; 0: Monte Carlo "
+                         "with --samples (default: the running value, first [serving] explore_propensity_draws)")
     _connection_flags(explore)
     explore.set_defaults(func=cmd_explore)
 
@@ -111,6 +118,7 @@ def _call(args: argparse.Namespace, action: str) -> ranking_pb2.AdminReply:
                 return client.set_exploration(
                     args.state == "on", args.reason, actor,
                     share=args.share, slots=args.slots, scale=args.scale, samples=args.samples,
+                    propensity_draws=args.propensity_draws,
                 )
             return client.rollback_online(args.reason, actor, args.to_version)
     except grpc.RpcError as error:

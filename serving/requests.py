@@ -295,12 +295,14 @@ _PHASES = {ranking_pb2.CANDIDATE_PHASE_SHADOW: "shadow", ranking_pb2.CANDIDATE_P
 
 
 def _exploration_changes(request: ranking_pb2.SetExplorationRequest) -> dict[str, Any]:
-    """The fields a SetExploration call sets (unset optionals keep the current value), each
-    checked alone against ``serving.exploration.ExplorationPolicy``'s bounds."""
+    """The fields a SetExploration call sets (unset optionals keep the current value: the
+    running policy's, or the settings' while no operator has set one), each checked alone
+    against ``serving.exploration.ExplorationPolicy``'s bounds (``propensity_draws`` in
+    [0, 1024], 0 meaning Monte Carlo with ``samples``)."""
     from serving.exploration import ExplorationPolicy
 
     changes: dict[str, Any] = {"enabled": bool(request.enabled)}
-    for name in ("share", "slots", "scale", "samples"):
+    for name in ("share", "slots", "scale", "samples", "propensity_draws"):
         if request.HasField(name):
             value = getattr(request, name)
             try:

@@ -278,8 +278,8 @@ def test_exploration_switches_in_place_and_logs_the_propensity_of_what_it_showed
     if not system.client.status().online_version:
         learn_until_served(system, requests[:80])
 
-    def rank_all(prefix: str) -> None:
-        for n, request in enumerate(requests[80:120]):
+    def rank_all(prefix: str, count: int = 40) -> None:
+        for n, request in enumerate(requests[80:80 + count]):
             system.client.rank(f"{prefix}{n}", request.column("user_id")[0].as_py(),
                                request.column("item_id").to_pylist(), top_k=5,
                                request_time=request.column("ts")[0].as_py())
@@ -298,6 +298,23 @@ def test_exploration_switches_in_place_and_logs_the_propensity_of_what_it_showed
     assert ((values > 0) & (values <= 1)).all() and (values < 1).any()
     status = system.client.status()
     assert status.exploration_enabled and status.exploration_share == 1.0 and status.requests_explored > 0
+    assert status.exploration_propensity_draws == 8 and "propensity_draws 8 (Rao-Blackwellised)" in reply.current
+    # The estimator switched in place to Monte Carlo over the 32 samples set above (the share
+    # left out stays 1.0): every explored propensity is then (1 + hits) / 33, which the
+    # Rao-Blackwellised ones above are not.
+    reply = system.client.set_exploration(True, "test: monte carlo", "test_switches", propensity_draws=0)
+    time.sleep(1.5)
+    rank_all("explore-mc-", 10)
+    mc = _served_propensities(system, "explore-mc-")
+    status = system.client.status()
+
+    def in_33rds(p: np.ndarray) -> bool:
+        return bool(np.allclose(p * 33, np.round(p * 33)))
+
+    assert (reply.current.endswith("propensity_draws 0 (Monte Carlo, 32 samples)")
+            and status.exploration_propensity_draws == 0 and status.exploration_share == 1.0
+            and len(mc) == 10 and all(p is not None and in_33rds(np.asarray(p)) for p in mc.values())
+            and not in_33rds(values)), (reply.current, mc)
     system.client.set_exploration(False, "test: done", "test_switches")
     time.sleep(1.5)
     rank_all("explore-off-")

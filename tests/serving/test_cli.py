@@ -98,6 +98,8 @@ BAD_ARGUMENTS = [
     (["explore", "on"], "--reason"),
     (["explore", "on", "--share", "lots", "--reason", "x"], "--share"),
     (["explore", "on", "--slots", "-1", "--reason", "x"], "--slots"),
+    (["explore", "on", "--propensity-draws", "-1", "--reason", "x"], "--propensity-draws"),
+    (["explore", "on", "--propensity-draws", "many", "--reason", "x"], "--propensity-draws"),
     (["explore", "on", "--share", "0.1", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
 ]
 
@@ -218,3 +220,38 @@ def test_ctr_prior_in_the_config_reaches_features_training_set_and_serving(
     assert cli.main([*root, "serve"]) == 130
     assert seen["settings"].feature_store.ctr_prior == prior
     assert seen["settings"].workspace == ws
+
+
+def test_explore_sends_propensity_draws_only_when_given_and_prints_the_reply(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real gRPC server that records what ``freshrank explore`` sends."""
+    from concurrent import futures
+
+    import grpc
+
+    from protos.freshrank.v1 import ranking_pb2 as pb
+    from protos.freshrank.v1 import ranking_pb2_grpc
+
+    seen: list[pb.SetExplorationRequest] = []
+
+    class Recorder(ranking_pb2_grpc.RankerServicer):
+        def SetExploration(self, request: pb.SetExplorationRequest, context: object) -> pb.AdminReply:
+            seen.append(request)
+            return pb.AdminReply(action="set_exploration", current="on")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    ranking_pb2_grpc.add_RankerServicer_to_server(Recorder(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.delenv("FRESHRANK_INGRESS_TOKEN", raising=False)
+    try:
+        base = ["explore", "on", "--reason", "mc", "--actor", "alice", "--target", f"127.0.0.1:{port}"]
+        assert cli.main([*base, "--propensity-draws", "0", "--samples", "32"]) == 0
+        assert cli.main(base) == 0
+    finally:
+        server.stop(None)
+    assert '"action": "set_exploration"' in capsys.readouterr().out
+    given, left_out = seen
+    assert given.HasField("propensity_draws") and given.propensity_draws == 0 and given.samples == 32
+    assert not left_out.HasField("propensity_draws") and not left_out.HasField("samples")

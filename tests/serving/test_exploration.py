@@ -3,8 +3,10 @@ sample shows, the propensity it logs, and the operator's switch (without Ray).""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -15,9 +17,18 @@ from protos.freshrank.v1 import ranking_pb2 as pb
 from serving.admin import Controls, audit_path, read_audit
 from serving.config import ServingConfig
 from serving.errors import InvalidRequest
-from serving.exploration import FOCUS, ExplorationPolicy, _hits, explore, explores
+from serving.exploration import (
+    FOCUS,
+    ExplorationPolicy,
+    _hits,
+    changed_policy,
+    explore,
+    explores,
+    fill_exploration_status,
+)
+from serving.ingress import rpc
 from serving.ranking import OnlineSlot
-from serving.requests import parse_admin_request
+from serving.requests import AdminAction, parse_admin_request
 
 
 def _world(n_items: int = 6, learned: int = 3) -> tuple[OnlineSlot, OnlineInputs]:
@@ -99,12 +110,79 @@ def test_set_exploration_requests_are_checked_at_the_door_naming_the_field() -> 
     assert ok.exploration == {"enabled": True, "share": 0.2}  # unset fields keep their value
     for bad, name in ((pb.SetExplorationRequest(enabled=True, share=1.5), "share"),
                       (pb.SetExplorationRequest(enabled=True, scale=0.0), "scale"),
-                      (pb.SetExplorationRequest(enabled=True, samples=5000), "samples")):
+                      (pb.SetExplorationRequest(enabled=True, samples=5000), "samples"),
+                      (pb.SetExplorationRequest(enabled=True, propensity_draws=-1), "propensity_draws")):
         bad.reason, bad.actor = "r", "a"
         with pytest.raises(InvalidRequest, match=f"^{name} is"):
             parse_admin_request(bad)
     with pytest.raises(InvalidRequest, match="reason"):
         parse_admin_request(pb.SetExplorationRequest(enabled=True, actor="a"))
+
+
+class _Context:
+    """What Serve's ``RayServegRPCContext`` records."""
+
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+class _Door:
+    """The ingress's door for SetExploration (``serving.ingress.rpc``) over the real parser."""
+
+    @rpc(parse=lambda self, request: parse_admin_request(request))
+    async def SetExploration(self, action: AdminAction, grpc_context: _Context) -> pb.AdminReply:
+        return pb.AdminReply(action="set_exploration", current=str(action.exploration))
+
+
+@pytest.mark.parametrize("draws", [-1, 1025, 2**31 - 1, -(2**31)])
+def test_propensity_draws_out_of_range_is_invalid_argument_naming_it_and_its_range(draws: int) -> None:
+    request = pb.SetExplorationRequest(enabled=True, propensity_draws=draws, reason="r", actor="a")
+    with pytest.raises(InvalidRequest, match=rf"^propensity_draws is {draws}: .*propensity_draws .*\[0, 1024\]"):
+        parse_admin_request(request)
+    context = _Context()
+    asyncio.run(_Door().SetExploration(request.SerializeToString(), grpc_context=context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT  # never INTERNAL
+    assert context.details.startswith(f"propensity_draws is {draws}") and "[0, 1024]" in context.details
+
+
+def test_propensity_draws_0_is_told_from_not_given_on_the_wire() -> None:
+    def changes(**fields: int) -> dict[str, object] | None:
+        wire = pb.SetExplorationRequest(enabled=True, reason="r", actor="a", **fields).SerializeToString()
+        return parse_admin_request(pb.SetExplorationRequest.FromString(wire)).exploration
+
+    assert changes(propensity_draws=0) == {"enabled": True, "propensity_draws": 0}  # 0: Monte Carlo
+    assert changes(propensity_draws=1024) == {"enabled": True, "propensity_draws": 1024}
+    assert changes() == {"enabled": True}  # not given: the running value stays
+    context = _Context()
+    reply = asyncio.run(_Door().SetExploration(
+        pb.SetExplorationRequest(enabled=True, propensity_draws=0, reason="r", actor="a"), grpc_context=context))
+    assert context.code is None and "'propensity_draws': 0" in reply.current
+
+
+def test_left_out_propensity_draws_keeps_the_running_value_or_the_settings_at_first() -> None:
+    config = ServingConfig(explore_propensity_draws=16)
+    old, new = changed_policy(None, config, {"enabled": True, "share": 0.5})  # no operator policy yet
+    assert (old.enabled, old.propensity_draws) == (False, 16) and (new.enabled, new.propensity_draws) == (True, 16)
+    old, new = changed_policy(new.to_dict(), config, {"enabled": True, "propensity_draws": 0, "samples": 32})
+    assert (new.propensity_draws, new.samples, new.share) == (0, 32, 0.5)  # the share kept
+    assert new.describe().endswith("propensity_draws 0 (Monte Carlo, 32 samples)")
+    _, off = changed_policy(new.to_dict(), config, {"enabled": False})
+    assert off.describe() == "off" and off.propensity_draws == 0  # off keeps the estimator
+    _, on = changed_policy(off.to_dict(), config, {"enabled": True})
+    assert on == new  # back on as it was
+    _, rb = changed_policy(on.to_dict(), config, {"enabled": True, "propensity_draws": 4})
+    assert "propensity_draws 4 (Rao-Blackwellised)" in rb.describe()
+    status = pb.StatusReply()
+    fill_exploration_status(status, rb, 0)
+    assert status.exploration_propensity_draws == 4 and status.exploration_samples == 32
+    fill_exploration_status(status, on, 0)
+    assert status.exploration_propensity_draws == 0
 
 
 def test_the_policy_is_audited_and_a_restarted_learner_keeps_it(tmp_path: Path) -> None:
