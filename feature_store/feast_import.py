@@ -12,7 +12,7 @@ command; on two cores those seconds are taken from serving and learning
 
 Those checks are a development aid (typeguard itself turns them off under ``python -O``):
 they raise ``TypeCheckError`` when Feast's API is called with wrong argument types. Ours are
-checked statically (mypy runs first in ``make test``). Only Feast's own modules are affected;
+checked statically (mypy runs beside the suite in ``make test``). Only Feast's own modules are affected;
 any other library's ``@typechecked`` is left as it is.
 """
 

@@ -261,7 +261,9 @@ def remove(app_name: str) -> None:
 
 def _running_proxy_ports() -> tuple[int, int] | None:
     """(gRPC, HTTP) ports of the Serve instance running in the connected cluster, or None
-    when Serve is not running (its controller is not up) or has no gRPC proxy."""
+    when Serve is not running (its controller is not up). A running Serve without a gRPC
+    proxy carrying ``SERVICERS`` is refused (ValueError naming what it lacks), never
+    restarted: it may be another team's."""
     from ray.serve.context import _get_global_client
 
     client = _get_global_client(raise_if_no_controller_running=False)
