@@ -4,16 +4,22 @@ Why: the layer learns from the outside world while it serves, so it is the part 
 hurt users fastest. Every learned mini-batch is first scored by the hybrid and by the base
 alone (test-then-train); the breaker keeps a rolling window of the per-example log-loss
 difference ``hybrid - base`` and opens when the layer has been worse by more than
-``trip_margin`` nats for ``sustained_judgements`` judgements in a row. While it is open,
+``trip_margin`` nats for ``sustained_judgements`` judgements in a row, worse with
+confidence: the one-sided lower bound of the judgement (``confidence_z`` standard errors below
+it) must clear the margin. Why the bound and not the point: an honest layer that ties the base
+scatters around zero by about a standard error (~0.002 nats on the demo's 4,000-event window),
+so a point rule at a margin of that size took a tied layer off serving by chance, and kept it
+off through half-open tests that ask the same noisy question. While it is open,
 serving runs the base alone (``FALLBACK_REASON_BREAKER_OPEN``) and the learner rolls back to
 its last good snapshot. After ``cooldown_seconds`` it goes half-open: the (rolled-back)
 layer is judged again on ``half_open_events`` fresh events, still without serving, and the
-breaker closes if it is no longer worse, or opens for another cool-down.
+breaker closes if it is no longer shown worse (the same rule), or opens for another cool-down.
 
 Data an attacker cannot dominate: the window is judged per user, not per event. Each
 example's difference is clipped to ``loss_clip`` nats, each user's differences are averaged,
 and the judgement is the mean over users after dropping the ``trim_share`` highest and
-lowest users; it needs ``min_users`` distinct users. A flood from a few accounts (up to
+lowest users; it needs ``min_users`` distinct users. Its standard error is the spread of the
+kept users' means over the square root of their number (users are the independent units). A flood from a few accounts (up to
 ``trim_share`` of the users) can neither trip the breaker on an honest layer nor hide a
 poisoned one. The price: a loss confined to fewer users than that share does not trip it
 (the manipulation defences bound what such a group can do to the layer).
@@ -43,7 +49,8 @@ from enum import Enum
 
 import numpy as np
 
-__all__ = ["BreakerConfig", "BreakerState", "BreakerStatus", "CircuitBreaker"]
+__all__ = ["BreakerConfig", "BreakerState", "BreakerStatus", "CircuitBreaker", "trimmed_user_mean",
+           "trimmed_user_mean_and_se"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,9 @@ class BreakerConfig:
         trim_share: Share of users dropped at each end before averaging over users.
         loss_clip: Largest |hybrid - base| one example may count, in nats.
         trip_margin: Nats per example by which the layer must be worse to count as losing.
+        confidence_z: Standard errors the judgement's lower bound sits below its point; the
+            layer loses when that bound clears ``trip_margin`` (1.645: one-sided 95%; 0: the
+            point alone decides).
         sustained_judgements: Consecutive losing judgements before the breaker opens.
         cooldown_seconds: Time open before the half-open test starts.
         half_open_events: Fresh events the half-open test judges on.
@@ -84,6 +94,7 @@ class BreakerConfig:
     trim_share: float = 0.1
     loss_clip: float = 1.0
     trip_margin: float = 0.002
+    confidence_z: float = 1.645
     sustained_judgements: int = 3
     cooldown_seconds: float = 30.0
     half_open_events: int = 1000
@@ -96,7 +107,7 @@ class BreakerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"breaker {name} must be an integer, got {value!r}")
-        for name in ("trim_share", "loss_clip", "trip_margin", "cooldown_seconds"):
+        for name in ("trim_share", "loss_clip", "trip_margin", "confidence_z", "cooldown_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise ValueError(f"breaker {name} must be a number, got {value!r}")
@@ -110,8 +121,8 @@ class BreakerConfig:
             raise ValueError(f"breaker loss_clip must be > 0, got {self.loss_clip}")
         if self.min_users < 1 or self.sustained_judgements < 1:
             raise ValueError("breaker min_users and sustained_judgements must be >= 1")
-        if self.trip_margin < 0 or self.cooldown_seconds < 0:
-            raise ValueError("breaker trip_margin and cooldown_seconds must be >= 0")
+        if self.trip_margin < 0 or self.cooldown_seconds < 0 or self.confidence_z < 0:
+            raise ValueError("breaker trip_margin, confidence_z and cooldown_seconds must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -136,13 +147,37 @@ def trimmed_user_mean(users: Sequence[str], excess: np.ndarray, trim_share: floa
     >>> trimmed_user_mean(users, excess, trim_share=0.1)
     0.0
     """
+    return trimmed_user_mean_and_se(users, excess, trim_share)[0]
+
+
+def trimmed_user_mean_and_se(
+    users: Sequence[str], excess: np.ndarray, trim_share: float
+) -> tuple[float, float]:
+    """``trimmed_user_mean`` and its standard error (Tukey and McLaughlin's): the standard
+    deviation of the users' means winsorized at the trim, over ``(1 - 2 * share) * sqrt(users)``.
+    Why winsorized: the kept means alone are the middle of the spread, so their deviation
+    understates the trimmed mean's noise: a bound built on it tripped a layer 0.004 nats inside
+    the margin in 6 of 50 seeded runs of 30 judgements, the winsorized one in 2 of 100.
+    0 with fewer than two users.
+
+    >>> mean, se = trimmed_user_mean_and_se(["a", "b", "c", "d"], np.array([0.0, 1, 2, 3]), 0.0)
+    >>> round(mean, 3), round(se, 3)
+    (1.5, 0.645)
+    """
     codes, inverse = np.unique(np.asarray(users, dtype=object), return_inverse=True)
     sums = np.bincount(inverse, weights=excess, minlength=len(codes))
     counts = np.bincount(inverse, minlength=len(codes))
     per_user = np.sort(sums / counts)
     cut = int(len(per_user) * trim_share)
-    kept = per_user[cut : len(per_user) - cut] if len(per_user) - 2 * cut >= 1 else per_user
-    return float(kept.mean())
+    if len(per_user) - 2 * cut < 1:
+        cut = 0
+    kept = per_user[cut : len(per_user) - cut]
+    if len(per_user) < 2:
+        return float(kept.mean()), 0.0
+    winsorized = np.clip(per_user, kept[0], kept[-1])
+    share = cut / len(per_user)
+    se = float(winsorized.std(ddof=1) / ((1.0 - 2.0 * share) * np.sqrt(len(per_user))))
+    return float(kept.mean()), se
 
 
 class CircuitBreaker:
@@ -229,16 +264,19 @@ class CircuitBreaker:
             return
         clipped = np.clip(np.fromiter(self._excess, dtype=np.float64, count=n),
                           -cfg.loss_clip, cfg.loss_clip)
-        excess = trimmed_user_mean(list(self._users), clipped, cfg.trim_share)
+        excess, se = trimmed_user_mean_and_se(list(self._users), clipped, cfg.trim_share)
         self._last_excess = excess
-        losing = excess > cfg.trip_margin
+        lower = excess - cfg.confidence_z * se
+        losing = lower > cfg.trip_margin
         if self._state is BreakerState.HALF_OPEN:
             if losing:
-                self._open(f"half-open test: still worse than the base by {excess:.4f} nats", now)
+                self._open(f"half-open test: still worse than the base by {excess:.4f} nats "
+                           f"(lower bound {lower:.4f})", now)
             else:
                 self._losing = 0
                 self._losing_since = None
-                self._move(BreakerState.CLOSED, f"half-open test passed ({excess:+.4f} nats)", now)
+                self._move(BreakerState.CLOSED, f"half-open test passed ({excess:+.4f} nats, "
+                           f"lower bound {lower:+.4f})", now)
             return
         if losing and self._losing == 0:
             self._losing_since = now
@@ -247,12 +285,12 @@ class CircuitBreaker:
             self._losing_since = None
         if self._losing >= cfg.sustained_judgements and cfg.enabled:
             self._open(
-                f"worse than the base by {excess:.4f} nats/example for {self._losing} "
-                f"judgements in a row",
+                f"worse than the base by {excess:.4f} nats/example (lower bound {lower:.4f}) "
+                f"for {self._losing} judgements in a row",
                 now,
             )
         else:
-            self._reason = f"layer vs base {excess:+.4f} nats/example"
+            self._reason = f"layer vs base {excess:+.4f} nats/example (lower bound {lower:+.4f})"
 
     def _open(self, reason: str, now: float) -> None:
         self._opened_at = now

@@ -132,3 +132,56 @@ def test_operator_can_force_it_open_and_reset_closes_it() -> None:
     assert breaker.state is BreakerState.OPEN and "operator" in breaker.status().reason
     breaker.reset()
     assert breaker.state is BreakerState.CLOSED
+
+
+def _noisy_batch(n: int, excess: float, noise: float, users: int, seed: int):
+    """Per-example differences with real spread (a layer that ties the base scatters)."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.1, 0.7, n)
+    names = [f"u{i % users}" for i in range(n)]
+    return names, base + excess + rng.normal(0, noise, n), base
+
+
+def test_a_layer_within_the_margin_whose_noisy_point_strays_past_it_does_not_trip_it() -> None:
+    """60 users, a true excess of 0.006 against a 0.01 margin and 0.05 nats of per-example
+    spread (a standard error of ~0.003 over users): the point rule strays past the margin and
+    trips; the lower bound would need a 3-standard-error stray."""
+    noisy = BreakerConfig(window_events=400, min_events=200, min_users=20, trim_share=0.1,
+                          trip_margin=0.01, sustained_judgements=1, cooldown_seconds=30.0,
+                          half_open_events=200)
+    bound, point = CircuitBreaker(noisy), CircuitBreaker(
+        BreakerConfig(**{**noisy.__dict__, "confidence_z": 0.0}))
+    for step in range(30):
+        batch = _noisy_batch(200, 0.006, 0.05, users=60, seed=step)
+        bound.observe(*batch, now=float(step))
+        point.observe(*batch, now=float(step))
+    assert point.status().transitions.get("closed->open", 0) >= 1
+    assert bound.status().transitions == {}
+    assert "lower bound" in bound.status().reason
+
+
+def test_a_loss_clearly_past_the_margin_still_trips_it_through_the_same_noise() -> None:
+    noisy = BreakerConfig(window_events=400, min_events=200, min_users=20, trim_share=0.1,
+                          trip_margin=0.01, sustained_judgements=2, cooldown_seconds=30.0,
+                          half_open_events=200)
+    breaker = CircuitBreaker(noisy)
+    states = [breaker.observe(*_noisy_batch(200, 0.05, 0.05, users=60, seed=s), now=float(s)).state
+              for s in range(4)]
+    assert states[-1] == "open", states
+    assert "lower bound" in breaker.status().reason
+
+
+def test_the_standard_error_is_over_users_not_events() -> None:
+    """One user's thousand events count as one observation of the spread."""
+    from online_layer.breaker import trimmed_user_mean_and_se
+
+    users = [f"u{i}" for i in range(10)] * 100
+    excess = np.tile(np.arange(10, dtype=float), 100)
+    mean, se = trimmed_user_mean_and_se(users, excess, trim_share=0.0)
+    assert mean == pytest.approx(4.5)
+    assert se == pytest.approx(np.std(np.arange(10.0), ddof=1) / np.sqrt(10))
+
+
+def test_a_negative_confidence_z_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="confidence_z"):
+        BreakerConfig(confidence_z=-1.0)
