@@ -96,6 +96,7 @@ class Ranker:
         logger.info("ingress access: %s", self._access.describe())
         self._online_enabled = bool(cfg_serving.online_enabled)
         self._control_serial: str | None = None
+        self._rolled_back_to: str | None = None  # the controls' rollback snapshot installed
         self._control_detail = ""
         self._last_control_poll = 0.0
         champion = champion_base(settings)
@@ -185,10 +186,9 @@ class Ranker:
             self._apply_controls(view)
 
     def _apply_controls(self, view: dict[str, Any]) -> None:
-        snapshot = view.get("snapshot")
-        if snapshot is not None and (
-            self._ranker.online is None or self._ranker.online.version != snapshot.version
-        ):
+        snapshot = view.get("snapshot")  # a rollback's weights: once, not at each later serial
+        if snapshot is not None and snapshot.version != self._rolled_back_to:
+            self._rolled_back_to = snapshot.version
             self._install(snapshot.version, snapshot.blob, snapshot.published_at)
         enabled = bool(view["online_enabled"])
         if enabled != self._online_enabled:

@@ -333,7 +333,7 @@ def test_exploration_switches_in_place_and_logs_the_propensity_of_what_it_showed
     assert read_audit(audit_path(system.settings.workspace))[-1]["action"] == "set_exploration"
 
 
-def settled_versions(system, quiet_s: float = 1.0, timeout_s: float = 20.0) -> tuple[str, str]:
+def settled_versions(system, quiet_s: float = 0.5, timeout_s: float = 20.0) -> tuple[str, str]:
     """The (base, online) version pair serving answers with once the learner has stopped
     publishing (two Status calls ``quiet_s`` apart agree; no feedback is sent meanwhile)."""
     deadline = time.monotonic() + timeout_s
@@ -374,12 +374,12 @@ def test_scaling_the_rankers_in_place_under_load_fails_no_call_and_serves_one_ve
     phases: list[tuple[float, float, object]] = []  # (asked at, settled at, ScaleResult)
     thread.start()
     try:
-        time.sleep(0.5)
+        time.sleep(0.3)
         for count in (1, 2, 1):
             asked = time.monotonic()
             result = app.scale_rankers(system.settings, count, timeout_s=90)
             phases.append((asked, time.monotonic(), result))
-            time.sleep(2.0)  # the settled phase, answered under load
+            time.sleep(1.5)  # the settled phase, answered under load
     finally:
         load.stop.set()
         thread.join(timeout=10)
