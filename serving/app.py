@@ -14,6 +14,8 @@ answered by the proxy (``serving.reflection``)).
 
 Logs are Serve's JSON logs (``logging_config`` ``encoding: JSON``); the Prometheus endpoint is
 the Learner's (``serving.observability``), on ``serving.host``:``serving.metrics_port``.
+``scale_rankers`` changes the Ranker's replica count of a running app in place
+(``serving.scaling``; ``start`` deploys with Serve's ``external_scaler_enabled`` for it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from serving.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
+
+    from serving.scaling import ScaleResult
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +177,7 @@ def start(settings: Settings, *, direct_ingress: bool = False) -> RunningServer:
     serve.run(
         build_app(settings), name=cfg.app_name, blocking=False,
         logging_config=logging_config(settings),
+        external_scaler_enabled=True,  # scale_rankers: a replica count set in place
     )
     running = RunningServer(
         f"{cfg.host}:{grpc_port}",
@@ -240,6 +245,35 @@ def set_online_enabled(
     from serving.admin import set_online_enabled as switch
 
     return switch(settings, enabled, reason, actor)
+
+
+def scale_rankers(settings: Settings, replicas: int, *, timeout_s: float = 120.0) -> ScaleResult:
+    """Run ``replicas`` Ranker replicas in the running application
+    (``settings.serving.app_name``), in place, and wait until they run
+    (``serving.scaling.scale_rankers``: the Learner and the replicas that stay are untouched).
+
+    Uses this process's Ray connection, else joins ``settings.ray_address`` (or
+    ``$RAY_ADDRESS``); never starts a cluster (a new one runs no app). A bad count is refused
+    (``InvalidInput`` naming ``ranker_replicas``) before Ray is asked anything.
+    """
+    import os
+
+    import ray
+
+    from protos.errors import FailedPrecondition
+    from protos.ray_local import init_local_ray
+    from serving.scaling import check_replicas, scale_rankers as scale
+
+    check_replicas(replicas)
+    if not ray.is_initialized():
+        if not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
+            raise FailedPrecondition(
+                "scaling needs the Ray cluster the app runs on: pass --ray-address, set "
+                "[freshrank] ray_address or $RAY_ADDRESS (a `freshrank serve` without one runs "
+                "a private cluster: restart it with [serving] ranker_replicas instead)"
+            )
+        init_local_ray(address=settings.ray_address)
+    return scale(settings.serving.app_name, replicas, timeout_s=timeout_s)
 
 
 def stop() -> None:

@@ -1,4 +1,7 @@
-"""Subcommands that need every tier: ``serve``, ``status``, ``demo``.
+"""Subcommands that need every tier: ``serve``, ``status``, ``scale``, ``demo``.
+
+``scale --ranker-replicas N`` changes the Ranker's replica count of a running app in place
+(``serving.app.scale_rankers``), over Ray (``--ray-address``), not the gRPC port.
 
 Each gets the one ``Settings`` the ``freshrank`` command loaded (``args.settings``) and
 applies its own flags on top (``Settings.with_overrides``).
@@ -51,6 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     status_cmd.set_defaults(func=cmd_status)
 
+    scale_cmd = subparsers.add_parser(
+        "scale", help="change the number of Ranker replicas of a running app, in place",
+        description="The Learner and the replicas that stay keep running; new replicas start "
+        "serving the online version the others serve, removed ones drain. Waits until Serve "
+        "runs exactly N, then prints the result as JSON. Needs the app's Ray cluster.",
+    )
+    scale_cmd.add_argument("--ranker-replicas", type=_replica_count, required=True, metavar="N",
+                           help="Ranker replicas to run (1 or more)")
+    scale_cmd.add_argument("--app", help="Serve application name (default: [serving] app_name)")
+    scale_cmd.add_argument("--timeout", type=float, default=120.0,
+                           help="seconds to wait for the replicas to settle (default 120)")
+    add_ray_address(scale_cmd)
+    scale_cmd.set_defaults(func=cmd_scale)
+
     demo_cmd = subparsers.add_parser(
         "demo",
         help="simulate (or load) events, train, serve, replay with online learning, report",
@@ -79,6 +96,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo_cmd.set_defaults(func=cmd_demo)
 
 
+def _replica_count(text: str) -> int:
+    """``--ranker-replicas``: the count as ``serving.scaling.check_replicas`` accepts it."""
+    from serving.scaling import check_replicas
+
+    try:
+        return check_replicas(int(text))
+    except ValueError as error:  # not an integer, or out of range (named in the message)
+        raise argparse.ArgumentTypeError(str(error) if text.strip().lstrip("-").isdigit()
+                                         else f"{text!r} is not a whole number") from None
+
+
 def _with_ray_address(settings: Settings, args: argparse.Namespace) -> Settings:
     address = getattr(args, "ray_address", None)
     return settings.with_overrides({"freshrank": {"ray_address": address}}) if address else settings
@@ -100,6 +128,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         app.stop()
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    import json
+
+    from serving import app
+
+    settings = _with_ray_address(args.settings, args)
+    if args.app:
+        settings = settings.with_overrides({"serving": {"app_name": args.app}})
+    result = app.scale_rankers(settings, args.ranker_replicas, timeout_s=args.timeout)
+    print(json.dumps(result.to_dict()))
     return 0
 
 

@@ -4,7 +4,8 @@ Method names equal the rpc names. Rank: validate -> ``HybridRanker`` (features, 
 correction, sort) -> reply; what was shown is appended to the replica's served log before
 the reply (``serving.served_log``), so the learner always knows an impression before its
 click. A background task polls the learner for newer online weights, the breaker's verdict
-and the operator controls, and applies them in place. Every rpc goes through one door
+and the operator controls, and applies them in place; a new replica takes them once before it
+serves (``Ranker._catch_up``). Every rpc goes through one door
 (``serving.ingress.rpc``): bad input is ``INVALID_ARGUMENT`` naming the field, a
 ``FreshrankError`` its own status, anything else ``INTERNAL`` with a short message. The
 standard ``grpc.health.v1.Health`` methods are served here too (``serving.health``).
@@ -31,14 +32,8 @@ from serving.observability import observed
 from serving.replies import admin_reply, candidate_report_reply, fill_plan_status
 from serving.ranking import HybridRanker, OnlineSlot, RankOutcome, fill_learner_status
 from serving.learner_deployment import champion_base
-from serving.requests import (
-    AdminAction,
-    Limits,
-    RankQuery,
-    parse_admin_request,
-    parse_feedback_request,
-    parse_rank_request,
-)
+from serving.requests import (AdminAction, Limits, RankQuery, parse_admin_request,
+                              parse_feedback_request, parse_rank_request)
 from serving.errors import InvalidRequest
 from serving.exploration import ExplorationPolicy, fill_exploration_status
 from serving.settings import Settings
@@ -47,14 +42,13 @@ if TYPE_CHECKING:
     import numpy as np
     from ray.serve.handle import DeploymentHandle
 
-    from online_layer.join import ServedRecord
-
 logger = logging.getLogger(__name__)
+
+CATCH_UP_S = 10.0  # a new replica waits this long for the learner before serving (_catch_up)
 
 
 def _rank_query(ranker: Ranker, request: pb.RankRequest) -> RankQuery:
-    cfg = ranker._settings.serving
-    return parse_rank_request(request, cfg.max_candidates, limits=ranker._limits)
+    return parse_rank_request(request, ranker._settings.serving.max_candidates, limits=ranker._limits)
 
 
 def _feedback_events(ranker: Ranker, request: pb.FeedbackRequest) -> pa.Table:
@@ -102,6 +96,7 @@ class Ranker:
         logger.info("ingress access: %s", self._access.describe())
         self._online_enabled = bool(cfg_serving.online_enabled)
         self._control_serial: str | None = None
+        self._rolled_back_to: str | None = None  # the controls' rollback snapshot installed
         self._control_detail = ""
         self._last_control_poll = 0.0
         champion = champion_base(settings)
@@ -134,9 +129,10 @@ class Ranker:
         self._health = HealthState(lambda: bool(self._ranker.base_version))
         self._explored = 0  # Rank calls ranked by a Thompson sample (serving.exploration)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live operator switches (Serve's ``user_config``), applied without a restart:
-        ``online_enabled`` (False serves the base alone)."""
+        ``online_enabled`` (False: the base alone). Serve's first call, before the replica takes
+        traffic (``build_app`` always sets one), then catches up with the learner."""
         unknown = sorted(set(user_config) - {"online_enabled"})
         if unknown:
             raise ValueError(f"unknown Ranker user_config key(s): {', '.join(unknown)}")
@@ -144,6 +140,18 @@ class Ranker:
             self._online_enabled = bool(user_config["online_enabled"])
             self._bases.set_enabled(self._online_enabled)
             logger.info("online layer %s by operator", "enabled" if user_config["online_enabled"] else "disabled")
+        if self._background is None:
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """A new replica (restart, scale-up) takes the plan, controls and online weights the
+        others serve before its first request (the registry's champion it loaded may be older),
+        then polls; a learner silent for ``CATCH_UP_S`` leaves that to the poll."""
+        try:
+            await asyncio.wait_for(self._poll_once(), CATCH_UP_S)
+        except Exception:
+            logger.warning("no learner answer before serving; following on the poll", exc_info=True)
+        self._ensure_background()
 
     # ----------------------------------------------------------------- background work
 
@@ -155,14 +163,17 @@ class Ranker:
         period = self._settings.serving.weight_poll_seconds
         while True:
             try:
-                await self._poll_plan()
-                await self._poll_controls()
-                await self._poll_weights()
+                await self._poll_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("background weight poll failed; keeping current weights")
             await asyncio.sleep(period)
+
+    async def _poll_once(self) -> None:
+        await self._poll_plan()
+        await self._poll_controls()
+        await self._poll_weights()
 
     async def _poll_controls(self) -> None:
         """Follow the learner's operator controls (``serving.admin``): in place, no restart."""
@@ -175,10 +186,9 @@ class Ranker:
             self._apply_controls(view)
 
     def _apply_controls(self, view: dict[str, Any]) -> None:
-        snapshot = view.get("snapshot")
-        if snapshot is not None and (
-            self._ranker.online is None or self._ranker.online.version != snapshot.version
-        ):
+        snapshot = view.get("snapshot")  # a rollback's weights: once, not at each later serial
+        if snapshot is not None and snapshot.version != self._rolled_back_to:
+            self._rolled_back_to = snapshot.version
             self._install(snapshot.version, snapshot.blob, snapshot.published_at)
         enabled = bool(view["online_enabled"])
         if enabled != self._online_enabled:
@@ -424,13 +434,7 @@ class Ranker:
         view = await self._learner.admin_controls.remote(None)
         if view is not None:
             self._apply_controls(view)
-        return pb.AdminReply(
-            action=str(record["action"]),
-            previous=str(record["previous"]),
-            current=str(record["current"]),
-            control_serial=str(record["serial"]),
-            detail=str(record.get("published_as", "")),
-        )
+        return admin_reply(record, str(record.get("published_as", "")))
 
     # ------------------------------------------------ grpc.health.v1.Health (serving.health)
     # Serve routes these by method name from the Health servicer registered beside Ranker.

@@ -8,6 +8,10 @@ toggles off/on twice through the admin rpc and rolls back, and requires: no fail
 the same Learner and Ranker pids, learner counters still growing, every switch visible in
 responses within a bounded time, and each action in the audit log.
 
+The last test scales the Ranker in place under the same kind of load (``serving.scaling``):
+the module's app runs 2 replicas, so 2 -> 1 -> 2 -> 1 holds a 1 -> 2 -> 1 while calls flow;
+it runs last because it leaves one replica (the app is removed after the module).
+
 The unit tests at the top check the learner-side state (``serving.admin.Controls``) and the
 audit file without Ray.
 """
@@ -75,6 +79,7 @@ class Load:
     client: object
     requests: list
     rate: float = 50.0
+    prefix: str = "load-"  # request ids: prefix + call number
     answers: list[tuple[float, pb.RankResponse]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -87,7 +92,7 @@ class Load:
             request = self.requests[n % len(self.requests)]
             try:
                 response = self.client.rank(
-                    f"load-{n}",
+                    f"{self.prefix}{n}",
                     request.column("user_id")[0].as_py(),
                     request.column("item_id").to_pylist(),
                     request_time=request.column("ts")[0].as_py(),
@@ -255,19 +260,25 @@ def test_a_rollback_to_an_unknown_version_and_an_unexplained_switch_are_refused(
     assert "reason is empty" in error.value.details()
 
 
-def _served_propensities(system, prefix: str) -> dict[str, object]:
-    """request id -> the logged propensity (None: the deterministic policy), every replica."""
+def _served(system, prefix: str) -> dict[str, tuple[str, object]]:
+    """request id -> (the replica that served it, its served-log entry), every replica: each
+    replica logs to a directory named by its Serve replica id (``serving.served_log``)."""
     from protos.wal import WalTailer
     from serving.served_log import decode_served, served_root
 
-    found: dict[str, object] = {}
+    found: dict[str, tuple[str, object]] = {}
     for directory in served_root(system.settings.workspace).iterdir():
         if directory.is_dir():
             for _, payload in WalTailer(directory).poll():
                 entry = decode_served(payload)
                 if entry.record.request_id.startswith(prefix):
-                    found[entry.record.request_id] = entry.propensity
+                    found[entry.record.request_id] = (directory.name, entry)
     return found
+
+
+def _served_propensities(system, prefix: str) -> dict[str, object]:
+    """request id -> the logged propensity (None: the deterministic policy), every replica."""
+    return {rid: entry.propensity for rid, (_, entry) in _served(system, prefix).items()}
 
 
 @pytest.mark.slow
@@ -320,3 +331,84 @@ def test_exploration_switches_in_place_and_logs_the_propensity_of_what_it_showed
     rank_all("explore-off-")
     assert all(p is None for p in _served_propensities(system, "explore-off-").values())
     assert read_audit(audit_path(system.settings.workspace))[-1]["action"] == "set_exploration"
+
+
+def settled_versions(system, quiet_s: float = 0.5, timeout_s: float = 20.0) -> tuple[str, str]:
+    """The (base, online) version pair serving answers with once the learner has stopped
+    publishing (two Status calls ``quiet_s`` apart agree; no feedback is sent meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        status = system.client.status()
+        now = (status.base_version, status.online_version, status.online_updates)
+        if now == last and status.online_version and status.online_base_version == status.base_version:
+            return now[0], now[1]
+        last = now
+        time.sleep(quiet_s)
+    raise AssertionError(f"serving did not settle on one online version: {last}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_scaling_the_rankers_in_place_under_load_fails_no_call_and_serves_one_version(system) -> None:
+    """``serving.app.scale_rankers`` 2 -> 1 -> 2 -> 1 while a client sends ~50 Rank calls/s
+    through the gRPC proxy: no call fails; each settled phase is answered by exactly the
+    replicas Serve lists (both in the 2-replica phase, the new one included); every reply
+    carries the (base, online) pair serving had before (a new replica catches up with the
+    learner before it takes traffic; the pair is consistent: the online layer was trained
+    for that base); the Learner and the replica that stays are never restarted."""
+    from serving import app
+    from serving.scaling import ranker_replicas
+    from tests.serve_system import requests_of
+
+    requests = requests_of(system.events, 160)
+    if not system.client.status().online_version:
+        learn_until_served(system, requests[:80])
+    pair = settled_versions(system)
+    first = {r.replica_id for r in ranker_replicas(system.app_name) if r.state == "RUNNING"}
+    pids = serve_pids()
+    assert len(first) == 2, first
+
+    load = Load(system.client, requests[80:], prefix="scale-")
+    thread = threading.Thread(target=load.run, daemon=True)
+    phases: list[tuple[float, float, object]] = []  # (asked at, settled at, ScaleResult)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        for count in (1, 2, 1):
+            asked = time.monotonic()
+            result = app.scale_rankers(system.settings, count, timeout_s=90)
+            phases.append((asked, time.monotonic(), result))
+            time.sleep(1.5)  # the settled phase, answered under load
+    finally:
+        load.stop.set()
+        thread.join(timeout=10)
+    stopped = time.monotonic()
+
+    calls = len(load.answers) + len(load.failures)
+    print(
+        f"\nscaling under load: {calls} calls, {len(load.failures)} failed; "
+        + ", ".join(f"{r.previous}->{r.replicas} in {r.seconds:.1f} s" for _, _, r in phases)
+    )
+    assert load.failures == []
+    pairs = {(r.base_version, r.online_version) for _, r in load.answers}
+    assert pairs == {pair}, pairs
+    assert not any(r.fallback for _, r in load.answers)
+
+    down, up, down_again = (result for _, _, result in phases)
+    assert (down.previous, down.replicas, len(down.replica_ids)) == (2, 1, 1)
+    assert set(down.replica_ids) <= first  # one of the two stayed: scaled, not redeployed
+    assert (up.previous, up.replicas, len(up.replica_ids)) == (1, 2, 2)
+    (added,) = set(up.replica_ids) - set(down.replica_ids)
+    assert added not in first
+    assert (down_again.replicas, len(down_again.replica_ids)) == (1, 1)
+    assert set(down_again.replica_ids) <= set(up.replica_ids)
+
+    # Who answered each settled phase (from its start plus routing's update, to the next ask).
+    by_replica = {rid: replica for rid, (replica, _) in _served(system, "scale-").items()}
+    ends = [asked for asked, _, _ in phases[1:]] + [stopped]
+    for (_, settled, result), until in zip(phases, ends, strict=True):
+        window = [r.request_id for at, r in load.answers if settled + 0.3 <= at < until]
+        answered = {by_replica[rid] for rid in window}
+        assert len(window) >= 10 and answered == set(result.replica_ids), (result, answered, len(window))
+    assert serve_pids()["Learner"] == pids["Learner"]

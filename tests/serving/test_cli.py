@@ -101,6 +101,11 @@ BAD_ARGUMENTS = [
     (["explore", "on", "--propensity-draws", "-1", "--reason", "x"], "--propensity-draws"),
     (["explore", "on", "--propensity-draws", "many", "--reason", "x"], "--propensity-draws"),
     (["explore", "on", "--share", "0.1", "--reason", "x", "--target", "127.0.0.1:1", "--timeout", "3"], "UNAVAILABLE"),
+    # scaling the Ranker (serving.scaling): refused before Ray is asked anything
+    (["scale"], "--ranker-replicas"),
+    (["scale", "--ranker-replicas", "0"], "ranker_replicas must be in [1, 64], got 0"),
+    (["scale", "--ranker-replicas", "two"], "'two' is not a whole number"),
+    (["scale", "--ranker-replicas", "1.5"], "--ranker-replicas"),
 ]
 
 
