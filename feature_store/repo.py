@@ -58,12 +58,15 @@ def _online_store(cfg: FeatureStoreConfig, *, secrets: bool = True) -> dict[str,
 def _settings(cfg: FeatureStoreConfig, *, local: bool = False, secrets: bool = True) -> dict[str, Any]:
     """Feast's config as a mapping: the file offline store and the local engine, or with
     ``cfg.engine == "ray"`` (and not ``local``) Feast's Ray offline store and Ray engine."""
+    from feature_store.offline_store import OFFLINE_STORE_TYPE
+
     settings: dict[str, Any] = {
         "project": cfg.project,
         "provider": "local",
         "registry": str(cfg.registry_path),
         "online_store": _online_store(cfg, secrets=secrets),
-        "offline_store": {"type": "file"},
+        # Feast's file store, its materialization read by DuckDB (feature_store.offline_store)
+        "offline_store": {"type": OFFLINE_STORE_TYPE},
         "entity_key_serialization_version": 3,
     }
     if cfg.engine == "ray" and not local:

@@ -31,6 +31,7 @@ import yaml
 from feature_store import repo
 from feature_store.config import FeatureStoreConfig
 from feature_store.errors import EngineError
+from feature_store.offline_store import OFFLINE_STORE_TYPE
 from feature_store.ray_engine import connect, feast_settings
 from feature_store.training_set import FEATURE_COLUMNS, build_training_set
 from tests.feature_store.fs_testkit import Workspace, build_workspace
@@ -58,7 +59,7 @@ def test_the_cluster_yaml_holds_the_ray_sections_the_library_builds(monkeypatch:
     config = repo.repo_config(cfg)  # Feast accepts every key
     assert (config.offline_store.type, config.batch_engine_config["type"]) == ("ray", "ray.engine")
     assert config.materialization_config.pull_latest_features
-    assert repo.repo_config(cfg, local=True).offline_store.type == "file"
+    assert repo.repo_config(cfg, local=True).offline_store.type == OFFLINE_STORE_TYPE
 
 
 @pytest.fixture(scope="module")
