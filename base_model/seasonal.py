@@ -1,0 +1,159 @@
+"""What a day or an hour of a log usually holds: the reference the completeness gates judge by.
+
+The log is cut into 24-hour blocks that end at the window's end (``as_of``), each split into
+24 hour slots, so a block and the block 7 before it start at the same hour of the same day
+of the week. The newest blocks (the window's, at most ``JUDGED_DAYS``) are judged; every
+block since the log's first event, back to ``HISTORY_WEEKS`` weeks before them, is the
+reference. A block or slot is compared with the median of the *other* blocks (never with
+itself, so a broken day does not lower its own bar):
+
+* **the same day of the week** (and, for an hour, the same hour of that day) when at least
+  ``MIN_SAME_WEEKDAY`` other full blocks share it: a weekend is judged against weekends, a
+  Sunday night against Sunday nights;
+* otherwise (a history of less than ~4 weeks) **every other full block** (for an hour: the
+  same hour of any other day; with no other full day, the median live hour), which is the
+  best a short history allows: a weekly cycle deeper than the gate's fraction may then read
+  as missing data, and the gate's reason says which rule judged.
+
+**The log's own spread.** A bursty log (explicit ratings: a few users rate hundreds of items
+in a session) routinely has days at a tenth of their usual count; a count-versus-median rule
+alone would block it every week. So when the other full blocks of the reference hold enough
+ratios (count / usual: ``MIN_SPREAD_DAYS`` days, ``MIN_SPREAD_HOURS`` hours that usually
+hold events), a judged block or slot below the fraction blocks only when it is *also*
+below the ``LOW_QUANTILE`` quantile of those ratios: lower than all but the lowest 2% of the
+log's other days (hours). On a steady log that quantile sits near 1 and the fraction
+decides; on a bursty one a quiet day passes. Two limits, stated: a day with no events at
+all always blocks (``gates.MIN_EXPECTED_PER_DAY``: what a failed load looks like, whatever
+the spread); and the quantile was chosen after looking at the shared real logs (ml-100k's
+2% quantile is ~14% of usual; its quietest day, 6 ratings on a Friday that usually has
+215, still blocks), a judgement about false alarms, not a fitted parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "HISTORY_WEEKS",
+    "JUDGED_DAYS",
+    "LOW_QUANTILE",
+    "MIN_SAME_WEEKDAY",
+    "Blocks",
+    "blocks_of",
+    "ordinary_low",
+    "usual",
+]
+
+#: Days judged: a week of training days and the validation day, the data a weekly retrain
+#: has not trained on. Older days of a longer window are history, judged when they were new.
+JUDGED_DAYS = 8
+#: Weeks of history before the judged days that form the reference (older behaviour of the
+#: log may no longer be its usual one).
+HISTORY_WEEKS = 8
+#: Other full blocks sharing a day of the week needed to judge by day of the week.
+MIN_SAME_WEEKDAY = 3
+#: The history's ratios below which a judged block or slot is out of the log's ordinary range.
+LOW_QUANTILE = 0.02
+#: Ratios the history must hold before its spread is trusted (else the fraction alone judges).
+MIN_SPREAD_DAYS = 7
+MIN_SPREAD_HOURS = 50
+
+_DAY = np.timedelta64(1, "D")
+_HOUR = np.timedelta64(1, "h")
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Event counts per 24-hour block (oldest first) and hour slot, ending at ``end``.
+
+    ``covered``: share of each block after the log's first event (0 before it, 1 when the
+    block is wholly after it); ``slot_live``: slots starting at or after the first event;
+    ``judged``: the newest blocks, the ones the gates judge.
+    """
+
+    starts: np.ndarray  # (B,) datetime64[us]
+    counts: np.ndarray  # (B, 24) float64
+    covered: np.ndarray  # (B,) float64 in [0, 1]
+    slot_live: np.ndarray  # (B, 24) bool
+    judged: np.ndarray  # (B,) bool
+
+    @property
+    def totals(self) -> np.ndarray:
+        totals: np.ndarray = self.counts.sum(axis=1)
+        return totals
+
+    @property
+    def full(self) -> np.ndarray:
+        full: np.ndarray = self.covered >= 1.0
+        return full
+
+    @property
+    def history(self) -> np.ndarray:
+        """Full blocks before the judged ones: the log's past, where its spread is read."""
+        history: np.ndarray = self.full & ~self.judged
+        return history
+
+
+def blocks_of(
+    ts: np.ndarray, end: np.datetime64, first: np.datetime64, window_days: int
+) -> Blocks:
+    """The blocks of ``ts`` (datetime64[us], any order) ending at ``end``: the newest
+    ``min(window_days, JUDGED_DAYS)`` judged, up to ``HISTORY_WEEKS`` weeks before them."""
+    n_judged = max(1, min(window_days, JUDGED_DAYS))
+    first = first.astype("datetime64[h]").astype("datetime64[us]")  # the log starts in that hour
+    since_first = int(np.ceil((end - first) / _DAY)) if first < end else 0
+    n_blocks = max(n_judged, min(n_judged + 7 * HISTORY_WEEKS, since_first))
+    begin = end - n_blocks * _DAY
+    inside = ts[(ts >= begin) & (ts < end)]
+    slot = ((inside - begin) // _HOUR).astype(np.int64)
+    counts = np.bincount(slot, minlength=n_blocks * 24)[: n_blocks * 24]
+    starts = begin + np.arange(n_blocks) * _DAY
+    block_end_s = (starts + _DAY - first) / np.timedelta64(1, "s")
+    covered = np.clip(block_end_s.astype(np.float64) / 86400.0, 0.0, 1.0)
+    slot_starts = begin + np.arange(n_blocks * 24) * _HOUR
+    judged = np.zeros(n_blocks, dtype=bool)
+    judged[-n_judged:] = True
+    return Blocks(
+        starts=starts,
+        counts=counts.reshape(n_blocks, 24).astype(np.float64),
+        covered=covered,
+        slot_live=(slot_starts >= first).reshape(n_blocks, 24),
+        judged=judged,
+    )
+
+
+def usual(
+    values: np.ndarray, full: np.ndarray, min_others: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each block's usual value: the median over the *other* full blocks of its day of the
+    week when at least ``MIN_SAME_WEEKDAY`` exist, else over every other full block (when
+    at least ``min_others`` exist).
+
+    ``values`` is (B,) (a day's total) or (B, 24) (its hours). Returns the usual values
+    (NaN where no other full block exists) and, per block, whether the day-of-week rule
+    applied.
+    """
+    n = values.shape[0]
+    expected = np.full(values.shape, np.nan)
+    by_weekday = np.zeros(n, dtype=bool)
+    index = np.arange(n)
+    for b in range(n):
+        others = full & (index != b)
+        same = others & (index % 7 == b % 7)
+        if same.sum() >= MIN_SAME_WEEKDAY:
+            expected[b] = np.median(values[same], axis=0)
+            by_weekday[b] = True
+        elif others.sum() >= min_others:
+            expected[b] = np.median(values[others], axis=0)
+    return expected, by_weekday
+
+
+def ordinary_low(ratios: np.ndarray, minimum: int) -> float | None:
+    """The ``LOW_QUANTILE`` quantile of the history's count / usual ratios; None when fewer
+    than ``minimum`` ratios exist (the spread is then unknown)."""
+    ratios = ratios[np.isfinite(ratios)]
+    if ratios.size < minimum:
+        return None
+    return float(np.quantile(ratios, LOW_QUANTILE))
