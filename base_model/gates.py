@@ -1,7 +1,8 @@
 """Gates: data checks before training, and the offline evaluation before promotion.
 
 Data gates block training (``DataGateError``): too few rows (in the training window, or on
-the validation day), stale data, a day with far fewer events than that day of the week
+the validation day), stale data (a log stamped by the day, every time 00:00, is allowed a
+day more: its newest event may be that much younger than its stamp), a day with far fewer events than that day of the week
 usually has (a half-loaded day), or an hour with far fewer events than the same hour of the
 same weekday usually has. "Usually" is the log's own history (``base_model.seasonal``): the
 newest days (at most ``seasonal.JUDGED_DAYS``) are judged against the weeks before them, so
@@ -127,16 +128,23 @@ def _freshness_gate(ts: np.ndarray, as_of: datetime, cfg: BaseModelConfig) -> Ga
         return GateResult("freshness", False, "no events at or before the training time", {})
     newest = seen.max()
     age_h = float((now - newest) / np.timedelta64(1, "s")) / 3600.0
-    ok = age_h <= cfg.max_staleness_hours
+    # A log stamped by the day (every time at 00:00: review dates) says only which day an
+    # event happened on: its newest event may be up to a day younger than its stamp.
+    recent = seen[seen >= newest - np.timedelta64(28, "D")]
+    by_day = bool(np.all(recent == recent.astype("datetime64[D]")))
+    limit = cfg.max_staleness_hours + (24.0 if by_day else 0.0)
+    ok = age_h <= limit
     reason = (
         f"newest event {_iso(newest)} is {age_h:.1f} h old at {_iso(now)} "
-        f"(limit {cfg.max_staleness_hours:g} h)"
+        f"(limit {cfg.max_staleness_hours:g} h"
+        + (", + 24 h: the log's times are days" if by_day else "")
+        + ")"
     )
     return GateResult(
         "freshness",
         ok,
         reason if ok else f"stale data: {reason}",
-        {"newest_event": _iso(newest), "age_hours": round(age_h, 3)},
+        {"newest_event": _iso(newest), "age_hours": round(age_h, 3), "day_stamps": by_day},
     )
 
 
@@ -148,17 +156,18 @@ def _daily_gate(blocks: seasonal.Blocks, first: np.datetime64, cfg: BaseModelCon
     totals = blocks.totals
     expected, weekly = seasonal.usual(totals, blocks.full)
     ratio = _ratio(totals, expected * blocks.covered)
+    smooth = seasonal.smoothed(totals, expected * blocks.covered)
     index = np.arange(totals.size)
     span = [int(i) for i in np.flatnonzero(blocks.judged)]
     lows = {
-        i: seasonal.ordinary_low(ratio[blocks.full & (index != i)], seasonal.MIN_SPREAD_DAYS)
+        i: seasonal.ordinary_low(smooth[blocks.full & (index != i)], seasonal.MIN_SPREAD_DAYS)
         for i in span
     }
     judged = [i for i in span if blocks.covered[i] > 0 and np.isfinite(expected[i])]
     thin = [i for i in judged if ratio[i] < cfg.min_day_fraction]
     # An empty day is what a failed load looks like: no spread excuses it.
     empty = [i for i in thin if totals[i] == 0 and expected[i] >= MIN_EXPECTED_PER_DAY]
-    bad = [i for i in thin if lows[i] is None or ratio[i] < lows[i] or i in empty]
+    bad = [i for i in thin if lows[i] is None or smooth[i] < lows[i] or i in empty]
     low = lows[span[-1]]
     full = blocks.full
     median = float(np.median(totals[full])) if full.any() else 0.0
@@ -227,6 +236,7 @@ def _hourly_gate(blocks: seasonal.Blocks, cfg: BaseModelConfig) -> GateResult:
         expected = np.where(np.isfinite(expected), expected, np.median(counts[live]))
     usual = np.where(np.isfinite(expected), expected, 0.0)
     ratio = _ratio(counts, usual)
+    smooth = seasonal.smoothed(counts, usual)
     known = usual >= MIN_EXPECTED_PER_HOUR
     judged = live & known
     thin = judged & (ratio < cfg.min_hour_fraction)
@@ -234,9 +244,9 @@ def _hourly_gate(blocks: seasonal.Blocks, cfg: BaseModelConfig) -> GateResult:
     lows = np.full(counts.shape[0], np.inf)  # inf: the spread is unknown, the fraction decides
     for b in np.flatnonzero(blocks.judged):
         others = (blocks.full & (index != b))[:, None] & known
-        found = seasonal.ordinary_low(ratio[others], seasonal.MIN_SPREAD_HOURS)
+        found = seasonal.ordinary_low(smooth[others], seasonal.MIN_SPREAD_HOURS)
         lows[b] = np.inf if found is None else found
-    bad = np.argwhere(thin & (ratio < lows[:, None]))
+    bad = np.argwhere(thin & (smooth < lows[:, None]))
     newest = float(lows[np.flatnonzero(blocks.judged)[-1]])
     low = None if not np.isfinite(newest) else newest
     rule = _rule([bool(weekly[i]) for i in np.flatnonzero(blocks.judged)], "hours")
@@ -292,9 +302,7 @@ def _ratio(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 def _spread(low: float, unit: str) -> str:
     """The log's ordinary low, in words."""
-    if low <= 0:
-        return f"at least {seasonal.LOW_QUANTILE:.0%} of its other {unit} hold no events"
-    return f"{seasonal.LOW_QUANTILE:.0%} of its other {unit} hold < {low:.0%} of usual"
+    return f"its other {unit} reach down to {low:.1%} of usual"
 
 
 def _rule(by_weekday: list[bool], unit: str) -> str:

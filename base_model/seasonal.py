@@ -18,15 +18,14 @@ itself, so a broken day does not lower its own bar):
 **The log's own spread.** A bursty log (explicit ratings: a few users rate hundreds of items
 in a session) routinely has days at a tenth of their usual count; a count-versus-median rule
 alone would block it every week. So when the other full blocks of the reference hold enough
-ratios (count / usual: ``MIN_SPREAD_DAYS`` days, ``MIN_SPREAD_HOURS`` hours that usually
-hold events), a judged block or slot below the fraction blocks only when it is *also*
-below the ``LOW_QUANTILE`` quantile of those ratios: lower than all but the lowest 2% of the
-log's other days (hours). On a steady log that quantile sits near 1 and the fraction
-decides; on a bursty one a quiet day passes. Two limits, stated: a day with no events at
-all always blocks (``gates.MIN_EXPECTED_PER_DAY``: what a failed load looks like, whatever
-the spread); and the quantile was chosen after looking at the shared real logs (ml-100k's
-2% quantile is ~14% of usual; its quietest day, 6 ratings on a Friday that usually has
-215, still blocks), a judgement about false alarms, not a fitted parameter.
+ratios to usual (``MIN_SPREAD_DAYS`` days, ``MIN_SPREAD_HOURS`` hours that usually hold
+events), a judged block or slot below the gate's fraction blocks only when it is *also*
+below the log's ordinary range: ``SPREAD_Z`` robust standard deviations of the log ratio
+below its median (``ordinary_low``). A rank rule (below the 2% quantile, say) would not do:
+with 8 days judged per fit it blocks ~15% of a complete log's fits by construction. On a
+steady log the range is narrow and the fraction decides (a half-loaded day is far outside
+it); on a bursty one a quiet day passes. A day with no events at all always blocks
+(``gates.MIN_EXPECTED_PER_DAY``: what a failed load looks like, whatever the spread).
 """
 
 from __future__ import annotations
@@ -38,11 +37,12 @@ import numpy as np
 __all__ = [
     "HISTORY_WEEKS",
     "JUDGED_DAYS",
-    "LOW_QUANTILE",
     "MIN_SAME_WEEKDAY",
+    "SPREAD_Z",
     "Blocks",
     "blocks_of",
     "ordinary_low",
+    "smoothed",
     "usual",
 ]
 
@@ -54,8 +54,10 @@ JUDGED_DAYS = 8
 HISTORY_WEEKS = 8
 #: Other full blocks sharing a day of the week needed to judge by day of the week.
 MIN_SAME_WEEKDAY = 3
-#: The history's ratios below which a judged block or slot is out of the log's ordinary range.
-LOW_QUANTILE = 0.02
+#: Robust standard deviations (of the log ratio to usual) below the median at which a judged
+#: block or slot leaves the log's ordinary range: for normal noise a chance of ~3e-5 a day,
+#: so ~0.03% of fits (8 days) and ~0.6% (192 hours) would block by chance alone.
+SPREAD_Z = 4.0
 #: Ratios the history must hold before its spread is trusted (else the fraction alone judges).
 MIN_SPREAD_DAYS = 7
 MIN_SPREAD_HOURS = 50
@@ -150,10 +152,22 @@ def usual(
     return expected, by_weekday
 
 
+def smoothed(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """(count + 0.5) / usual, NaN where nothing is usual: a ratio whose log is finite for an
+    empty day or hour (how far below usual an empty hour is depends on what it usually holds)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio: np.ndarray = np.where(expected > 0, (counts + 0.5) / expected, np.nan)
+    return ratio
+
+
 def ordinary_low(ratios: np.ndarray, minimum: int) -> float | None:
-    """The ``LOW_QUANTILE`` quantile of the history's count / usual ratios; None when fewer
-    than ``minimum`` ratios exist (the spread is then unknown)."""
-    ratios = ratios[np.isfinite(ratios)]
-    if ratios.size < minimum:
+    """The bottom of the log's ordinary range, as a ratio to usual: ``exp(median - SPREAD_Z
+    * sigma)`` of the log ratios (``smoothed``), sigma from their median absolute deviation
+    (1.4826 MAD: robust to the odd broken day in the reference). None when fewer than
+    ``minimum`` ratios exist (the spread is then unknown)."""
+    logs = np.log(ratios[np.isfinite(ratios) & (ratios > 0)])
+    if logs.size < minimum:
         return None
-    return float(np.quantile(ratios, LOW_QUANTILE))
+    center = float(np.median(logs))
+    sigma = 1.4826 * float(np.median(np.abs(logs - center)))
+    return float(np.exp(center - SPREAD_Z * sigma))

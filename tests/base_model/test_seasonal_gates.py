@@ -189,3 +189,16 @@ def test_real_click_stream_night_hours_pass_and_ml100k_demo_fit_passes(shared_da
     demo = gates(ml[ml < np.datetime64("1998-04-17", "us")], until)
     assert all(r.passed for r in demo.values()), {n: r.reason for n, r in demo.items()}
     assert "within this log's ordinary spread" in demo["daily_completeness"].reason
+
+
+def test_a_log_stamped_by_the_day_is_fresh_at_the_next_midnight(log: np.ndarray) -> None:
+    """Review dates (every time 00:00) say which day an event happened on, not when: the
+    newest one may be up to a day younger than its stamp, and the staleness limit says so."""
+    days = log.astype("datetime64[D]").astype("datetime64[us]")
+    as_of = end_of(log)  # 24 h after the newest stamp
+    fresh = gates(days, as_of)["freshness"]
+    assert fresh.passed and fresh.details["day_stamps"]
+    assert "(limit 6 h, + 24 h: the log's times are days)" in fresh.reason
+    stale = gates(days, as_of + timedelta(hours=7))["freshness"]
+    assert not stale.passed and stale.reason.startswith("stale data: newest event 2026-02-15T00:00:00Z")
+    assert not gates(log, as_of + timedelta(hours=7))["freshness"].details["day_stamps"]
