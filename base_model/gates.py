@@ -172,6 +172,8 @@ def _daily_gate(blocks: seasonal.Blocks, first: np.datetime64, cfg: BaseModelCon
     full = blocks.full
     median = float(np.median(totals[full])) if full.any() else 0.0
     rule = _rule([bool(weekly[i]) for i in judged], "days")
+    if not judged:
+        rule = "no day judged: no other full day to compare with"
     details: dict[str, Any] = {
         "median_day": median,
         "days": {_iso(blocks.starts[i]): int(totals[i]) for i in span},
@@ -227,13 +229,13 @@ def _daily_gate(blocks: seasonal.Blocks, first: np.datetime64, cfg: BaseModelCon
 
 def _hourly_gate(blocks: seasonal.Blocks, cfg: BaseModelConfig) -> GateResult:
     """Each judged hour against the same hour of the same day of the week (enough weeks of
-    history), else the same hour of the other full days (one is enough), else the median
-    live hour; judged where it usually holds ``MIN_EXPECTED_PER_HOUR`` events."""
+    history), else the same hour of the other full days (one is enough); judged where it
+    usually holds ``MIN_EXPECTED_PER_HOUR`` events."""
     counts = blocks.counts
     expected, weekly = seasonal.usual(counts, blocks.full)
     live = blocks.slot_live & blocks.judged[:, None]
-    if live.any():  # no other full day: the median live hour is all there is
-        expected = np.where(np.isfinite(expected), expected, np.median(counts[live]))
+    # No other full day (a log of a day or so): no usual for an hour, so none is judged (the
+    # median hour would call every night thin).
     usual = np.where(np.isfinite(expected), expected, 0.0)
     ratio = _ratio(counts, usual)
     smooth = seasonal.smoothed(counts, usual)
@@ -250,6 +252,8 @@ def _hourly_gate(blocks: seasonal.Blocks, cfg: BaseModelConfig) -> GateResult:
     newest = float(lows[np.flatnonzero(blocks.judged)[-1]])
     low = None if not np.isfinite(newest) else newest
     rule = _rule([bool(weekly[i]) for i in np.flatnonzero(blocks.judged)], "hours")
+    if not np.isfinite(expected[live]).any():
+        rule = "no other full day to compare an hour with"
     hours = int(blocks.judged.sum()) * 24
     details: dict[str, Any] = {
         "hours": hours,

@@ -11,7 +11,7 @@ itself, so a broken day does not lower its own bar):
   ``MIN_SAME_WEEKDAY`` other full blocks share it: a weekend is judged against weekends, a
   Sunday night against Sunday nights;
 * otherwise (a history of less than ~4 weeks) **every other full block** (for an hour: the
-  same hour of any other day; with no other full day, the median live hour), which is the
+  same hour of any other day; with no other full day, nothing is judged), which is the
   best a short history allows: a weekly cycle deeper than the gate's fraction may then read
   as missing data, and the gate's reason says which rule judged.
 
@@ -58,7 +58,8 @@ MIN_SAME_WEEKDAY = 3
 #: block or slot leaves the log's ordinary range: for normal noise a chance of ~3e-5 a day,
 #: so ~0.03% of fits (8 days) and ~0.6% (192 hours) would block by chance alone.
 SPREAD_Z = 4.0
-#: Ratios the history must hold before its spread is trusted (else the fraction alone judges).
+#: Ratios (of the other full days; of their hours that usually hold events) needed before the
+#: log's spread is trusted; with fewer, the gate's fraction alone judges.
 MIN_SPREAD_DAYS = 7
 MIN_SPREAD_HOURS = 50
 
@@ -93,7 +94,7 @@ class Blocks:
 
     @property
     def history(self) -> np.ndarray:
-        """Full blocks before the judged ones: the log's past, where its spread is read."""
+        """Full blocks before the judged ones: the log's past (counted in the gates' details)."""
         history: np.ndarray = self.full & ~self.judged
         return history
 
@@ -126,12 +127,9 @@ def blocks_of(
     )
 
 
-def usual(
-    values: np.ndarray, full: np.ndarray, min_others: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
+def usual(values: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each block's usual value: the median over the *other* full blocks of its day of the
-    week when at least ``MIN_SAME_WEEKDAY`` exist, else over every other full block (when
-    at least ``min_others`` exist).
+    week when at least ``MIN_SAME_WEEKDAY`` exist, else over every other full block.
 
     ``values`` is (B,) (a day's total) or (B, 24) (its hours). Returns the usual values
     (NaN where no other full block exists) and, per block, whether the day-of-week rule
@@ -147,7 +145,7 @@ def usual(
         if same.sum() >= MIN_SAME_WEEKDAY:
             expected[b] = np.median(values[same], axis=0)
             by_weekday[b] = True
-        elif others.sum() >= min_others:
+        elif others.any():
             expected[b] = np.median(values[others], axis=0)
     return expected, by_weekday
 
