@@ -140,8 +140,14 @@ def prepare_base(
     )
     train_seconds = time.perf_counter() - trained_at
     if not result.promoted:
-        raise RuntimeError(
-            f"base {result.version} was not promoted ({result.status}): {result.gate_results}"
+        from protos.errors import FailedPrecondition
+
+        failed = "; ".join(
+            f"{name}: {g.get('reason', '')}" for name, g in result.gate_results.items()
+            if isinstance(g, dict) and not g.get("passed", True)
+        )
+        raise FailedPrecondition(
+            f"base {result.version} was not promoted ({result.status}): {failed or 'no gate failed'}"
         )
     return PreparedBase(
         version=result.version,
