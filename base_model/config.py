@@ -97,8 +97,11 @@ class BaseModelConfig:
     min_train_rows, max_staleness_hours, min_hour_fraction, min_day_fraction
         Data gates: too few rows, data older than ``max_staleness_hours`` at training time,
         an hour holding fewer than ``min_hour_fraction`` of its usual events, or a day
-        holding fewer than ``min_day_fraction`` of the median day, block training. Days
-        before the data's first event are not judged (the log starts there).
+        holding fewer than ``min_day_fraction`` of its usual count, block training. "Usual"
+        is the log's own history (``base_model.seasonal``): the same day of the week and
+        hour of that day when the history has enough weeks, else the other days; a bursty
+        log's ordinary quiet days pass by its own spread. Days before the data's first
+        event are not judged (the log starts there); 0 turns a gate off.
     min_valid_rows
         Rows the validation day must hold (the rows gate). 0 lets a fit run with an empty
         validation day: no early stopping or best-epoch choice (the last epoch is kept) and

@@ -99,6 +99,7 @@ def train_base_model(
     address: str | None = None,
     backend: Literal["ray", "local"] = "ray",
     feature_service: str = FEATURE_SERVICE_NAME,
+    history: np.ndarray | None = None,
 ) -> TrainResult:
     """Train, gate, register and (if the gates pass) promote one base version.
 
@@ -120,6 +121,11 @@ def train_base_model(
     backend
         ``"ray"``: a Ray Train ``TorchTrainer`` fit (joins ``address``/``$RAY_ADDRESS`` or
         starts a loopback cluster). ``"local"``: the same loop in this process, no Ray.
+    history
+        Event times (datetime64[us], UTC) from before the training set's rows, known to the
+        caller (its event log): the completeness gates' reference for what a day and an hour
+        of this log usually hold (``base_model.seasonal``). Never trained on. Without it the
+        gates have only the training set's own days.
 
     Raises
     ------
@@ -133,7 +139,10 @@ def train_base_model(
     trigger_info = trigger_record(trigger, as_of)
     table = validate_training_set(load_training_set(training_set))
     windows = windows_for(as_of, cfg.train_days)
-    data_results = gates.check_data(_ts(table), windows, as_of, cfg)
+    event_ts = _ts(table)
+    if history is not None and len(history):
+        event_ts = np.concatenate([np.asarray(history, dtype="datetime64[us]"), event_ts])
+    data_results = gates.check_data(event_ts, windows, as_of, cfg)
     failed = [r for r in data_results if not r.passed]
     if failed:
         reasons = "; ".join(f"{r.name}: {r.reason}" for r in failed)

@@ -14,6 +14,7 @@ __all__ = [
     "EventsFormatError",
     "FeatureStoreError",
     "UnknownDatasetError",
+    "UntrainableEventsError",
     "WorkspaceError",
 ]
 
@@ -38,6 +39,12 @@ class EventsFormatError(FeatureStoreError, InvalidInput):
         super().__init__(message)
         self.column = column
         self.row = row
+
+
+class UntrainableEventsError(FeatureStoreError, InvalidInput):
+    """A well-formed events log that cannot train a click model: no rows, or labels of one
+    kind only (a click stream without its impressions). ``feature_store.events_file
+    .check_trainable`` says what it would need."""
 
 
 class UnknownDatasetError(FeatureStoreError, InvalidInput):

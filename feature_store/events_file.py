@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_store.errors import EventsFormatError
+from feature_store.errors import EventsFormatError, UntrainableEventsError
 from protos.events import EVENTS_SCHEMA, REQUIRED_COLUMNS, conform
 
 __all__ = [
+    "check_trainable",
     "load_events",
     "normalize_events",
     "sort_events",
@@ -145,6 +146,40 @@ def normalize_events(
             columns[name] = _to_optional(col, name, ctx)
     out = conform(pa.table(columns))
     return sort_events(out)
+
+
+def check_trainable(table: pa.Table, *, source: str = "events") -> pa.Table:
+    """``table`` itself if it can train a click model, else ``UntrainableEventsError``.
+
+    A click model learns P(click | shown) from impressions: it needs rows that were shown
+    and not clicked (label < 1) as well as clicks (label > 0). A click stream without its
+    impressions (every label 1), or impressions without a single click, has one kind only,
+    and every fit would learn a constant. Called by the commands that train (``backtest``,
+    ``demo --events``, ``train``) before any work; not by ``load_events``, which also reads
+    feedback batches, where one kind of label is normal. The message is one line and says
+    what the log would need.
+    """
+    n = table.num_rows
+    if n == 0:
+        raise UntrainableEventsError(
+            f"{source} holds no events: a click model needs impressions, each with a label "
+            "(1 clicked, 0 shown and not clicked)"
+        )
+    labels = table.column("label").to_numpy(zero_copy_only=False)
+    if not bool(np.any(labels < 1.0)):
+        raise UntrainableEventsError(
+            f"{source} cannot train a click model: all {n:,} events are positives (label 1), "
+            "so it has no impressions that were not clicked; it needs those as rows with "
+            "label 0 (join the click stream with the impression log it came from; for "
+            "ratings, label the low ones 0)"
+        )
+    if not bool(np.any(labels > 0.0)):
+        raise UntrainableEventsError(
+            f"{source} cannot train a click model: none of its {n:,} events is a positive "
+            "(every label is 0); it needs the clicks too, as rows with label 1 (or a label "
+            "in (0, 1])"
+        )
+    return table
 
 
 def sort_events(table: pa.Table) -> pa.Table:

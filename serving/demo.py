@@ -190,10 +190,10 @@ def prepare_workspace(path: Path) -> Path:
 
 def load_demo_events(options: DemoOptions, progress: Callable[[str], None]) -> pa.Table:
     if options.events is not None:
-        from feature_store.events_file import load_events
+        from feature_store.events_file import check_trainable, load_events
 
         progress(f"loading events from {options.events}")
-        return load_events(options.events)
+        return check_trainable(load_events(options.events), source=str(options.events))
     from feature_store.simulate import SimulatorConfig, simulate
 
     config = SimulatorConfig(seed=options.seed, days=options.simulate_days)

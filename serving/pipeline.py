@@ -121,6 +121,10 @@ def prepare_base(
     progress(f"point-in-time training set for {rows.num_rows:,} events")
     training_set = build_training_set(cfg, rows)
     feature_seconds = time.perf_counter() - started
+    # The weeks before the window: what a day and an hour of this log usually hold, for the
+    # completeness gates (a weekend judged against weekends); never trained on.
+    before = slice_events(history, None, window_start).column("ts")
+    earlier = before.cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")
     progress(f"training the base model ({'Ray Train' if backend == 'ray' else 'in-process'})")
     trained_at = time.perf_counter()
     result = train_base_model(
@@ -132,11 +136,18 @@ def prepare_base(
         trigger={"reason": "demo", "detail": "first base for the replay"},
         address=settings.ray_address,
         backend=backend,  # type: ignore[arg-type]
+        history=earlier,
     )
     train_seconds = time.perf_counter() - trained_at
     if not result.promoted:
-        raise RuntimeError(
-            f"base {result.version} was not promoted ({result.status}): {result.gate_results}"
+        from protos.errors import FailedPrecondition
+
+        failed = "; ".join(
+            f"{name}: {g.get('reason', '')}" for name, g in result.gate_results.items()
+            if isinstance(g, dict) and not g.get("passed", True)
+        )
+        raise FailedPrecondition(
+            f"base {result.version} was not promoted ({result.status}): {failed or 'no gate failed'}"
         )
     return PreparedBase(
         version=result.version,

@@ -240,8 +240,13 @@ def _train(
     trigger: TriggerDecision | dict[str, Any] | None,
 ) -> TrainResult:
     from base_model.training import train_base_model
+    from serving.training_sources import history_times
 
     parent = {"champion": "champion", "none": None}.get(args.parent, args.parent)
+    history = (
+        None if args.training_set is not None
+        else history_times(settings.feature_store, as_of, cfg.train_days)
+    )
     return train_base_model(
         cfg,
         table,
@@ -252,6 +257,7 @@ def _train(
         promote=not args.no_promote,
         address=args.ray_address or settings.ray_address,
         backend=args.backend,
+        history=history,
     )
 
 
@@ -282,10 +288,18 @@ def _data(
     from base_model.data import load_training_set, validate_training_set
     from serving.training_sources import as_of_for_table, training_set_from_log
 
+    from feature_store.events_file import check_trainable
+
+    # Rows of one label only cannot train (one line, before any work); no rows at all is the
+    # rows gate's to explain, with where the log's events are.
     if args.training_set is not None:
         table = validate_training_set(load_training_set(args.training_set))
+        if table.num_rows:
+            check_trainable(table, source=f"training set {args.training_set}")
         return table, as_of_for_table(args.as_of, table)
     table, as_of = training_set_from_log(settings.feature_store, args.as_of, cfg.train_days)
+    if table.num_rows:
+        check_trainable(table, source=f"the event log's rows before {as_of.isoformat()}")
     return validate_training_set(table), as_of
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,6 +32,7 @@ __all__ = [
     "NOW",
     "TRAINING_COLUMNS",
     "as_of_for_table",
+    "history_times",
     "log_span",
     "parse_as_of",
     "table_span",
@@ -130,3 +132,17 @@ def training_set_from_log(
     except WorkspaceError as exc:
         raise FailedPrecondition(f"{exc} (`freshrank features compute`)") from exc
     return table, end
+
+
+def history_times(fs: FeatureStoreConfig, as_of: datetime, train_days: int) -> np.ndarray:
+    """Event times of the weeks before the rows ``training_set_from_log`` reads (one per
+    impression, as there): the data gates' reference for what a day and an hour of this log
+    usually hold (``base_model.seasonal``). Empty when the log holds nothing earlier."""
+    from base_model.seasonal import HISTORY_WEEKS
+    from feature_store.event_log import dedupe_impressions, read_event_log
+
+    end = as_of - timedelta(days=train_days + MARGIN_DAYS)
+    start = end - timedelta(weeks=HISTORY_WEEKS + 1)
+    rows = dedupe_impressions(read_event_log(fs.events_dir, start=start, end=end,
+                                             columns=["ts", "request_id", "item_id", "label"]))
+    return rows.column("ts").cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")

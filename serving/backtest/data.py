@@ -22,7 +22,14 @@ from serving.backtest.config import BacktestConfig
 if TYPE_CHECKING:
     from serving.settings import Settings
 
-__all__ = ["ReplayData", "conform_events", "load_events", "prepare", "tier_settings"]
+__all__ = [
+    "ReplayData",
+    "check_trainable",
+    "conform_events",
+    "load_events",
+    "prepare",
+    "tier_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,14 @@ def conform_events(table: pa.Table) -> pa.Table:
     from feature_store.events_file import normalize_events
 
     return normalize_events(table, source="events table")
+
+
+def check_trainable(table: pa.Table, source: str) -> pa.Table:
+    """``table`` if it can train a click model (both labels present), else the feature
+    store's one-line ``UntrainableEventsError`` saying what it would need."""
+    from feature_store.events_file import check_trainable as _check
+
+    return _check(table, source=source)
 
 
 @dataclass(frozen=True, eq=False)

@@ -354,7 +354,7 @@ def run_backtest(
         source = str(events)
         progress("load", f"reading {events}")
         table = replay_data.load_events(Path(events))
-    table = select_window(table, cfg)
+    table = replay_data.check_trainable(select_window(table, cfg), source)
     workspace = out / "workspace"
     if workspace.exists():  # the previous run's state (event log, features, fits): ours to replace
         import shutil

@@ -141,17 +141,17 @@ class LocalTrainer:
         from base_model.data import validate_training_set
         from base_model.errors import BaseModelError, DataGateError
         from base_model.training import train_base_model
-        from serving.training_sources import training_set_from_log
+        from serving.training_sources import history_times, training_set_from_log
 
         settings = self._settings
         key = f"{self._token}:{job.cycle}"
         try:
-            table, as_of = training_set_from_log(
-                settings.feature_store, job.as_of.isoformat(), settings.base_model.train_days
-            )
+            days = settings.base_model.train_days
+            table, as_of = training_set_from_log(settings.feature_store, job.as_of.isoformat(), days)
             result = train_base_model(
                 settings.base_model, validate_training_set(table), settings.registry_dir,
                 as_of=as_of, trigger=job.decision or None, promote=False, backend="local",
+                history=history_times(settings.feature_store, as_of, days),
             )
             outcome = TrainingOutcome("trained", result.version, result.status, result.to_dict())
         except DataGateError as exc:
