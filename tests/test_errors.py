@@ -35,6 +35,7 @@ EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
         "FeatureStoreError": INTERNAL,
         "EventsFormatError": INVALID,
         "UnknownDatasetError": INVALID,
+        "UntrainableEventsError": INVALID,
         "WorkspaceError": PRECONDITION,
         "EngineError": PRECONDITION,
     },
