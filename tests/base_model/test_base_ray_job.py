@@ -40,6 +40,9 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 RAY = str(pathlib.Path(sys.executable).with_name("ray"))
+# Written in the checkout while the suite runs (a cold mypy beside it, hypothesis, pytest);
+# kept out of the job's working_dir package.
+WRITTEN_WHILE_TESTING = [".mypy_cache", ".hypothesis", ".pytest_cache", ".freshrank"]
 MARKER = "FRESHRANK_TEST_RAY_HEAD"
 
 
@@ -196,8 +199,10 @@ def test_ray_job_submit_trains_registers_and_matches_the_in_process_fit(
                 "submit",
                 "--address",
                 head.dashboard,
-                "--working-dir",
-                ".",
+                # the checkout, less what tools write there while tests run: a file that
+                # changes between Ray's hashing and its upload fails the job's runtime env
+                "--runtime-env-json",
+                json.dumps({"working_dir": ".", "excludes": WRITTEN_WHILE_TESTING}),
                 "--submission-id",
                 f"freshrank-test-{head.marker}",
                 "--",
