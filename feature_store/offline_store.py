@@ -128,7 +128,7 @@ def read_window(
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(query, params).to_arrow_table()
+        return con.sql(query, params=params).to_arrow_table()  # execute() would copy once more
     finally:
         con.close()
 
